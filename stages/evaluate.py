@@ -1,0 +1,146 @@
+"""Stage `evaluate`: test-split metrics, the subgroup report, plots, and model registration.
+
+Everything is logged to the MLflow run of the training that produced the model (its id comes
+from `models/train_run.json`), so one run shows params, learning curves, test metrics and
+figures. The model is then registered as a new version aliased `challenger`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+
+from stages import figures, paths, registry, serving, tracking
+from stages.dataset import SplitData, load_split
+from stages.evaluation import (
+    age_scatter_table,
+    clamp_ages,
+    confusion_table,
+    evaluation_report,
+    gender_labels,
+    mae_by_bucket_table,
+    median_baseline_mae,
+)
+from stages.labels import AGE_MAX
+from stages.params import Params, load_params
+
+
+def predict_split(model: keras.Model, data: SplitData, batch_size: int = 256) -> pd.DataFrame:
+    """True labels beside clamped predicted ages and probabilities of female."""
+    outputs = model.predict(data.images, batch_size=batch_size, verbose=0)
+    frame = data.table[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
+    frame["pred_age"] = clamp_ages(np.asarray(outputs["age"]).reshape(-1), 0, AGE_MAX)
+    frame["p_female"] = np.asarray(outputs["gender"]).reshape(-1).astype(float)
+    return frame
+
+
+def write_plots(frame: pd.DataFrame, report: dict, data: SplitData, params: Params) -> None:
+    """DVC plot tables (drawn by dvc plots / dvc exp show) and PNG figures (for MLflow too)."""
+    out = paths.EVALUATE_PLOTS
+    out.mkdir(parents=True, exist_ok=True)
+    age_scatter_table(frame).to_csv(paths.AGE_PREDICTIONS, index=False)
+    predicted = gender_labels(frame["p_female"].to_numpy())
+    confusion_table(frame["gender"], predicted).to_csv(paths.GENDER_CONFUSION, index=False)
+    by_bucket = mae_by_bucket_table(report)
+    by_bucket.to_csv(paths.MAE_BY_AGE_BUCKET, index=False)
+    figures.plot_age_scatter(frame["age"], frame["pred_age"], out / "age_scatter.png")
+    figures.plot_confusion(np.asarray(report["confusion_matrix"]), out / "gender_confusion.png")
+    figures.plot_mae_by_bucket(
+        by_bucket["age_bucket"].tolist(),
+        by_bucket["age_mae"].tolist(),
+        by_bucket["n"].tolist(),
+        out / "mae_by_age_bucket.png",
+    )
+    rng = np.random.default_rng(params.seed)
+    pick = np.sort(
+        rng.choice(len(frame), size=min(params.evaluate.sample_grid, len(frame)), replace=False)
+    )
+    figures.plot_sample_grid(
+        data.images[pick],
+        frame["age"].to_numpy()[pick],
+        frame["gender"].to_numpy()[pick],
+        frame["pred_age"].to_numpy()[pick],
+        frame["p_female"].to_numpy()[pick],
+        paths.SAMPLE_GRID,
+    )
+
+
+def scalar_metrics(report: dict) -> dict[str, float]:
+    return {
+        k: float(v)
+        for k, v in report.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+
+
+def split_report(report: dict) -> tuple[dict, dict]:
+    """(metrics for metrics/evaluate.json, subgroup detail for metrics/subgroups.json).
+
+    The DVC metrics file keeps the overall figures and the worst groups, so `dvc exp show`
+    stays readable; the per-group tables go to their own file (and to MLflow).
+    """
+    subgroups = report["subgroups"]
+    headline = {k: v for k, v in report.items() if k != "subgroups"}
+    headline["worst_groups"] = subgroups["worst"]
+    return headline, subgroups
+
+
+def main() -> None:
+    params = load_params()
+    test = load_split("test")
+    train = pd.read_parquet(paths.split_table("train"), columns=["age", "augmented"])
+    train_ages = train.loc[~train["augmented"], "age"].to_numpy()
+    model = keras.saving.load_model(paths.MODEL)
+    frame = predict_split(model, test)
+    report = evaluation_report(frame, params.age_buckets)
+    report["baseline_age_mae"] = median_baseline_mae(train_ages, frame["age"].to_numpy())
+    headline, subgroups = split_report(report)
+    paths.EVALUATE_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    paths.EVALUATE_METRICS.write_text(json.dumps(headline, indent=2) + "\n")
+    paths.SUBGROUPS.write_text(json.dumps(subgroups, indent=2) + "\n")
+    write_plots(frame, report, test, params)
+
+    lineage = json.loads(paths.TRAIN_RUN.read_text())
+    tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
+    with mlflow.start_run(run_id=lineage["run_id"]):
+        mlflow.log_metrics({f"test_{k}": v for k, v in scalar_metrics(report).items()})
+        mlflow.log_dict(headline, "evaluation/evaluate.json")
+        mlflow.log_dict(subgroups, "evaluation/subgroups.json")
+        mlflow.log_artifacts(str(paths.EVALUATE_PLOTS), "evaluation")
+        info = serving.log_serving_model(
+            paths.MODEL, params.ingest.image_size, params.register_.max_image_bytes, test.images[:2]
+        )
+        version = registry.register(
+            run_id=lineage["run_id"],
+            model_uri=info.model_uri,
+            model_name=params.register_.model_name,
+            metrics={f"test_{k}": v for k, v in scalar_metrics(report).items()},
+            lineage=tracking.lineage_tags(lineage["data_version"]),
+        )
+    paths.REGISTERED.write_text(
+        json.dumps(
+            {
+                "model_name": params.register_.model_name,
+                "version": int(version.version),
+                "alias": "challenger",
+                "run_id": lineage["run_id"],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    worst = {k: (v or {}).get("group") for k, v in subgroups["worst"].items()}
+    print(
+        f"evaluate: test age_mae={report['age_mae']:.2f} (median baseline "
+        f"{report['baseline_age_mae']:.2f}), gender_accuracy={report['gender_accuracy']:.3f}; "
+        f"worst groups {worst}; registered {params.register_.model_name} v{version.version} "
+        "as challenger (promote with: utkface promote)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,37 @@
+"""`utkface serve`: the champion as a REST endpoint, via `mlflow models serve`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+
+from stages import tracking
+from stages.params import load_params
+from stages.registry import champion_uri
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="model URI (default: models:/<name>@champion)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5001)
+
+
+def run(args: argparse.Namespace) -> int:
+    uri = args.model or champion_uri(load_params().register_.model_name)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    command = [
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        "local",
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    print("serve:", " ".join(command))
+    return subprocess.call(command, env=env)

@@ -1,0 +1,120 @@
+"""Stage `train`: fit the dual-head CNN on the training split and track the run in MLflow.
+
+The learning rate is params' top-level `lr` when it is a number, otherwise the tuner's best
+(`metrics/tune.json`), so `dvc exp run -S lr=0.0005` retrains without re-running `tune`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models import infer_signature
+
+from stages import paths, tracking
+from stages.dataset import load_split
+from stages.figures import plot_learning_curves
+from stages.params import load_params
+from stages.training import fit
+
+
+def resolve_lr(fixed_lr: float | None, tune_summary: dict | None) -> tuple[float, str]:
+    """The learning rate to train with and where it came from ('params' or 'tune')."""
+    if fixed_lr is not None:
+        return fixed_lr, "params"
+    if not tune_summary or "lr" not in tune_summary.get("best", {}):
+        raise ValueError(
+            f"lr is null/auto but {paths.TUNE_METRICS} has no best lr: run the tune stage "
+            "(dvc repro tune) or set a number, e.g. dvc exp run -S lr=0.001"
+        )
+    return float(tune_summary["best"]["lr"]), "tune"
+
+
+def history_table(history: dict[str, list[float]]) -> pd.DataFrame:
+    """Per-epoch history as the DVC plots / MLflow table (epoch starts at 1)."""
+    table = pd.DataFrame(history)
+    table.insert(0, "epoch", np.arange(1, len(table) + 1))
+    return table
+
+
+def best_epoch_metrics(history: pd.DataFrame, monitor: str) -> dict[str, float]:
+    """Metrics at the epoch whose weights EarlyStopping restored (best `monitor`)."""
+    row = history.loc[history[monitor].idxmin()]
+    return {k: float(v) for k, v in row.items()} | {"epochs_run": len(history)}
+
+
+def main() -> None:
+    params = load_params()
+    tune_summary = (
+        json.loads(paths.TUNE_METRICS.read_text()) if paths.TUNE_METRICS.exists() else None
+    )
+    lr, lr_source = resolve_lr(params.fixed_lr, tune_summary)
+    train, val = load_split("train"), load_split("val")
+    version = tracking.data_version()
+    tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
+    with mlflow.start_run(tags={"stage": "train", **tracking.lineage_tags(version)}) as run:
+        mlflow.log_params(tracking.flatten(params.model_dump(by_alias=True)))
+        mlflow.log_params({"lr_used": lr, "lr_source": lr_source, "train_rows": len(train.age)})
+        started = time.perf_counter()
+        model, history = fit(
+            params.model,
+            params.train,
+            lr,
+            train,
+            val,
+            params.seed,
+            params.train.epochs,
+            callbacks=[tracking.EpochLogger()],
+        )
+        seconds = time.perf_counter() - started
+        table = history_table(history)
+        summary = best_epoch_metrics(table, params.train.early_stopping.monitor) | {
+            "lr": lr,
+            "lr_source": lr_source,
+            "train_rows": len(train.age),
+            "seconds": round(seconds, 1),
+            "images_per_second": round(len(train.age) * len(table) / seconds, 1),
+        }
+        paths.MODELS.mkdir(parents=True, exist_ok=True)
+        paths.METRICS.mkdir(parents=True, exist_ok=True)
+        model.save(paths.MODEL)
+        table.to_csv(paths.TRAIN_HISTORY, index=False)
+        paths.TRAIN_METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, float)})
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(plot_learning_curves(table, Path(tmp) / "learning_curves.png")))
+        mlflow.log_artifact(str(paths.TRAIN_HISTORY))
+        example = val.images[:2]
+        info = mlflow.keras.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, model.predict(example, verbose=0)),
+            input_example=example,
+        )
+        paths.TRAIN_RUN.write_text(
+            json.dumps(
+                {
+                    "run_id": run.info.run_id,
+                    "experiment_id": run.info.experiment_id,
+                    "model_uri": info.model_uri,
+                    "data_version": version,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    print(
+        f"train: lr={lr} ({lr_source}), {summary['epochs_run']} epochs in {seconds:.0f}s "
+        f"({summary['images_per_second']} img/s): val_age_mae={summary['val_age_mae']:.2f} "
+        f"val_gender_accuracy={summary['val_gender_accuracy']:.3f} -> {paths.MODEL}, "
+        f"MLflow run {run.info.run_id}"
+    )
+
+
+if __name__ == "__main__":
+    main()
