@@ -32,3 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     sys.exit(run(args))
+
+
+if __name__ == "__main__":
+    main()

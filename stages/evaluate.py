@@ -112,7 +112,11 @@ def main() -> None:
         mlflow.log_dict(subgroups, "evaluation/subgroups.json")
         mlflow.log_artifacts(str(paths.EVALUATE_PLOTS), "evaluation")
         info = serving.log_serving_model(
-            paths.MODEL, params.ingest.image_size, params.register_.max_image_bytes, test.images[:2]
+            paths.MODEL,
+            params.ingest.image_size,
+            params.register_.max_image_bytes,
+            test.images[:2],
+            max_pixels=params.ingest.max_image_pixels,
         )
         version = registry.register(
             run_id=lineage["run_id"],

@@ -106,7 +106,7 @@ def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
 
 
 def format_table(predictions: Sequence[Prediction]) -> str:
-    """One row per image: path, age, gender, p_female, or the error instead."""
+    """One row per image: path, age, gender, p_female, and why when it was not predicted."""
     rows = [("path", "age", "gender", "p_female", "error")]
     rows += [
         (

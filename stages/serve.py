@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 from stages import tracking
 from stages.params import load_params
@@ -19,9 +21,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     uri = args.model or champion_uri(load_params().register_.model_name)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    # mlflow starts uvicorn from PATH: put this environment's scripts first
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     command = [
-        "mlflow",
+        str(Path(bin_dir) / "mlflow"),
         "models",
         "serve",
         "-m",

@@ -8,7 +8,7 @@ UTKFace's and shows cues a small CNN can learn at 64x64 px:
   lips thin, lids droop and nose-to-mouth folds deepen from 18 to 70; wrinkles come from ~32,
   grey hair from ~42 (and receding or bald heads on many men), age spots from 65;
 - gender: long hair on most women and few men, beards on many adult men, lipstick, eyeliner,
-  thicker brows and squarer jaws on men;
+  bows on girls, thicker brows and squarer jaws on men;
 - race: skin tone (and hair and eye colour).
 
 Pose, background, clothing, glasses, lighting and noise vary at random so the task is not
@@ -266,13 +266,13 @@ def _draw_eyes(draw: ImageDraw.ImageDraw, face: _Face, rng: np.random.Generator)
         draw.ellipse((ex - 2.5, eye_y - 2.5, ex + 2.5, eye_y + 2.5), fill=(10, 10, 10))
         if face.female and face.age >= 14:
             box = (ex - radius * 1.4, eye_y - opening * 1.1, ex + radius * 1.4, eye_y + opening)
-            draw.arc(box, 200, 340, (15, 10, 10), 3)
+            draw.arc(box, 200, 340, (15, 10, 10), 4)
         brow_y = eye_y - radius - 8 + 3 * face.mature
         slope = -3 + 4 * face.lines
         draw.line(
             (ex - side * 12, brow_y, ex + side * 14, brow_y + slope),
             brow,
-            5 if face.adult_male else 3,
+            6 if face.adult_male else 3,
         )
 
 
@@ -315,7 +315,7 @@ def _draw_mouth(draw: ImageDraw.ImageDraw, face: _Face, rng: np.random.Generator
         draw.rounded_rectangle(
             (cx - mouth_w - 6, mouth_y - 12, cx + mouth_w + 6, mouth_y - 3), 4, beard
         )
-    if face.female and face.age >= 14 and rng.random() < 0.7:
+    if face.female and face.age >= 14 and rng.random() < 0.8:
         lips = _jitter((190, 30, 50), rng, 0.15)
     else:
         lips = _mix(face.skin, (150, 60, 60), 0.45 - 0.25 * face.mature)
@@ -326,17 +326,23 @@ def _draw_mouth(draw: ImageDraw.ImageDraw, face: _Face, rng: np.random.Generator
 
 
 def _draw_extras(draw: ImageDraw.ImageDraw, face: _Face, rng: np.random.Generator) -> None:
-    """Glasses (a distractor, commoner with age) and earrings (on some women)."""
+    """Glasses (a distractor, commoner with age), earrings on some women, bows on many girls."""
+    cx, eye_y, eye_dx = face.cx, face.eye_y, face.width * 0.21
     if face.age >= 8 and rng.random() < 0.05 + 0.3 * face.lines:
-        frame, eye_y, eye_dx = _random_color(rng), face.eye_y, face.width * 0.21
+        frame = _random_color(rng)
         for side in (-1, 1):
-            ex = face.cx + side * eye_dx
+            ex = cx + side * eye_dx
             draw.ellipse((ex - 17, eye_y - 13, ex + 17, eye_y + 13), outline=frame, width=3)
-        draw.line((face.cx - eye_dx + 17, eye_y, face.cx + eye_dx - 17, eye_y), frame, 3)
+        draw.line((cx - eye_dx + 17, eye_y, cx + eye_dx - 17, eye_y), frame, 3)
     if face.female and face.age >= 10 and rng.random() < 0.3:
         for side in (-1, 1):
-            ex = face.cx + side * face.width / 2
+            ex = cx + side * face.width / 2
             draw.ellipse((ex - 4, face.ear_y + 12, ex + 4, face.ear_y + 20), fill=(230, 200, 60))
+    if face.female and face.age < 14 and rng.random() < 0.6:
+        x, y, color = cx + rng.choice((-1, 1)) * face.width * 0.3, face.top + 6, _random_color(rng)
+        draw.polygon([(x, y), (x - 14, y - 9), (x - 14, y + 9)], fill=color)
+        draw.polygon([(x, y), (x + 14, y - 9), (x + 14, y + 9)], fill=color)
+        draw.ellipse((x - 4, y - 4, x + 4, y + 4), fill=_mix(color, (0, 0, 0), 0.3))
 
 
 def _draw_portrait(draw: ImageDraw.ImageDraw, face: _Face, rng: np.random.Generator) -> None:

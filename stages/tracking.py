@@ -17,6 +17,9 @@ from typing import Any
 
 import keras
 import mlflow
+import numpy as np
+from mlflow.models import Model, infer_signature
+from mlflow.models.model import ModelInfo
 
 from stages import paths
 
@@ -51,10 +54,13 @@ def use_experiment(name: str) -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
-    if experiment is None:
-        return mlflow.create_experiment(name, artifact_location=_artifact_location(uri))
-    mlflow.set_experiment(experiment_id=experiment.experiment_id)
-    return experiment.experiment_id
+    experiment_id = (
+        mlflow.create_experiment(name, artifact_location=_artifact_location(uri))
+        if experiment is None
+        else experiment.experiment_id
+    )
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
 
 
 def git_commit() -> str:
@@ -121,3 +127,29 @@ class EpochLogger(keras.callbacks.Callback):
                 keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
             )
         mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
+
+
+class _KerasFlavor:
+    """`mlflow.keras` for `Model.log`, creating the model folder first: MLflow 3.17's Keras
+    `save_model` writes the input example before it creates that folder, so
+    `mlflow.keras.log_model(..., input_example=...)` fails with FileNotFoundError."""
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def log_keras_model(model: keras.Model, example: np.ndarray, name: str = "model") -> ModelInfo:
+    """Log `model` (Keras flavor) to the active run with its signature and an input example."""
+    outputs = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
+    return Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=_KerasFlavor(),
+        model=model,
+        signature=infer_signature(example, outputs),
+        input_example=example,
+    )

@@ -14,7 +14,6 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
 
 from stages import paths, tracking
 from stages.dataset import load_split
@@ -89,13 +88,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plot_learning_curves(table, Path(tmp) / "learning_curves.png")))
         mlflow.log_artifact(str(paths.TRAIN_HISTORY))
-        example = val.images[:2]
-        info = mlflow.keras.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, model.predict(example, verbose=0)),
-            input_example=example,
-        )
+        info = tracking.log_keras_model(model, val.images[:2])
         paths.TRAIN_RUN.write_text(
             json.dumps(
                 {
