@@ -12,7 +12,9 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-Image.MAX_IMAGE_PIXELS = 25_000_000
+MAX_PIXELS = 25_000_000  # default limit; ingest passes ingest.max_image_pixels
+# Pillow's global check would cap every caller at its own limit; decode_image checks instead.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class ImageError(ValueError):
@@ -20,7 +22,7 @@ class ImageError(ValueError):
 
 
 def decode_image(
-    data: bytes, max_pixels: int = Image.MAX_IMAGE_PIXELS, target_size: int | None = None
+    data: bytes, max_pixels: int = MAX_PIXELS, target_size: int | None = None
 ) -> Image.Image:
     """Decode image bytes fully, refusing empty, corrupt, truncated and oversized images.
 
@@ -69,6 +71,6 @@ def prepare_image(image: Image.Image, size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def load_image(data: bytes, size: int, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> np.ndarray:
+def load_image(data: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Bytes of a JPEG/PNG/... to the model's input array; raises `ImageError`."""
     return prepare_image(decode_image(data, max_pixels, target_size=size), size)

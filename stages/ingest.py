@@ -26,7 +26,14 @@ from stages import paths
 from stages.imaging import ImageError, decode_image, prepare_image
 from stages.labels import LABEL_COLUMNS, LabelError, parse_file_name
 from stages.params import load_params
-from stages.sources import RawFile, SourceError, describe, is_image_name, iter_source
+from stages.sources import (
+    READ_ERRORS,
+    RawFile,
+    SourceError,
+    describe,
+    is_image_name,
+    iter_source,
+)
 
 
 @dataclass
@@ -86,7 +93,11 @@ def ingest(
                 (raw.name, f"duplicate image id: same name as {first_by_id[labels.image_id]}")
             )
             continue
-        data = raw.read()
+        try:
+            data = raw.read()
+        except READ_ERRORS as error:  # e.g. an archive member with a bad CRC
+            rejected.append((raw.name, f"corrupt or unreadable file: {error}"))
+            continue
         digest = hashlib.sha1(data).hexdigest()
         if data and digest in first_by_digest:
             rejected.append((raw.name, f"duplicate image: same bytes as {first_by_digest[digest]}"))

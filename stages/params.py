@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from stages import paths
 
@@ -102,14 +103,14 @@ class ModelParams(_Section):
     convs_per_block: Annotated[int, Field(ge=1, le=4)] = 2
     separable: bool = True
     dense_units: PositiveInt = 128
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.3
-    l2: NonNegativeFloat = 1e-4
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    l2: NonNegativeFloat = 0.0
     augment: ModelAugmentParams = ModelAugmentParams()
 
 
 class EarlyStoppingParams(_Section):
     monitor: str = "val_loss"
-    patience: Annotated[int, Field(ge=1)] = 6
+    patience: Annotated[int, Field(ge=1)] = 8
 
 
 class ReduceLrParams(_Section):
@@ -125,7 +126,7 @@ class LossWeights(_Section):
 
 
 class TrainParams(_Section):
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 30
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 40
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
     age_loss: Literal["huber", "mae"] = "huber"
     huber_delta: Annotated[float, Field(gt=0.0)] = 5.0
@@ -250,6 +251,10 @@ def _field_for(loc: tuple[Any, ...]) -> Any:
     model: Any = Params
     field = None
     for part in loc:
+        if field is not None and part.isdigit() and get_origin(field.annotation) is list:
+            field = FieldInfo.from_annotation(get_args(field.annotation)[0])  # a list item
+            model = field.annotation
+            continue
         fields = getattr(model, "model_fields", None)
         if not fields:
             return field

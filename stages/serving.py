@@ -33,7 +33,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 from stages.evaluation import clamp_ages, gender_labels
-from stages.imaging import ImageError, load_image
+from stages.imaging import MAX_PIXELS, ImageError, load_image
 from stages.labels import AGE_MAX, GENDERS
 from stages.model import AGE, GENDER
 
@@ -184,7 +184,7 @@ def log_serving_model(
     image_size: int,
     max_image_bytes: int,
     input_example_images: np.ndarray | Sequence[np.ndarray],
-    max_pixels: int = Image.MAX_IMAGE_PIXELS,
+    max_pixels: int = MAX_PIXELS,
     name: str = SERVING_MODEL_NAME,
 ) -> ModelInfo:
     """Log the pyfunc wrapping `keras_model_path` to the active MLflow run.

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import tarfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -18,6 +20,8 @@ from stages.labels import IMAGE_SUFFIXES
 
 SYNTHETIC = "synthetic"
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
+# What reading a corrupt, truncated or encrypted archive (member) raises.
+READ_ERRORS = (OSError, EOFError, RuntimeError, zlib.error, zipfile.BadZipFile, tarfile.TarError)
 
 
 class SourceError(ValueError):
@@ -58,8 +62,16 @@ def _folder_files(root: Path, max_bytes: int) -> Iterator[RawFile]:
         yield RawFile(name, path.read_bytes, _too_big(path.stat().st_size, max_bytes))
 
 
+def _unreadable(archive: Path, error: BaseException) -> SourceError:
+    return SourceError(f"ingest.source: {archive} is not a readable archive: {error}")
+
+
 def _zip_files(archive: Path, max_bytes: int) -> Iterator[RawFile]:
-    with zipfile.ZipFile(archive) as zf:
+    try:
+        zf = zipfile.ZipFile(archive)
+    except READ_ERRORS as error:
+        raise _unreadable(archive, error) from None
+    with zf:
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
             if info.is_dir():
                 continue
@@ -68,8 +80,13 @@ def _zip_files(archive: Path, max_bytes: int) -> Iterator[RawFile]:
 
 
 def _tar_files(archive: Path, max_bytes: int) -> Iterator[RawFile]:
-    with tarfile.open(archive, mode="r:*") as tf:
-        for member in sorted(tf.getmembers(), key=lambda m: m.name):
+    with ExitStack() as stack:
+        try:
+            tf = stack.enter_context(tarfile.open(archive, mode="r:*"))
+            members = sorted(tf.getmembers(), key=lambda m: m.name)  # reads the whole archive
+        except READ_ERRORS as error:
+            raise _unreadable(archive, error) from None
+        for member in members:
             if member.isdir():
                 continue
             refusal = _unsafe_member(member.name)

@@ -9,10 +9,13 @@ the ingest stage depends on `data/raw`, which DVC hashes.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+
+import yaml
 
 from stages import paths
 from stages.sources import ARCHIVE_SUFFIXES
@@ -36,13 +39,28 @@ def copy_into_raw(source: Path, raw_dir: Path = paths.RAW) -> Path:
     return target
 
 
+def _yaml_scalar(value: str) -> str:
+    """`value` as written after `source:`: plain if YAML reads it back unchanged, else quoted."""
+    try:
+        if yaml.safe_load(f"source: {value}") == {"source": value}:
+            return value
+    except yaml.YAMLError:
+        pass
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar
+
+
 def set_ingest_source(value: str, params_file: Path = paths.PARAMS) -> None:
     """Rewrite the `source:` line of the `ingest:` section, keeping comments and layout."""
     text = params_file.read_text()
-    pattern = re.compile(r"(^ingest:\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+source:[ \t]*)(\S+)", re.M)
+    pattern = re.compile(
+        r"(^ingest:\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+source:[ \t]*)"
+        r"(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\n]|'')*'|[^\s#][^\n]*?)(?=[ \t]+#|[ \t]*$)",
+        re.M,
+    )
     if not pattern.search(text):
         raise ValueError(f"{params_file}: no ingest.source line found")
-    params_file.write_text(pattern.sub(lambda m: m.group(1) + value, text, count=1))
+    scalar = _yaml_scalar(value)
+    params_file.write_text(pattern.sub(lambda m: m.group(1) + scalar, text, count=1))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
