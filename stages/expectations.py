@@ -155,30 +155,60 @@ def build_suites(params: Params) -> dict[str, gx.ExpectationSuite]:
 
     checks = {
         "labels": [
-            expect("row_count", x.ExpectTableRowCountToBeBetween,
-                   min_value=cfg.min_rows, max_value=cfg.max_rows),
-            *(expect("no_nulls", x.ExpectColumnValuesToNotBeNull, column=c)
-              for c in LABEL_COLUMNS),
+            expect(
+                "row_count",
+                x.ExpectTableRowCountToBeBetween,
+                min_value=cfg.min_rows,
+                max_value=cfg.max_rows,
+            ),
+            *(expect("no_nulls", x.ExpectColumnValuesToNotBeNull, column=c) for c in LABEL_COLUMNS),
             expect("unique_ids", x.ExpectColumnValuesToBeUnique, column="image_id"),
-            expect("age_range", x.ExpectColumnValuesToBeBetween,
-                   column="age", min_value=1, max_value=cfg.age_max),
-            expect("gender_values", x.ExpectColumnValuesToBeInSet,
-                   column="gender", value_set=list(range(len(GENDERS)))),
-            expect("race_values", x.ExpectColumnValuesToBeInSet,
-                   column="race", value_set=list(range(len(RACES)))),
+            expect(
+                "age_range",
+                x.ExpectColumnValuesToBeBetween,
+                column="age",
+                min_value=1,
+                max_value=cfg.age_max,
+            ),
+            expect(
+                "gender_values",
+                x.ExpectColumnValuesToBeInSet,
+                column="gender",
+                value_set=list(range(len(GENDERS))),
+            ),
+            expect(
+                "race_values",
+                x.ExpectColumnValuesToBeInSet,
+                column="race",
+                value_set=list(range(len(RACES))),
+            ),
         ],
         "image_array": [
-            expect("image_shape", x.ExpectColumnPairValuesToBeEqual,
-                   column_A="images", column_B="rows"),
-            expect("image_shape", x.ExpectColumnValuesToBeInSet,
-                   column="image_dims", value_set=[f"{size}x{size}x3"]),
-            expect("image_shape", x.ExpectColumnPairValuesToBeEqual,
-                   column_A="cache_indices_covered", column_B="images"),
+            expect(
+                "image_shape", x.ExpectColumnPairValuesToBeEqual, column_A="images", column_B="rows"
+            ),
+            expect(
+                "image_shape",
+                x.ExpectColumnValuesToBeInSet,
+                column="image_dims",
+                value_set=[f"{size}x{size}x3"],
+            ),
+            expect(
+                "image_shape",
+                x.ExpectColumnPairValuesToBeEqual,
+                column_A="cache_indices_covered",
+                column_B="images",
+            ),
         ],
         "class_counts": [
-            expect(name, x.ExpectColumnPairValuesAToBeGreaterThanB,
-                   column_A="count", column_B="minimum", or_equal=True,
-                   row_condition=Column("kind") == kind)
+            expect(
+                name,
+                x.ExpectColumnPairValuesAToBeGreaterThanB,
+                column_A="count",
+                column_B="minimum",
+                or_equal=True,
+                row_condition=Column("kind") == kind,
+            )
             for name, kind in (("gender_counts", "gender"), ("age_bucket_counts", "age_bucket"))
         ],
     }

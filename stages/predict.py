@@ -126,15 +126,27 @@ def format_table(predictions: Sequence[Prediction]) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                        help="image files, or folders searched for .jpg/.jpeg/.png")
-    parser.add_argument("--model", metavar="URI",
-                        help="any pyfunc URI: models:/..., runs:/..., a local path "
-                        "(default: models:/<model-name>@champion)")
-    parser.add_argument("--model-name",
-                        help="registered model (default: register.model_name in params.yaml)")
-    parser.add_argument("--json", action="store_true",
-                        help="print a JSON list of {path, age, gender, p_female, error}")
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="image files, or folders searched for .jpg/.jpeg/.png",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="URI",
+        help="any pyfunc URI: models:/..., runs:/..., a local path "
+        "(default: models:/<model-name>@champion)",
+    )
+    parser.add_argument(
+        "--model-name", help="registered model (default: register.model_name in params.yaml)"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of {path, age, gender, p_female, error}",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

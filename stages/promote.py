@@ -87,13 +87,18 @@ def decide(
         return Decision(True, FIRST_MODEL)
     checks = (
         Check(
-            registry.AGE_MAE, champion_metrics.get(registry.AGE_MAE),
-            candidate_metrics.get(registry.AGE_MAE), gate.max_age_mae_increase, True,
+            registry.AGE_MAE,
+            champion_metrics.get(registry.AGE_MAE),
+            candidate_metrics.get(registry.AGE_MAE),
+            gate.max_age_mae_increase,
+            True,
         ),
         Check(
-            registry.GENDER_ACCURACY, champion_metrics.get(registry.GENDER_ACCURACY),
+            registry.GENDER_ACCURACY,
+            champion_metrics.get(registry.GENDER_ACCURACY),
             candidate_metrics.get(registry.GENDER_ACCURACY),
-            -gate.max_gender_accuracy_decrease, False,
+            -gate.max_gender_accuracy_decrease,
+            False,
         ),
     )
     problems = []
@@ -125,6 +130,7 @@ def version_metrics(version: ModelVersion) -> dict[str, float]:
 
 def comparison_table(decision: Decision) -> str:
     """The gate as a table: metric, champion, candidate, delta, allowed, ok."""
+
     def number(value: float | None, sign: str = "") -> str:
         return "-" if value is None else f"{value:{sign}.4f}"
 
@@ -133,15 +139,20 @@ def comparison_table(decision: Decision) -> str:
         bound = "<=" if check.lower_is_better else ">="
         rows.append(
             (
-                check.metric, number(check.champion), number(check.candidate),
-                number(check.delta, "+"), f"{bound} {check.allowed:+.4f}",
+                check.metric,
+                number(check.champion),
+                number(check.candidate),
+                number(check.delta, "+"),
+                f"{bound} {check.allowed:+.4f}",
                 "yes" if check.ok else "NO",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
-        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
-                  enumerate(zip(row, widths, strict=True))).rstrip()
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
         for row in rows
     )
 
@@ -218,7 +229,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--version", type=int, help=f"version to promote (default: the {registry.CHALLENGER})"
     )
     parser.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="promote despite a failed gate or different test data (recorded as the reason)",
     )
     parser.add_argument(

@@ -114,7 +114,8 @@ def register(
     _ensure_registered_model(registry, model_name)
     version = mlflow.register_model(model_uri, model_name, tags=tags)
     registry.update_model_version(
-        model_name, version.version,
+        model_name,
+        version.version,
         description=description or version_description(run_id, metrics, lineage),
     )
     registry.set_registered_model_alias(model_name, CHALLENGER, version.version)

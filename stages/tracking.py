@@ -18,6 +18,8 @@ from typing import Any
 import keras
 import mlflow
 import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
 
@@ -45,7 +47,8 @@ def _artifact_location(uri: str) -> str | None:
     """Artifacts beside a SQLite store (never inside a temporary workspace); a server decides
     for itself."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / paths.MLFLOW_ARTIFACTS).as_uri()
+        store = Path(uri.removeprefix("sqlite:///")).absolute()
+        return (store.parent / paths.MLFLOW_ARTIFACTS).as_uri()
     return None
 
 
@@ -54,11 +57,17 @@ def use_experiment(name: str) -> str:
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
-    experiment_id = (
-        mlflow.create_experiment(name, artifact_location=_artifact_location(uri))
-        if experiment is None
-        else experiment.experiment_id
-    )
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        try:
+            experiment_id = mlflow.create_experiment(
+                name, artifact_location=_artifact_location(uri)
+            )
+        except MlflowException as error:  # a tune chief and its workers start together
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment_id = MlflowClient().get_experiment_by_name(name).experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
 

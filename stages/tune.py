@@ -95,6 +95,11 @@ def _tracked(base: type[kt.Tuner], parent_run_id: str | None) -> type[kt.Tuner]:
     return TrackedTuner
 
 
+def is_worker() -> bool:
+    """A Keras Tuner worker of a distributed search (the chief's id is `chief`)."""
+    return os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
+
+
 def make_tuner(params: Params, hypermodel: kt.HyperModel, parent_run_id: str | None) -> kt.Tuner:
     cfg = params.tune
     objective = kt.Objective(OBJECTIVE, direction="min")
@@ -104,7 +109,8 @@ def make_tuner(params: Params, hypermodel: kt.HyperModel, parent_run_id: str | N
         "seed": params.seed,
         "directory": str(paths.TUNER_DIR),
         "project_name": "search",
-        "overwrite": True,
+        # main() clears the directory for a new search; a worker must keep what others write.
+        "overwrite": not is_worker(),
         "executions_per_trial": cfg.executions_per_trial,
         "max_consecutive_failed_trials": 2,
     }
@@ -180,9 +186,7 @@ def _parent_run_for_worker(oracle: str, wait_s: float = 60.0) -> str | None:
     return None
 
 
-def search(
-    params: Params, train: SplitData, val: SplitData, role: str, parent_run_id: str | None
-) -> kt.Tuner:
+def search(params: Params, train: SplitData, val: SplitData, parent_run_id: str | None) -> kt.Tuner:
     seed_everything(params.seed)
     subset = subsample(train, params.tune.train_fraction, params.seed)
     hypermodel = DualHeadHyperModel(params, train.images.shape[1], float(np.median(subset.age)))
@@ -193,7 +197,7 @@ def search(
         validation_data=make_dataset(val, batch, shuffle=False, seed=params.seed),
         epochs=params.tune.epochs,
         callbacks=[ObjectiveCallback(params.tune.gender_weight), tracking.EpochLogger()],
-        verbose=progress_verbosity() if role != "chief" else 0,
+        verbose=progress_verbosity(),
     )
     return tuner
 
@@ -207,7 +211,7 @@ def main() -> None:
     started = time.perf_counter()
     if role not in ("single", "chief"):
         parent = _parent_run_for_worker(oracle)
-        search(params, train, val, role, parent)
+        search(params, train, val, parent)
         print(f"tune: worker {role} finished its trials for the chief at {oracle}")
         return
     if paths.TUNER_DIR.exists():
@@ -217,7 +221,7 @@ def main() -> None:
         tags[ORACLE_TAG] = oracle
     with mlflow.start_run(run_name="tune", tags=tags) as run:
         mlflow.log_params(tracking.flatten({"seed": params.seed, "tune": params.tune.model_dump()}))
-        tuner = search(params, train, val, role, run.info.run_id)
+        tuner = search(params, train, val, run.info.run_id)
         summary = summarize(tuner, params, time.perf_counter() - started, run.info.run_id)
         mlflow.log_params({f"best.{k}": v for k, v in summary["best"].items()})
         mlflow.log_metrics(

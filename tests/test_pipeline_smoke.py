@@ -140,7 +140,7 @@ def test_image_size_change_reruns_ingest_and_validate(project: Path, env: dict[s
     original = params_file.read_text()
     try:
         params = yaml.safe_load(original)
-        params["ingest"]["image_size"] = 48
+        params["ingest"]["image_size"] = TINY["ingest"]["image_size"] + 16
         params_file.write_text(yaml.safe_dump(params, sort_keys=False))
         status = json.loads(_run(["dvc", "status", "--json"], project, env).stdout)
         assert {"ingest", "validate"} <= set(status)

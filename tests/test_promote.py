@@ -95,7 +95,13 @@ def test_comparison_table_lists_every_check() -> None:
     header, age_row, accuracy_row = table.splitlines()
     assert header.split() == ["metric", "champion", "candidate", "delta", "allowed", "ok"]
     assert age_row.split() == [
-        registry.AGE_MAE, "5.0000", "5.5000", "+0.5000", "<=", "+0.1000", "NO"
+        registry.AGE_MAE,
+        "5.0000",
+        "5.5000",
+        "+0.5000",
+        "<=",
+        "+0.1000",
+        "NO",
     ]
     assert accuracy_row.split()[-1] == "yes"
 
@@ -154,7 +160,10 @@ def test_register_creates_described_challenger(logged: ModelInfo, name: str) -> 
 def test_register_refuses_missing_metrics(logged: ModelInfo, name: str) -> None:
     with pytest.raises(ValueError, match="test_gender_accuracy"):
         registry.register(
-            logged.run_id, logged.model_uri, name, {registry.AGE_MAE: 1.0},
+            logged.run_id,
+            logged.model_uri,
+            name,
+            {registry.AGE_MAE: 1.0},
             {"git_commit": "c", "dvc_exp_name": "e", "data_version": "d"},
         )
 

@@ -62,7 +62,9 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
     assert (local / "code" / "stages" / "imaging.py").exists()
     config = mlflow.models.Model.load(local).flavors["python_function"]["config"]
     assert config == {
-        "image_size": IMAGE_SIZE, "max_image_bytes": MAX_IMAGE_BYTES, "max_pixels": 25_000_000
+        "image_size": IMAGE_SIZE,
+        "max_image_bytes": MAX_IMAGE_BYTES,
+        "max_pixels": 25_000_000,
     }
 
 
@@ -115,7 +117,9 @@ def test_report_mode_predicts_the_good_rows(pyfunc: PyFuncModel) -> None:
     frame = pd.DataFrame({"image": [NOT_AN_IMAGE, b64(image_bytes(1)), NOT_AN_IMAGE]})
     result = pyfunc.predict(frame, params={"on_error": "report"})
     assert result["error"].tolist() == [
-        "not an image (unrecognised format)", None, "not an image (unrecognised format)"
+        "not an image (unrecognised format)",
+        None,
+        "not an image (unrecognised format)",
     ]
     assert result["age"].isna().tolist() == [True, False, True]
     assert result.loc[1, "gender"] in ("male", "female")
@@ -162,13 +166,23 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
     with log_path.open("w") as log:
         server = subprocess.Popen(
             [
-                str(bin_dir / "mlflow"), "models", "serve",
-                "-m", registry.champion_uri(MODEL_NAME), "--env-manager", "local",
-                "-p", str(port), "--host", "127.0.0.1",
+                str(bin_dir / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                registry.champion_uri(MODEL_NAME),
+                "--env-manager",
+                "local",
+                "-p",
+                str(port),
+                "--host",
+                "127.0.0.1",
             ],
             cwd=tmp_path,  # not the repository root: `stages` comes with the model
             env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_until_up(server, url)

@@ -43,9 +43,7 @@ FILES = {
     utk(12, 1, 1, 5): face(5),
     "UTKFace/notes.txt": b"hello\n",
 }
-INGESTED = {name.rsplit("/", 1)[-1].removesuffix(".jpg.chip.jpg") for name in FILES} - {
-    "notes.txt"
-}
+INGESTED = {name.rsplit("/", 1)[-1].removesuffix(".jpg.chip.jpg") for name in FILES} - {"notes.txt"}
 
 
 def write_folder(root: Path, files: dict[str, bytes] = FILES) -> Path:

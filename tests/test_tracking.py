@@ -11,7 +11,6 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from stages import tracking
 from stages.model import build_model, compile_model
@@ -72,9 +71,7 @@ def test_tracking_uri_defaults_to_sqlite_at_the_repository_root(
 # --- experiments ------------------------------------------------------------------------------
 
 
-def test_use_experiment_keeps_artifacts_beside_the_sqlite_store(
-    store: str, tmp_path: Path
-) -> None:
+def test_use_experiment_keeps_artifacts_beside_the_sqlite_store(store: str, tmp_path: Path) -> None:
     experiment_id = tracking.use_experiment("tests-tracking")
     experiment = MlflowClient(store).get_experiment(experiment_id)
     assert experiment.name == "tests-tracking"
@@ -97,11 +94,6 @@ def test_use_experiment_reuses_an_existing_experiment(store: str) -> None:
     assert run.info.experiment_id == first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a relative SQLite URI (sqlite:///mlflow.db, as in the README's mlflow ui "
-    "command) makes _artifact_location call Path.as_uri() on a relative path: ValueError",
-)
 def test_use_experiment_with_a_relative_sqlite_uri(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -112,12 +104,6 @@ def test_use_experiment_with_a_relative_sqlite_uri(
     assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=MlflowException,
-    reason="bug: use_experiment checks, then creates: a chief and workers started together on "
-    "a store without the experiment race, and the loser fails with RESOURCE_ALREADY_EXISTS",
-)
 def test_use_experiment_when_another_process_created_it_meanwhile(
     store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

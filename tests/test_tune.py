@@ -73,13 +73,13 @@ def synthetic_faces(count: int, size: int = 32, seed: int = 0) -> tuple[np.ndarr
 def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in overrides.items():
-        merged[key] = (
-            with_overrides(base.get(key, {}), value) if isinstance(value, dict) else value
-        )
+        merged[key] = with_overrides(base.get(key, {}), value) if isinstance(value, dict) else value
     return merged
 
 
-def write_tiny_project(root: Path, overrides: dict[str, Any] | None = None, count: int = 60) -> None:
+def write_tiny_project(
+    root: Path, overrides: dict[str, Any] | None = None, count: int = 60
+) -> None:
     """params.yaml, data/ingested/images.npy and data/split/*.parquet under `root` (60/20/20)."""
     params = with_overrides(TINY_PARAMS, overrides or {})
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -234,11 +234,6 @@ def test_make_tuner_picks_the_configured_tuner(
     assert lr["name"] == "lr" and lr["values"] == LEARNING_RATES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: make_tuner passes overwrite=True on workers too, so every worker that starts "
-    "deletes models/tuner/search, with the checkpoints other workers are writing there",
-)
 def test_worker_tuner_keeps_the_shared_tuner_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -255,11 +250,6 @@ def test_worker_tuner_keeps_the_shared_tuner_directory(
     assert running.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: search() passes verbose=0 for the chief, which silences the oracle's display, "
-    "the only place a distributed search reports trials (workers print just Keras epochs)",
-)
 def test_chief_reports_the_trials_it_hands_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -271,7 +261,7 @@ def test_chief_reports_the_trials_it_hands_out(
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_port()))
     monkeypatch.setattr(oracle_chief, "start_server", lambda oracle: None)  # serve nobody
     params = load_params()
-    tuner = tune.search(params, load_split("train"), load_split("val"), "chief", None)
+    tuner = tune.search(params, load_split("train"), load_split("val"), None)
     capsys.readouterr()
     trial = tuner.oracle.create_trial("tuner0")  # what a worker's CreateTrial request does
     assert trial.status == "RUNNING"
@@ -315,7 +305,7 @@ def test_search_runs_one_nested_mlflow_run_per_trial_and_summarizes(
     tracking.use_experiment(tracking.TUNE_EXPERIMENT)
     train, val = load_split("train"), load_split("val")
     with mlflow.start_run(run_name="tune") as parent:
-        tuner = tune.search(params, train, val, "single", parent.info.run_id)
+        tuner = tune.search(params, train, val, parent.info.run_id)
         summary = tune.summarize(tuner, params, 12.34, parent.info.run_id)
 
     trials = summary["trials"]
