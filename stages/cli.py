@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from types import ModuleType
 
-from stages import predict, promote, serve, synth_cli, use_data
+from stages import app_cli, predict, promote, serve, synth_cli, use_data
 
 COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "use-data": (use_data, "copy a UTKFace folder/zip/tar.gz into data/raw, dvc add it, use it"),
@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[ModuleType, str]] = {
     "promote": (promote, "move the champion alias to a registered version (quality-gated)"),
     "predict": (predict, "predict age and gender for image files or folders"),
     "serve": (serve, "serve the champion over REST (mlflow models serve)"),
+    "app": (app_cli, "web app: upload a photo, see each face's age and gender (Streamlit)"),
 }
 
 

@@ -95,7 +95,11 @@ def build_model(
     return keras.Model(inputs, {AGE: age, GENDER: gender}, name="utkface_age_gender")
 
 
-def compile_model(model: keras.Model, train: TrainParams, lr: float) -> keras.Model:
+def compile_model(
+    model: keras.Model,
+    train: TrainParams,
+    lr: float | keras.optimizers.schedules.LearningRateSchedule,
+) -> keras.Model:
     """Attach optimizer, the configured losses and weights, and the `age_mae` /
     `gender_accuracy` metrics (Keras names them after the outputs)."""
     age_loss: keras.losses.Loss = (

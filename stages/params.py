@@ -35,7 +35,7 @@ NonNegativeFloat = Annotated[float, Field(ge=0.0)]
 class IngestParams(_Section):
     source: str = "synthetic"
     image_size: Annotated[int, Field(ge=32, le=256)] = 64
-    synthetic_count: Annotated[int, Field(ge=10, le=200_000)] = 1500
+    synthetic_count: Annotated[int, Field(ge=10, le=200_000)] = 1200
     max_image_pixels: Annotated[int, Field(ge=10_000)] = 25_000_000
     max_file_bytes: Annotated[int, Field(ge=1_000)] = 20_000_000
 
@@ -110,7 +110,7 @@ class ModelParams(_Section):
 
 class EarlyStoppingParams(_Section):
     monitor: str = "val_loss"
-    patience: Annotated[int, Field(ge=1)] = 8
+    patience: Annotated[int, Field(ge=1)] = 10
 
 
 class ReduceLrParams(_Section):
@@ -126,8 +126,10 @@ class LossWeights(_Section):
 
 
 class TrainParams(_Section):
-    epochs: Annotated[int, Field(ge=1, le=1000)] = 40
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 60
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    lr_schedule: Literal["cosine", "plateau"] = "cosine"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 2
     age_loss: Literal["huber", "mae"] = "huber"
     huber_delta: Annotated[float, Field(gt=0.0)] = 5.0
     loss_weights: LossWeights = LossWeights()

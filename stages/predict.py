@@ -4,8 +4,9 @@ The pyfunc (`stages.serving`) decodes and preprocesses every image exactly as tr
 this module only finds files, reads their bytes and prints what the model says. Unreadable
 images get an error entry and the rest are still predicted.
 
-Prediction works on `(label, bytes)` inputs rather than on files, which is where face
-detection will hook in: it will turn one file into one input per detected face.
+Prediction works on `Input`s (a label and image bytes) rather than on files: with
+`--detect-faces`, one file becomes one input per face found by `stages.faces`, each the face's
+UTKFace-style crop.
 """
 
 from __future__ import annotations
@@ -18,21 +19,36 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
+from PIL import Image
 
-from stages import registry, tracking
+from stages import faces, registry, tracking
+from stages.imaging import ImageError, decode_image, prepare_image
 from stages.model import AGE, GENDER
 from stages.params import ParamsError, load_params
-from stages.serving import ERROR, IMAGE, ON_ERROR, P_FEMALE, to_base64
+from stages.serving import ERROR, IMAGE, ON_ERROR, P_FEMALE, encode_png, to_base64
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 BATCH = 64
+NO_FACE = "no face found; run without --detect-faces to predict on the whole image"
 
 
 class PredictError(Exception):
     """No model to predict with; the message says how to get one."""
+
+
+@dataclass(frozen=True)
+class Input:
+    """Image bytes to predict; for a detected face, its number (1 = leftmost) and its detection
+    box (x, y, w, h) in the file's pixels."""
+
+    path: str
+    data: bytes
+    face: int | None = None
+    box: faces.Box | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,30 @@ class Prediction:
     gender: str | None = None
     p_female: float | None = None
     error: str | None = None
+    face: int | None = None
+    box: faces.Box | None = None
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What the served model accepts (its model config): input size and the refusal limits."""
+
+    image_size: int
+    max_image_bytes: int
+    max_pixels: int
+
+    @classmethod
+    def of(cls, model: PyFuncModel) -> InputLimits:
+        config = model.model_config
+        try:
+            return cls(
+                int(config["image_size"]), int(config["max_image_bytes"]), int(config["max_pixels"])
+            )
+        except (KeyError, TypeError, ValueError):
+            raise PredictError(
+                f"the model's config {config!r} lacks image_size/max_image_bytes/max_pixels: "
+                "not a model logged by this project"
+            ) from None
 
 
 def find_images(paths: Iterable[Path]) -> tuple[list[Path], list[Prediction]]:
@@ -60,31 +100,69 @@ def find_images(paths: Iterable[Path]) -> tuple[list[Path], list[Prediction]]:
     return files, missing
 
 
-def read_inputs(files: Iterable[Path]) -> tuple[list[tuple[str, bytes]], list[Prediction]]:
-    """(label, bytes) of each readable file, and an error entry for each unreadable one."""
+def read_inputs(files: Iterable[Path]) -> tuple[list[Input], list[Prediction]]:
+    """An input for each readable file, and an error entry for each unreadable one."""
     inputs, errors = [], []
     for path in files:
         try:
-            inputs.append((str(path), path.read_bytes()))
+            inputs.append(Input(str(path), path.read_bytes()))
         except OSError as error:
             errors.append(Prediction(str(path), error=f"cannot read: {error.strerror or error}"))
     return inputs, errors
 
 
-def predict_inputs(model: PyFuncModel, inputs: Sequence[tuple[str, bytes]]) -> list[Prediction]:
+def decode_rgb(data: bytes, limits: InputLimits) -> np.ndarray:
+    """The RGB uint8 pixels of image bytes, refused (`ImageError`) where the model would."""
+    if len(data) > limits.max_image_bytes:
+        raise ImageError(
+            f"image of {len(data)} bytes exceeds the limit of {limits.max_image_bytes}"
+        )
+    return np.asarray(decode_image(data, limits.max_pixels).convert("RGB"))
+
+
+def face_inputs(path: str, image: np.ndarray, image_size: int) -> list[Input]:
+    """One input per face detected in an RGB image: its crop, at the model's input size."""
+    boxes = faces.detect_faces(image)
+    return [
+        Input(path, encode_png(prepare_image(Image.fromarray(crop), image_size)), face, box)
+        for face, (box, crop) in enumerate(
+            zip(boxes, faces.crop_faces(image, boxes), strict=True), start=1
+        )
+    ]
+
+
+def detect_face_inputs(
+    inputs: Iterable[Input], limits: InputLimits
+) -> tuple[list[Input], list[Prediction]]:
+    """The faces of each input image; images that do not decode or show no face are errors."""
+    found, errors = [], []
+    for item in inputs:
+        try:
+            image = decode_rgb(item.data, limits)
+        except ImageError as error:
+            errors.append(Prediction(item.path, error=str(error)))
+            continue
+        crops = face_inputs(item.path, image, limits.image_size)
+        found += crops
+        if not crops:
+            errors.append(Prediction(item.path, error=NO_FACE))
+    return found, errors
+
+
+def predict_inputs(model: PyFuncModel, inputs: Sequence[Input]) -> list[Prediction]:
     """Predictions in input order, in batches; bad images get the pyfunc's reason as error."""
     predictions = []
     for start in range(0, len(inputs), BATCH):
         batch = inputs[start : start + BATCH]
-        frame = pd.DataFrame({IMAGE: [to_base64(data) for _, data in batch]})
+        frame = pd.DataFrame({IMAGE: [to_base64(item.data) for item in batch]})
         result = model.predict(frame, params={ON_ERROR: "report"})
-        for (label, _), row in zip(batch, result.to_dict("records"), strict=True):
+        for item, row in zip(batch, result.to_dict("records"), strict=True):
+            where = {"face": item.face, "box": item.box}
             if row.get(ERROR):
-                predictions.append(Prediction(label, error=row[ERROR]))
+                predictions.append(Prediction(item.path, error=row[ERROR], **where))
             else:
-                predictions.append(
-                    Prediction(label, float(row[AGE]), row[GENDER], float(row[P_FEMALE]))
-                )
+                age, p_female = float(row[AGE]), float(row[P_FEMALE])
+                predictions.append(Prediction(item.path, age, row[GENDER], p_female, **where))
     return predictions
 
 
@@ -105,19 +183,24 @@ def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
         raise PredictError(f"cannot load model {uri}: {error}") from None
 
 
-def format_table(predictions: Sequence[Prediction]) -> str:
-    """One row per image: path, age, gender, p_female, and why when it was not predicted."""
-    rows = [("path", "age", "gender", "p_female", "error")]
-    rows += [
-        (
-            p.path,
-            "" if p.age is None else f"{p.age:.1f}",
-            p.gender or "",
-            "" if p.p_female is None else f"{p.p_female:.3f}",
-            p.error or "",
-        )
-        for p in predictions
+def format_table(predictions: Sequence[Prediction], with_faces: bool = False) -> str:
+    """One row per image (per face `with_faces`, adding its number and box x,y,w,h): path,
+    age, gender, p_female, and why when it was not predicted."""
+    rows = [
+        ("path", *(("face", "box") if with_faces else ()), "age", "gender", "p_female", "error")
     ]
+    for p in predictions:
+        where = (str(p.face or ""), ",".join(map(str, p.box or ()))) if with_faces else ()
+        rows.append(
+            (
+                p.path,
+                *where,
+                "" if p.age is None else f"{p.age:.1f}",
+                p.gender or "",
+                "" if p.p_female is None else f"{p.p_female:.3f}",
+                p.error or "",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
@@ -145,7 +228,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON list of {path, age, gender, p_female, error}",
+        help="print a JSON list of {path, age, gender, p_female, error} "
+        "(with --detect-faces also face and box)",
+    )
+    parser.add_argument(
+        "--detect-faces",
+        action="store_true",
+        help="find the faces in each image (OpenCV Haar cascade) and predict each face's "
+        "UTKFace-style crop; for photos that are not tight face crops",
     )
 
 
@@ -158,16 +248,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"predict: {entry.path}: {entry.error}", file=sys.stderr)
         print(f"predict: no {'/'.join(IMAGE_SUFFIXES)} image to predict", file=sys.stderr)
         return 1
+    undetected: list[Prediction] = []
     try:
-        predicted = predict_inputs(load_model(args.model, args.model_name), inputs)
+        model = load_model(args.model, args.model_name)
+        if args.detect_faces:
+            inputs, undetected = detect_face_inputs(inputs, InputLimits.of(model))
+        predicted = predict_inputs(model, inputs)
     except (PredictError, ParamsError, MlflowException) as error:
         print(f"predict: {error}", file=sys.stderr)
         return 1
-    predictions = sorted([*missing, *unreadable, *predicted], key=lambda p: p.path)
+    predictions = sorted([*missing, *unreadable, *undetected, *predicted], key=lambda p: p.path)
     if args.json:
-        print(json.dumps([asdict(p) for p in predictions], indent=2))
+        hidden = () if args.detect_faces else ("face", "box")
+        entries = [{k: v for k, v in asdict(p).items() if k not in hidden} for p in predictions]
+        print(json.dumps(entries, indent=2))
     else:
-        print(format_table(predictions))
+        print(format_table(predictions, with_faces=args.detect_faces))
     failed = sum(p.error is not None for p in predictions)
     print(f"predict: {len(predictions) - failed} predicted, {failed} failed", file=sys.stderr)
     return 0 if failed < len(predictions) else 1

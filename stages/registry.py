@@ -36,7 +36,9 @@ Limits:
 - Not for decisions about individuals (access, hiring, credit, law enforcement, age checks...).
 - Performance varies across age, gender and race groups: see each version's subgroup report
   (evaluation/evaluate.json in its run) before relying on it for any population.
-- Expects a single, roughly centred face; other photos are centre-cropped, not face-detected.
+- Expects one roughly centred face cropped like UTKFace's; it centre-crops other photos.
+  `utkface predict --detect-faces` and `utkface app` find and crop faces first (a Haar
+  cascade: it misses small, turned and poorly lit faces).
 """
 
 

@@ -131,10 +131,6 @@ class EpochLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         metrics = {k: float(v) for k, v in (logs or {}).items()}
-        if hasattr(self.model, "optimizer"):
-            metrics["learning_rate"] = float(
-                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-            )
         mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
@@ -38,6 +39,35 @@ def progress_verbosity() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
+class LearningRateInLogs(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to each epoch's logs, so the history, the
+    DVC plots and MLflow show it whatever the schedule. Place it before loggers."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs is not None:
+            rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            logs["learning_rate"] = float(rate)
+
+
+def learning_rate(
+    cfg: TrainParams, lr: float, epochs: int, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """`lr` itself for the `plateau` schedule (ReduceLROnPlateau lowers it); for `cosine`, a
+    linear warm-up from lr/10 to `lr` over `cfg.warmup_epochs`, then a cosine decay to 0 at
+    the last epoch. On a few thousand images validation metrics are noisy, and plateau
+    reductions triggered by that noise starve training of learning rate within a few epochs;
+    a fixed-horizon decay cannot."""
+    if cfg.lr_schedule == "plateau":
+        return lr
+    warmup_steps = min(cfg.warmup_epochs, epochs - 1) * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr / 10 if warmup_steps else lr,
+        decay_steps=max(1, epochs * steps_per_epoch - warmup_steps),
+        warmup_target=lr if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
 def fit(
     model_cfg: ModelParams,
     train_cfg: TrainParams,
@@ -53,22 +83,26 @@ def fit(
     seed_everything(seed)
     image_size = train.images.shape[1]
     model = build_model(model_cfg, image_size, seed, age_prior=float(np.median(train.age)))
-    compile_model(model, train_cfg, lr)
-    schedule: list[keras.callbacks.Callback] = []
+    steps_per_epoch = math.ceil(len(train.age) / train_cfg.batch_size)
+    compile_model(model, train_cfg, learning_rate(train_cfg, lr, epochs, steps_per_epoch))
+    schedule: list[keras.callbacks.Callback] = [LearningRateInLogs()]
     if early_stopping:
         es, rl = train_cfg.early_stopping, train_cfg.reduce_lr
-        schedule = [
+        schedule.append(
             keras.callbacks.EarlyStopping(
                 monitor=es.monitor, patience=es.patience, restore_best_weights=True, verbose=1
-            ),
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=rl.monitor,
-                factor=rl.factor,
-                patience=rl.patience,
-                min_lr=rl.min_lr,
-                verbose=1,
-            ),
-        ]
+            )
+        )
+        if train_cfg.lr_schedule == "plateau":
+            schedule.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor=rl.monitor,
+                    factor=rl.factor,
+                    patience=rl.patience,
+                    min_lr=rl.min_lr,
+                    verbose=1,
+                )
+            )
     history = model.fit(
         make_dataset(train, train_cfg.batch_size, shuffle=True, seed=seed),
         validation_data=make_dataset(val, train_cfg.batch_size, shuffle=False, seed=seed),

@@ -30,7 +30,12 @@ from stages import paths, tracking
 from stages.dataset import SplitData, load_split
 from stages.model import build_model, compile_model
 from stages.params import Params, load_params
-from stages.training import make_dataset, progress_verbosity, seed_everything
+from stages.training import (
+    LearningRateInLogs,
+    make_dataset,
+    progress_verbosity,
+    seed_everything,
+)
 
 OBJECTIVE = "val_objective"
 ORACLE_TAG = "keras_tuner_oracle"
@@ -196,7 +201,11 @@ def search(params: Params, train: SplitData, val: SplitData, parent_run_id: str 
         make_dataset(subset, batch, shuffle=True, seed=params.seed),
         validation_data=make_dataset(val, batch, shuffle=False, seed=params.seed),
         epochs=params.tune.epochs,
-        callbacks=[ObjectiveCallback(params.tune.gender_weight), tracking.EpochLogger()],
+        callbacks=[
+            ObjectiveCallback(params.tune.gender_weight),
+            LearningRateInLogs(),
+            tracking.EpochLogger(),
+        ],
         verbose=progress_verbosity(),
     )
     return tuner

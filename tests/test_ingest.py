@@ -3,11 +3,9 @@ with a reason and a category, never a crash; main() writes its outputs atomicall
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 from PIL import Image
+from raw_files import spy
 
 from stages import paths
 from stages.imaging import load_image
@@ -109,17 +108,6 @@ def write_folder(root: Path) -> Path:
     assert len(BAD[OVERSIZED][0]) > MAX_BYTES
     assert all(len(d) <= MAX_BYTES for n, d in files.items() if n != OVERSIZED)
     return root
-
-
-def spy(files: Iterator[RawFile], read: list[str]) -> Iterator[RawFile]:
-    """The same files, recording the name of each one whose bytes are read."""
-    for raw in files:
-
-        def recorded(raw: RawFile = raw) -> bytes:
-            read.append(raw.name)
-            return raw.read()
-
-        yield dataclasses.replace(raw, read=recorded)
 
 
 @pytest.fixture(scope="module")

@@ -209,6 +209,32 @@ def test_fit_is_reproducible_for_a_seed() -> None:
     assert run(6) != first
 
 
+def test_cosine_schedule_warms_up_peaks_at_lr_and_decays_to_zero() -> None:
+    cfg = TrainParams(lr_schedule="cosine", warmup_epochs=2)
+    schedule = training.learning_rate(cfg, 0.01, epochs=10, steps_per_epoch=5)
+    rates = [float(schedule(step)) for step in range(50)]
+    assert rates[0] == pytest.approx(0.001)
+    assert max(rates) == pytest.approx(0.01) and rates.index(max(rates)) == 10
+    assert rates[:11] == sorted(rates[:11]) and rates[10:] == sorted(rates[10:], reverse=True)
+    assert float(schedule(50)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_plateau_schedule_keeps_the_lr_and_lowers_it_on_plateaus() -> None:
+    cfg = TrainParams(lr_schedule="plateau")
+    assert training.learning_rate(cfg, 0.01, epochs=10, steps_per_epoch=5) == 0.01
+    _, history = training.fit(TINY, cfg, 0.01, split(8), split(4, seed=1), seed=0, epochs=1)
+    assert history["learning_rate"] == [pytest.approx(0.01)]
+
+
+def test_fit_follows_the_cosine_schedule_epoch_by_epoch() -> None:
+    cfg = TrainParams(batch_size=4, lr_schedule="cosine", warmup_epochs=1)
+    _, history = training.fit(
+        TINY, cfg, 0.01, split(8), split(4, seed=1), seed=0, epochs=3, early_stopping=False
+    )
+    # Keras reports the rate at each epoch's end: after warm-up, half-way, at the end.
+    assert history["learning_rate"] == pytest.approx([0.01, 0.005, 0.0], abs=1e-6)
+
+
 # --- behaviour of a trained model -------------------------------------------------------------
 
 

@@ -34,8 +34,8 @@ TINY = {
     "validate": {"min_rows": 100, "min_per_gender": 20, "min_per_age_bucket": 3},
     "balance": {"min_per_age": 4, "max_per_age": 40},
     "model": {"filters": [16, 32, 64], "convs_per_block": 1, "dense_units": 32, "dropout": 0.1},
-    "train": {"epochs": 15, "batch_size": 32},
-    "tune": {"learning_rates": [0.001, 0.003], "max_trials": 2, "epochs": 1},
+    "train": {"epochs": 25, "batch_size": 32, "warmup_epochs": 1},
+    "tune": {"learning_rates": [0.003, 0.01], "max_trials": 2, "epochs": 1},
     "evaluate": {"sample_grid": 4},
 }
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.models.model import ModelInfo
 from model_fixtures import (
@@ -16,8 +18,10 @@ from model_fixtures import (
     register_version,
     use_tmp_store,
 )
+from PIL import Image
 
 from stages import predict, promote
+from stages.synthetic import draw_face
 
 
 @pytest.fixture(scope="module")
@@ -127,3 +131,60 @@ def test_bad_model_uri_is_a_clear_error(
     err = capsys.readouterr().err
     assert "cannot load model" in err
     assert "Traceback" not in err
+
+
+def two_faces_jpeg() -> bytes:
+    """Two 120 px synthetic faces side by side, 20 px apart: small enough for the tiny model's
+    byte limit."""
+    gap = np.full((120, 20, 3), 235, dtype=np.uint8)
+    left = np.asarray(draw_face(34, 1, 0, np.random.default_rng(3), size=120))
+    right = np.asarray(draw_face(27, 0, 0, np.random.default_rng(1), size=120))
+    buffer = io.BytesIO()
+    Image.fromarray(np.hstack([gap, left, gap, right, gap])).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_detect_faces_predicts_each_face_with_its_box(
+    logged: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "two.jpg").write_bytes(two_faces_jpeg())
+    (tmp_path / "noise.png").write_bytes(image_bytes(1))
+    (tmp_path / "large.png").write_bytes(image_bytes(3, size=200))
+    (tmp_path / "broken.jpg").write_text("this is not an image\n")
+    assert run(tmp_path, "--model", logged.model_uri, "--detect-faces", "--json") == 0
+    out, err = capsys.readouterr()
+    entries = json.loads(out)
+    two = [e for e in entries if e["path"].endswith("two.jpg")]
+    assert [e["face"] for e in two] == [1, 2]
+    (x1, _, w1, _), (x2, _, w2, _) = (e["box"] for e in two)
+    assert x1 >= 20 and x1 + w1 <= 140  # within the left face
+    assert x2 >= 160 and x2 + w2 <= 280  # within the right face
+    assert all(0 <= e["age"] <= 116 and e["gender"] in ("male", "female") for e in two)
+    errors = {Path(e["path"]).name: e["error"] for e in entries if e["error"]}
+    assert errors["noise.png"] == predict.NO_FACE
+    assert "run without --detect-faces" in errors["noise.png"]
+    assert "exceeds the limit" in errors["large.png"]
+    assert errors["broken.jpg"] == "not an image (unrecognised format)"
+    assert "2 predicted, 3 failed" in err
+    assert "Traceback" not in err
+
+
+def test_detect_faces_table_has_face_and_box(
+    logged: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "two.jpg").write_bytes(two_faces_jpeg())
+    assert run(tmp_path / "two.jpg", "--model", logged.model_uri, "--detect-faces") == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["path", "face", "box", "age", "gender", "p_female", "error"]
+    assert [row.split()[1] for row in rows] == ["1", "2"]
+    assert rows[0].split()[2].count(",") == 3  # x,y,w,h
+
+
+def test_a_photo_without_faces_is_an_error_not_a_crash(
+    logged: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "noise.png").write_bytes(image_bytes(1))
+    assert run(tmp_path / "noise.png", "--model", logged.model_uri, "--detect-faces") == 1
+    out, err = capsys.readouterr()
+    assert "no face found; run without --detect-faces" in out
+    assert "0 predicted, 1 failed" in err

@@ -3,7 +3,6 @@ are refused without being read, and bad source paths fail with `SourceError`."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import tarfile
 import zipfile
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from raw_files import spy
 
 from stages.ingest import IngestResult, ingest
 from stages.labels import parse_file_name
@@ -80,16 +80,6 @@ def run_ingest(source: Path | str, read: list[str] | None = None) -> IngestResul
     if read is not None:
         files = spy(files, read)
     return ingest(files, SIZE, MAX_PIXELS, progress=False)
-
-
-def spy(files: Iterator[RawFile], read: list[str]) -> Iterator[RawFile]:
-    for raw in files:
-
-        def recorded(raw: RawFile = raw) -> bytes:
-            read.append(raw.name)
-            return raw.read()
-
-        yield dataclasses.replace(raw, read=recorded)
 
 
 def by_id(result: IngestResult) -> dict[str, tuple]:

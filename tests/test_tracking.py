@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from stages import tracking
 from stages.model import build_model, compile_model
 from stages.params import ModelParams, TrainParams
+from stages.training import LearningRateInLogs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,6 +188,7 @@ def test_flatten_uses_dotted_keys() -> None:
 
 
 def test_epoch_logger_logs_every_epoch_with_the_learning_rate(store: str) -> None:
+    """EpochLogger logs what the logs hold; LearningRateInLogs, placed before it, adds the rate."""
     tracking.use_experiment("tests-tracking")
     model = build_model(
         ModelParams(stem_filters=4, filters=[8], convs_per_block=1, dense_units=4), 32, seed=0
@@ -197,7 +199,12 @@ def test_epoch_logger_logs_every_epoch_with_the_learning_rate(store: str) -> Non
     y = {"age": rng.uniform(1, 90, 8).astype("float32"), "gender": rng.integers(0, 2, 8) * 1.0}
     with mlflow.start_run() as run:
         history = model.fit(
-            x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[tracking.EpochLogger()]
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=3,
+            verbose=0,
+            callbacks=[LearningRateInLogs(), tracking.EpochLogger()],
         )
     client = MlflowClient(store)
     for name in ("loss", "age_mae", "gender_accuracy", "val_age_mae", "val_gender_accuracy"):
