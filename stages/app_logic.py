@@ -12,14 +12,13 @@ from functools import cache
 from pathlib import Path
 
 import matplotlib
-import mlflow
 import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
 from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
-from stages import registry, tracking
+from stages import predict, registry, tracking
 from stages.imaging import prepare_image
 from stages.params import load_params
 from stages.predict import (
@@ -103,11 +102,7 @@ def _float(value: str | None) -> float | None:
 
 def load_model(uri: str) -> tuple[PyFuncModel, InputLimits]:
     """The pyfunc at `uri` and the input limits of its config; `PredictError` when it fails."""
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    try:
-        model = mlflow.pyfunc.load_model(uri)
-    except (MlflowException, OSError) as error:
-        raise PredictError(f"cannot load model {uri}: {error}") from None
+    model = predict.load_model(uri, None)
     return model, InputLimits.of(model)
 
 

@@ -218,7 +218,7 @@ def main() -> None:
     tracking.use_experiment(tracking.TUNE_EXPERIMENT)
     train, val = load_split("train"), load_split("val")
     started = time.perf_counter()
-    if role not in ("single", "chief"):
+    if is_worker():
         parent = _parent_run_for_worker(oracle)
         search(params, train, val, parent)
         print(f"tune: worker {role} finished its trials for the chief at {oracle}")
