@@ -13,11 +13,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
+import numpy as np
 from keras import layers
 
 from stages.params import ModelParams, TrainParams
 
 AGE, GENDER = "age", "gender"
+PIXELS = "pixels"  # the rescaling layer: its input is the image after augmentation
 
 
 def _augmentation(cfg: ModelParams, seed: int) -> list[layers.Layer]:
@@ -41,9 +43,9 @@ def _augmentation(cfg: ModelParams, seed: int) -> list[layers.Layer]:
 
 
 def _conv(
-    x: keras.KerasTensor, filters: int, separable: bool, l2: float, strides: int = 1
+    x: keras.KerasTensor, filters: int, cfg: ModelParams, separable: bool, strides: int = 1
 ) -> keras.KerasTensor:
-    reg = keras.regularizers.L2(l2) if l2 else None
+    reg = keras.regularizers.L2(cfg.l2) if cfg.l2 else None
     if separable:
         x = layers.SeparableConv2D(
             filters,
@@ -58,7 +60,7 @@ def _conv(
         x = layers.Conv2D(
             filters, 3, strides=strides, padding="same", use_bias=False, kernel_regularizer=reg
         )(x)
-    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = layers.BatchNormalization(momentum=cfg.batchnorm_momentum)(x)
     return layers.Activation("relu")(x)
 
 
@@ -71,8 +73,9 @@ def build_model(
     with stride `cfg.stem_stride` so no block runs at full resolution, then blocks of
     depthwise-separable convolutions when `cfg.separable` (~8x fewer multiply-adds than plain
     ones at these widths), max-pooling between blocks and global average pooling before a small
-    dense head. BatchNorm uses momentum 0.9: with a few thousand images an epoch has few steps,
-    and the default 0.99 leaves the inference statistics far behind the training ones.
+    dense head. BatchNorm momentum is `cfg.batchnorm_momentum` (0.9 by default): with a few
+    thousand images an epoch has few steps, and Keras' 0.99 leaves the inference statistics far
+    behind the training ones.
     `age_prior` initialises the age bias (e.g. the training median) so the regression starts
     near the data instead of at 0.
     """
@@ -80,11 +83,11 @@ def build_model(
     x = inputs
     for layer in _augmentation(cfg, seed):  # on 0..255 values, the range RandomContrast clips to
         x = layer(x)
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0)(x)
-    x = _conv(x, cfg.stem_filters, False, cfg.l2, strides=cfg.stem_stride)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name=PIXELS)(x)  # first layer after augmentation
+    x = _conv(x, cfg.stem_filters, cfg, separable=False, strides=cfg.stem_stride)
     for block, filters in enumerate(cfg.filters):
         for _ in range(cfg.convs_per_block):
-            x = _conv(x, filters, cfg.separable, cfg.l2)
+            x = _conv(x, filters, cfg, cfg.separable)
         x = layers.MaxPooling2D()(x) if block < len(cfg.filters) - 1 else x
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(cfg.dropout, seed=seed)(x)
@@ -93,6 +96,24 @@ def build_model(
     age = layers.Dense(1, name=AGE, bias_initializer=keras.initializers.Constant(age_prior))(x)
     gender = layers.Dense(1, activation="sigmoid", name=GENDER)(x)
     return keras.Model(inputs, {AGE: age, GENDER: gender}, name="utkface_age_gender")
+
+
+def with_test_time_flip(model: keras.Model) -> keras.Model:
+    """The inference model: `model`'s outputs averaged over each image and its mirror image.
+
+    A horizontal flip keeps a face's age and gender, so averaging both views cancels part of
+    the model's error for twice the inference cost. The flip is a fixed anti-diagonal matrix
+    applied along the width axis by stock layers, so the saved model loads anywhere (MLflow's
+    Keras flavor included) without custom objects.
+    """
+    _, height, width, channels = model.input_shape
+    inputs = keras.Input((height, width, channels), name="image")
+    mirror = layers.Dense(width, use_bias=False, trainable=False, name="mirror")
+    mirrored = layers.Permute((1, 3, 2))(mirror(layers.Permute((1, 3, 2))(inputs)))
+    mirror.set_weights([np.eye(width, dtype="float32")[::-1]])
+    plain, flipped = model(inputs), model(mirrored)
+    outputs = {name: layers.Average(name=name)([plain[name], flipped[name]]) for name in plain}
+    return keras.Model(inputs, outputs, name=f"{model.name}_flip_averaged")
 
 
 def compile_model(

@@ -105,12 +105,15 @@ class ModelParams(_Section):
     dense_units: PositiveInt = 128
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
     l2: NonNegativeFloat = 0.0
+    batchnorm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    test_time_flip: bool = True
     augment: ModelAugmentParams = ModelAugmentParams()
 
 
 class EarlyStoppingParams(_Section):
     monitor: str = "val_loss"
     patience: Annotated[int, Field(ge=1)] = 10
+    start_from_epoch: Annotated[int, Field(ge=0)] = 0  # epochs neither watched nor restorable
 
 
 class ReduceLrParams(_Section):
@@ -135,6 +138,7 @@ class TrainParams(_Section):
     loss_weights: LossWeights = LossWeights()
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     reduce_lr: ReduceLrParams = ReduceLrParams()
+    precise_batchnorm: bool = True
 
 
 class TuneParams(_Section):

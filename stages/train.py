@@ -11,14 +11,17 @@ import tempfile
 import time
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
 
 from stages import paths, tracking
-from stages.dataset import load_split
+from stages.batchnorm import recompute_statistics
+from stages.dataset import SplitData, load_split
 from stages.figures import plot_learning_curves
-from stages.params import load_params
+from stages.model import AGE, GENDER, with_test_time_flip
+from stages.params import EarlyStoppingParams, Params, load_params
 from stages.training import fit
 
 
@@ -41,10 +44,30 @@ def history_table(history: dict[str, list[float]]) -> pd.DataFrame:
     return table
 
 
-def best_epoch_metrics(history: pd.DataFrame, monitor: str) -> dict[str, float]:
-    """Metrics at the epoch whose weights EarlyStopping restored (best `monitor`)."""
-    row = history.loc[history[monitor].idxmin()]
+def best_epoch_metrics(history: pd.DataFrame, es: EarlyStoppingParams) -> dict[str, float]:
+    """Metrics at the epoch whose weights EarlyStopping kept: the best `es.monitor` from epoch
+    `es.start_from_epoch + 1` on, or the last epoch when training ended before that."""
+    watched = history.iloc[es.start_from_epoch :]
+    row = history.loc[watched[es.monitor].idxmin()] if len(watched) else history.iloc[-1]
     return {k: float(v) for k, v in row.items()} | {"epochs_run": len(history)}
+
+
+def inference_model(model: keras.Model, params: Params, train: SplitData) -> keras.Model:
+    """The model to save: BatchNorm statistics recomputed over the training split
+    (`train.precise_batchnorm`), then each face averaged with its mirror
+    (`model.test_time_flip`)."""
+    if params.train.precise_batchnorm:
+        recompute_statistics(model, train.images, params.train.batch_size, params.seed)
+    return with_test_time_flip(model) if params.model.test_time_flip else model
+
+
+def saved_model_metrics(model: keras.Model, val: SplitData) -> dict[str, float]:
+    """Validation metrics of the model as saved (the history shows the model during fit)."""
+    out = model.predict(val.images, batch_size=256, verbose=0)
+    return {
+        "saved_val_age_mae": float(np.mean(np.abs(out[AGE].ravel() - val.age))),
+        "saved_val_gender_accuracy": float(np.mean((out[GENDER].ravel() > 0.5) == val.gender)),
+    }
 
 
 def main() -> None:
@@ -71,8 +94,10 @@ def main() -> None:
             callbacks=[tracking.EpochLogger()],
         )
         seconds = time.perf_counter() - started
+        model = inference_model(model, params, train)
         table = history_table(history)
-        summary = best_epoch_metrics(table, params.train.early_stopping.monitor) | {
+        summary = best_epoch_metrics(table, params.train.early_stopping) | {
+            **saved_model_metrics(model, val),
             "lr": lr,
             "lr_source": lr_source,
             "train_rows": len(train.age),

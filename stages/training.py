@@ -90,7 +90,11 @@ def fit(
         es, rl = train_cfg.early_stopping, train_cfg.reduce_lr
         schedule.append(
             keras.callbacks.EarlyStopping(
-                monitor=es.monitor, patience=es.patience, restore_best_weights=True, verbose=1
+                monitor=es.monitor,
+                patience=es.patience,
+                start_from_epoch=es.start_from_epoch,
+                restore_best_weights=True,
+                verbose=1,
             )
         )
         if train_cfg.lr_schedule == "plateau":

@@ -16,6 +16,7 @@ from test_tune import LEARNING_RATES, tiny_project
 
 from stages import paths, tracking, train
 from stages.dataset import load_split
+from stages.params import EarlyStoppingParams
 
 # --- learning rate ----------------------------------------------------------------------------
 
@@ -69,7 +70,7 @@ def test_history_table_numbers_epochs_from_one() -> None:
 
 def test_best_epoch_metrics_picks_the_minimum_of_the_monitor() -> None:
     table = train.history_table(HISTORY)
-    best = train.best_epoch_metrics(table, "val_loss")
+    best = train.best_epoch_metrics(table, EarlyStoppingParams())
     assert best == {
         "epoch": 2.0,
         "loss": 7.0,
@@ -78,9 +79,18 @@ def test_best_epoch_metrics_picks_the_minimum_of_the_monitor() -> None:
         "val_gender_accuracy": 0.7,
         "epochs_run": 4,
     }
-    assert train.best_epoch_metrics(table, "val_age_mae")["epoch"] == 3.0
+    by_age = EarlyStoppingParams(monitor="val_age_mae")
+    assert train.best_epoch_metrics(table, by_age)["epoch"] == 3.0
     first_of_ties = train.history_table({"val_loss": [3.0, 1.0, 1.0]})
-    assert train.best_epoch_metrics(first_of_ties, "val_loss")["epoch"] == 2.0
+    assert train.best_epoch_metrics(first_of_ties, EarlyStoppingParams())["epoch"] == 2.0
+
+
+def test_best_epoch_metrics_ignores_epochs_before_start_from_epoch() -> None:
+    table = train.history_table(HISTORY)
+    late = train.best_epoch_metrics(table, EarlyStoppingParams(start_from_epoch=2))
+    assert late["epoch"] == 3.0  # epoch 2 is better but was never watched
+    never_watched = train.best_epoch_metrics(table, EarlyStoppingParams(start_from_epoch=9))
+    assert never_watched["epoch"] == 4.0  # nothing restored: the last epoch's weights
 
 
 # --- main -------------------------------------------------------------------------------------
@@ -147,6 +157,13 @@ def test_saved_model_predicts_like_the_logged_one(
         np.testing.assert_allclose(logged[name], saved[name], rtol=1e-5)
         np.testing.assert_allclose(np.asarray(served[name]), saved[name], rtol=1e-5)
     assert np.all((saved["gender"] >= 0) & (saved["gender"] <= 1))
+    mirrored = keras.saving.load_model(root / paths.MODEL).predict(faces[:, :, ::-1], verbose=0)
+    np.testing.assert_allclose(mirrored["age"], saved["age"], atol=1e-4)  # test_time_flip: true
+    val = load_split("val")
+    on_val = keras.saving.load_model(root / paths.MODEL).predict(val.images, verbose=0)
+    metrics = json.loads((root / paths.TRAIN_METRICS).read_text())
+    mae = np.mean(np.abs(on_val["age"].ravel() - val.age))
+    assert metrics["saved_val_age_mae"] == pytest.approx(mae, rel=1e-4)
 
 
 def test_main_logs_params_metrics_and_lineage_to_mlflow(trained: tuple[Path, str]) -> None:
