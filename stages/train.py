@@ -19,6 +19,7 @@ import pandas as pd
 from stages import paths, tracking
 from stages.batchnorm import recompute_statistics
 from stages.dataset import SplitData, load_split
+from stages.evaluation import age_metrics, clamp_ages, gender_metrics
 from stages.figures import plot_learning_curves
 from stages.model import AGE, GENDER, with_test_time_flip
 from stages.params import EarlyStoppingParams, Params, load_params
@@ -62,11 +63,15 @@ def inference_model(model: keras.Model, params: Params, train: SplitData) -> ker
 
 
 def saved_model_metrics(model: keras.Model, val: SplitData) -> dict[str, float]:
-    """Validation metrics of the model as saved (the history shows the model during fit)."""
+    """Validation metrics of the model as saved and served, ages clamped as in `evaluate` (the
+    history shows the model during fit, before `inference_model`)."""
     out = model.predict(val.images, batch_size=256, verbose=0)
+    age = age_metrics(val.age, clamp_ages(out[AGE].ravel()))
+    gender = gender_metrics(val.gender, out[GENDER].ravel())
     return {
-        "saved_val_age_mae": float(np.mean(np.abs(out[AGE].ravel() - val.age))),
-        "saved_val_gender_accuracy": float(np.mean((out[GENDER].ravel() > 0.5) == val.gender)),
+        "saved_val_age_mae": age["age_mae"],
+        "saved_val_age_bias": age["age_bias"],
+        "saved_val_gender_accuracy": gender["gender_accuracy"],
     }
 
 
