@@ -85,7 +85,7 @@ def main() -> None:
             print(f"bench: {stage:9s} {seconds[stage]:7.1f} s", flush=True)
         metrics = {
             n: json.loads((root / "metrics" / f"{n}.json").read_text())
-            for n in ("ingest", "split", "train", "evaluate")
+            for n in ("ingest", "split", "train", "evaluate", "subgroups")
         }
     finally:
         if not args.keep:
@@ -116,6 +116,18 @@ def main() -> None:
         f"(target >= {TARGETS['gender_accuracy']})"
     )
     print(f"worst groups: {json.dumps(evaluate['worst_groups'])}")
+    print_subgroups(metrics["subgroups"])
+
+
+def print_subgroups(subgroups: dict) -> None:
+    """Test-split size, age MAE and gender accuracy of every age bucket, gender and race."""
+    print(f"{'group':>16s} {'n':>5s} {'age MAE':>8s} {'gender acc':>10s}")
+    for grouping, report in subgroups.items():
+        if grouping == "worst":
+            continue
+        for group, m in report["groups"].items():
+            name = f"{grouping}={group}"
+            print(f"{name:>16s} {m['n']:5d} {m['age_mae']:8.2f} {m['gender_accuracy']:10.3f}")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,7 @@ class TrainParams(_Section):
     early_stopping: EarlyStoppingParams = EarlyStoppingParams()
     reduce_lr: ReduceLrParams = ReduceLrParams()
     precise_batchnorm: bool = True
+    precise_batchnorm_sample: Annotated[int, Field(ge=1)] = 1024
 
 
 class TuneParams(_Section):

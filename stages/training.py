@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from stages.batchnorm import CleanStatisticsForValidation
 from stages.dataset import SplitData
 from stages.model import AGE, GENDER, build_model, compile_model
 from stages.params import ModelParams, TrainParams
@@ -49,6 +50,17 @@ class LearningRateInLogs(keras.callbacks.Callback):
             logs["learning_rate"] = float(rate)
 
 
+def clean_batchnorm_callbacks(
+    cfg: TrainParams, train: SplitData, seed: int
+) -> list[keras.callbacks.Callback]:
+    """With `train.precise_batchnorm`, BatchNorm statistics recomputed over a sample of clean
+    training images before every validation (`CleanStatisticsForValidation`)."""
+    if not cfg.precise_batchnorm:
+        return []
+    sample = cfg.precise_batchnorm_sample
+    return [CleanStatisticsForValidation(train.images, sample, cfg.batch_size, seed)]
+
+
 def learning_rate(
     cfg: TrainParams, lr: float, epochs: int, steps_per_epoch: int
 ) -> float | keras.optimizers.schedules.LearningRateSchedule:
@@ -85,7 +97,10 @@ def fit(
     model = build_model(model_cfg, image_size, seed, age_prior=float(np.median(train.age)))
     steps_per_epoch = math.ceil(len(train.age) / train_cfg.batch_size)
     compile_model(model, train_cfg, learning_rate(train_cfg, lr, epochs, steps_per_epoch))
-    schedule: list[keras.callbacks.Callback] = [LearningRateInLogs()]
+    schedule: list[keras.callbacks.Callback] = [
+        LearningRateInLogs(),
+        *clean_batchnorm_callbacks(train_cfg, train, seed),
+    ]
     if early_stopping:
         es, rl = train_cfg.early_stopping, train_cfg.reduce_lr
         schedule.append(

@@ -32,6 +32,7 @@ from stages.model import build_model, compile_model
 from stages.params import Params, load_params
 from stages.training import (
     LearningRateInLogs,
+    clean_batchnorm_callbacks,
     make_dataset,
     progress_verbosity,
     seed_everything,
@@ -204,6 +205,7 @@ def search(params: Params, train: SplitData, val: SplitData, parent_run_id: str 
         callbacks=[
             ObjectiveCallback(params.tune.gender_weight),
             LearningRateInLogs(),
+            *clean_batchnorm_callbacks(params.train, subset, params.seed),
             tracking.EpochLogger(),
         ],
         verbose=progress_verbosity(),

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-from test_model import NO_AUGMENT, SIZE, TINY, images
+import pytest
+from test_model import NO_AUGMENT, SIZE, TINY, images, split
 
-from stages.batchnorm import recompute_statistics
+from stages.batchnorm import CleanStatisticsForValidation, recompute_statistics
 from stages.model import AGE, build_model
-from stages.training import seed_everything
+from stages.params import TrainParams
+from stages.training import clean_batchnorm_callbacks, fit, make_dataset, seed_everything
 
 CFG = TINY.model_copy(update={"augment": NO_AUGMENT, "filters": [8, 8]})
 
@@ -73,3 +75,48 @@ def test_statistics_come_from_clean_images_whatever_the_augmentation() -> None:
         stats.append([layer.moving_variance.numpy() for layer in norms(model)])
     for clean, augmented in zip(*stats, strict=True):
         np.testing.assert_allclose(clean, augmented, rtol=1e-5)
+
+
+class StatisticsAtValidation(keras.callbacks.Callback):
+    """Records the last BatchNorm layer's moving variance as each validation begins."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[np.ndarray] = []
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self.seen.append(norms(self.model)[-1].moving_variance.numpy().copy())
+
+
+def test_every_validation_runs_on_statistics_of_the_clean_sample() -> None:
+    train, val = split(24), split(8, seed=1)
+    cfg = TrainParams(batch_size=4, precise_batchnorm_sample=8)
+    (callback,) = clean_batchnorm_callbacks(cfg, train, seed=0)
+    assert len(callback.images) == 8
+    assert all((train.images == image).all(axis=(1, 2, 3)).any() for image in callback.images)
+    recorder = StatisticsAtValidation()
+    model, history = fit(
+        CFG, cfg, 0.01, train, val, seed=0, epochs=2, callbacks=[recorder], early_stopping=False
+    )
+    assert len(recorder.seen) == 2 and not np.allclose(recorder.seen[0], recorder.seen[1])
+    # No training step after the last validation: the model still holds that validation's
+    # statistics, exactly those of the sample, and evaluates to the logged val_loss.
+    final = norms(model)[-1].moving_variance.numpy().copy()
+    np.testing.assert_allclose(recorder.seen[-1], final)
+    recompute_statistics(model, callback.images, batch_size=4, seed=0)
+    np.testing.assert_allclose(norms(model)[-1].moving_variance.numpy(), final, rtol=1e-5)
+    logged = model.evaluate(make_dataset(val, 4, shuffle=False, seed=0), verbose=0)[0]
+    assert logged == pytest.approx(history["val_loss"][-1], rel=1e-4)
+
+
+def test_without_precise_batchnorm_validation_uses_the_moving_averages() -> None:
+    cfg = TrainParams(batch_size=4, precise_batchnorm=False)
+    assert clean_batchnorm_callbacks(cfg, split(24), seed=0) == []
+
+
+def test_the_sample_is_seeded_and_never_larger_than_the_split() -> None:
+    x = images(10)
+    first = CleanStatisticsForValidation(x, sample_size=6, batch_size=4, seed=1).images
+    again = CleanStatisticsForValidation(x, sample_size=6, batch_size=4, seed=1).images
+    np.testing.assert_array_equal(first, again)
+    assert len(CleanStatisticsForValidation(x, sample_size=99, batch_size=4, seed=1).images) == 10
