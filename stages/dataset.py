@@ -26,6 +26,14 @@ class SplitData:
     table: pd.DataFrame  # the split's rows, in the order of the arrays
 
 
+def sample_rows(data: SplitData, size: int, seed: int) -> SplitData:
+    """`size` seeded random rows of `data` (all of it when it has no more), in split order."""
+    if size >= len(data.age):
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(len(data.age), size=size, replace=False))
+    return SplitData(data.images[keep], data.age[keep], data.gender[keep], data.table.iloc[keep])
+
+
 def load_split(
     name: str, table_path: Path | None = None, images_path: Path = paths.IMAGES
 ) -> SplitData:

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from stages.batchnorm import CleanStatisticsForValidation
-from stages.dataset import SplitData
+from stages.dataset import SplitData, sample_rows
 from stages.model import AGE, GENDER, build_model, compile_model
 from stages.params import ModelParams, TrainParams
 
@@ -53,12 +53,13 @@ class LearningRateInLogs(keras.callbacks.Callback):
 def clean_batchnorm_callbacks(
     cfg: TrainParams, train: SplitData, seed: int
 ) -> list[keras.callbacks.Callback]:
-    """With `train.precise_batchnorm`, BatchNorm statistics recomputed over a sample of clean
-    training images before every validation (`CleanStatisticsForValidation`)."""
+    """With `train.precise_batchnorm`, BatchNorm statistics recomputed before every validation
+    (`CleanStatisticsForValidation`) over `train.precise_batchnorm_sample` seeded training
+    images."""
     if not cfg.precise_batchnorm:
         return []
-    sample = cfg.precise_batchnorm_sample
-    return [CleanStatisticsForValidation(train.images, sample, cfg.batch_size, seed)]
+    sample = sample_rows(train, cfg.precise_batchnorm_sample, seed)
+    return [CleanStatisticsForValidation(sample.images, cfg.batch_size, seed)]
 
 
 def learning_rate(

@@ -27,7 +27,7 @@ import mlflow
 import numpy as np
 
 from stages import paths, tracking
-from stages.dataset import SplitData, load_split
+from stages.dataset import SplitData, load_split, sample_rows
 from stages.model import build_model, compile_model
 from stages.params import Params, load_params
 from stages.training import (
@@ -128,13 +128,7 @@ def make_tuner(params: Params, hypermodel: kt.HyperModel, parent_run_id: str | N
 
 def subsample(data: SplitData, fraction: float, seed: int) -> SplitData:
     """A seeded random share of the training split, so trials stay cheap on CPU."""
-    if fraction >= 1.0:
-        return data
-    rng = np.random.default_rng(seed)
-    keep = np.sort(
-        rng.choice(len(data.age), size=max(1, int(len(data.age) * fraction)), replace=False)
-    )
-    return SplitData(data.images[keep], data.age[keep], data.gender[keep], data.table.iloc[keep])
+    return sample_rows(data, max(1, int(len(data.age) * fraction)), seed)
 
 
 def _metric_at(trial: Any, name: str) -> float | None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_model import NO_AUGMENT, SIZE, TINY, images, split
 
-from stages.batchnorm import CleanStatisticsForValidation, recompute_statistics
+from stages.batchnorm import recompute_statistics
 from stages.model import AGE, build_model
 from stages.params import TrainParams
 from stages.training import clean_batchnorm_callbacks, fit, make_dataset, seed_everything
@@ -115,8 +115,11 @@ def test_without_precise_batchnorm_validation_uses_the_moving_averages() -> None
 
 
 def test_the_sample_is_seeded_and_never_larger_than_the_split() -> None:
-    x = images(10)
-    first = CleanStatisticsForValidation(x, sample_size=6, batch_size=4, seed=1).images
-    again = CleanStatisticsForValidation(x, sample_size=6, batch_size=4, seed=1).images
-    np.testing.assert_array_equal(first, again)
-    assert len(CleanStatisticsForValidation(x, sample_size=99, batch_size=4, seed=1).images) == 10
+    def sample(size: int, seed: int) -> np.ndarray:
+        cfg = TrainParams(precise_batchnorm_sample=size)
+        (callback,) = clean_batchnorm_callbacks(cfg, split(10), seed)
+        return callback.images
+
+    np.testing.assert_array_equal(sample(6, seed=1), sample(6, seed=1))
+    assert len(sample(6, seed=1)) == 6 and not np.array_equal(sample(6, 1), sample(6, 2))
+    np.testing.assert_array_equal(sample(99, seed=1), split(10).images)
