@@ -67,8 +67,8 @@ def prepare(root: Path, data: Path, overrides: list[str]) -> None:
 
 def cpu_description() -> str:
     """The CPU's model, family/model numbers and widest vector extension. Two 2-core machines
-    of this project differed 1.55x in training time per epoch, so the figures below are only
-    comparable on the same kind of CPU."""
+    of this project differed 1.9x in training throughput (249 vs 133 img/s), so the figures
+    below are only comparable on the same kind of CPU."""
     info = Path("/proc/cpuinfo")
     fields: dict[str, str] = {}
     for line in info.read_text().splitlines() if info.exists() else []:
