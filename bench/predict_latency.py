@@ -18,11 +18,11 @@ import time
 import pandas as pd
 from PIL import Image
 
-from stages import tracking
-from stages.params import load_params
-from stages.registry import champion_uri
-from stages.serving import IMAGE, to_base64
-from stages.synthetic import synthetic_files
+from utkface.data.synthetic import synthetic_files
+from utkface.inference.pyfunc import IMAGE, to_base64
+from utkface.mlops import tracking
+from utkface.mlops.registry import champion_uri
+from utkface.params import load_params
 
 
 def _frame(count: int) -> pd.DataFrame:

@@ -1,7 +1,7 @@
-"""utkface-pipeline: one module per DVC stage plus the small shared modules they use."""
+"""The DVC stages: one module per stage of `dvc.yaml`, run as `python -m stages.<name>`.
 
-import os
+Each holds the stage's own small functions and a thin `main()` that reads params and files,
+calls into the `utkface` package and writes the outputs. Nothing imports this package.
+"""
 
-# Before any TensorFlow import: Keras on TensorFlow, and no C++ info-log spam in stage output.
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import utkface  # noqa: F401  (quiets TensorFlow and co. before a stage module imports them)

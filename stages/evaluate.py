@@ -14,27 +14,31 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from stages import figures, paths, registry, serving, tracking
-from stages.dataset import SplitData, load_split
-from stages.evaluation import (
+from utkface import paths
+from utkface.data.dataset import SplitData, load_split
+from utkface.data.labels import AGE, GENDER, clamp_ages, gender_labels
+from utkface.inference.pyfunc import ServingConfig, input_size
+from utkface.mlops import registry, tracking
+from utkface.mlops.pyfunc_logging import log_serving_model
+from utkface.params import Params, load_params, run_main
+from utkface.scoring import figures
+from utkface.scoring.metrics import (
     age_scatter_table,
-    clamp_ages,
     confusion_table,
     evaluation_report,
-    gender_labels,
     mae_by_bucket_table,
     median_baseline_mae,
 )
-from stages.labels import AGE_MAX
-from stages.params import Params, load_params
 
 
-def predict_split(model: keras.Model, data: SplitData, batch_size: int = 256) -> pd.DataFrame:
+def predict_split(
+    model: keras.Model, data: SplitData, age_max: int, batch_size: int = 256
+) -> pd.DataFrame:
     """True labels beside clamped predicted ages and probabilities of female."""
     outputs = model.predict(data.images, batch_size=batch_size, verbose=0)
     frame = data.table[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
-    frame["pred_age"] = clamp_ages(np.asarray(outputs["age"]).reshape(-1), 0, AGE_MAX)
-    frame["p_female"] = np.asarray(outputs["gender"]).reshape(-1).astype(float)
+    frame["pred_age"] = clamp_ages(np.asarray(outputs[AGE]).reshape(-1), age_max)
+    frame["p_female"] = np.asarray(outputs[GENDER]).reshape(-1).astype(float)
     return frame
 
 
@@ -95,7 +99,7 @@ def main() -> None:
     train = pd.read_parquet(paths.split_table("train"), columns=["age", "augmented"])
     train_ages = train.loc[~train["augmented"], "age"].to_numpy()
     model = keras.saving.load_model(paths.MODEL)
-    frame = predict_split(model, test)
+    frame = predict_split(model, test, params.validate_.age_max)
     report = evaluation_report(frame, params.age_buckets)
     report["baseline_age_mae"] = median_baseline_mae(train_ages, frame["age"].to_numpy())
     headline, subgroups = split_report(report)
@@ -111,19 +115,24 @@ def main() -> None:
         mlflow.log_dict(headline, "evaluation/evaluate.json")
         mlflow.log_dict(subgroups, "evaluation/subgroups.json")
         mlflow.log_artifacts(str(paths.EVALUATE_PLOTS), "evaluation")
-        info = serving.log_serving_model(
+        tags = tracking.lineage_tags(lineage["data_version"])
+        info = log_serving_model(
             paths.MODEL,
-            params.ingest.image_size,
-            params.register_.max_image_bytes,
+            ServingConfig(
+                image_size=input_size(model),
+                max_image_bytes=params.register_.max_image_bytes,
+                max_pixels=params.ingest.max_image_pixels,
+                age_max=params.validate_.age_max,
+            ),
             test.images[:2],
-            max_pixels=params.ingest.max_image_pixels,
+            lineage=tags | {"train_run_id": lineage["run_id"]},
         )
         version = registry.register(
             run_id=lineage["run_id"],
             model_uri=info.model_uri,
             model_name=params.register_.model_name,
             metrics={f"test_{k}": v for k, v in scalar_metrics(report).items()},
-            lineage=tracking.lineage_tags(lineage["data_version"]),
+            lineage=tags,
         )
     paths.REGISTERED.write_text(
         json.dumps(
@@ -137,14 +146,25 @@ def main() -> None:
         )
         + "\n"
     )
-    worst = {k: (v or {}).get("group") for k, v in subgroups["worst"].items()}
     print(
-        f"evaluate: test age_mae={report['age_mae']:.2f} (median baseline "
-        f"{report['baseline_age_mae']:.2f}), gender_accuracy={report['gender_accuracy']:.3f}; "
-        f"worst groups {worst}; registered {params.register_.model_name} v{version.version} "
-        "as challenger (promote with: utkface promote)"
+        f"evaluate: test age MAE {report['age_mae']:.2f} years (predicting the median: "
+        f"{report['baseline_age_mae']:.2f}), gender accuracy {report['gender_accuracy']:.3f}; "
+        f"{worst_groups(subgroups['worst'])}; registered {params.register_.model_name} "
+        f"v{version.version} as challenger (promote with: utkface promote)"
     )
 
 
+def worst_groups(worst: dict) -> str:
+    """E.g. 'worst age MAE: age 70+ (9.1 years), worst gender accuracy: age 0-2 (0.59)'."""
+    parts = []
+    for task, metric, unit in (("age", "age_mae", " years"), ("gender", "gender_accuracy", "")):
+        group = worst.get(task)
+        if group:
+            kind = "age" if group["grouping"] == "age_bucket" else group["grouping"]
+            name = metric.replace("_", " ").replace("mae", "MAE")
+            parts.append(f"worst {name}: {kind} {group['group']} ({group[metric]:.2f}{unit})")
+    return ", ".join(parts) or "no group large enough to name the worst"
+
+
 if __name__ == "__main__":
-    main()
+    run_main("evaluate", main)

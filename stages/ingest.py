@@ -22,11 +22,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from stages import paths
-from stages.imaging import ImageError, decode_image, prepare_image
-from stages.labels import LABEL_COLUMNS, LabelError, parse_file_name
-from stages.params import load_params
-from stages.sources import (
+from utkface import paths
+from utkface.data.imaging import ImageError, decode_image, prepare_image
+from utkface.data.labels import LABEL_COLUMNS, LabelError, parse_file_name
+from utkface.data.sources import (
     READ_ERRORS,
     RawFile,
     SourceError,
@@ -34,6 +33,7 @@ from stages.sources import (
     is_image_name,
     iter_source,
 )
+from utkface.params import load_params, run_main
 
 
 @dataclass
@@ -65,9 +65,10 @@ def _category(reason: str) -> str:
 
 
 def ingest(
-    files: Iterable[RawFile], image_size: int, max_pixels: int, progress: bool = True
+    files: Iterable[RawFile], image_size: int, max_pixels: int, age_max: int, progress: bool = True
 ) -> IngestResult:
-    """Decode, check and resize every file; return the cache, labels and rejections."""
+    """Decode, check and resize every file; return the cache, labels and rejections. Ages
+    outside [1, `age_max`] (`validate.age_max`) are rejected as out of range."""
     arrays: list[np.ndarray] = []
     rows: list[dict[str, object]] = []
     rejected: list[tuple[str, str]] = []
@@ -84,7 +85,7 @@ def ingest(
             rejected.append((raw.name, "not an image file name (.jpg, .jpeg or .png expected)"))
             continue
         try:
-            labels = parse_file_name(raw.name)
+            labels = parse_file_name(raw.name, age_max)
         except LabelError as error:
             rejected.append((raw.name, str(error)))
             continue
@@ -178,7 +179,13 @@ def main() -> None:
     started = time.perf_counter()
     try:
         files = iter_source(cfg.source, cfg.max_file_bytes, cfg.synthetic_count, params.seed)
-        result = ingest(files, cfg.image_size, cfg.max_image_pixels, progress=sys.stderr.isatty())
+        result = ingest(
+            files,
+            cfg.image_size,
+            cfg.max_image_pixels,
+            params.validate_.age_max,
+            progress=sys.stderr.isatty(),
+        )
     except SourceError as error:
         sys.exit(f"ingest: {error}")
     if result.labels.empty:
@@ -195,4 +202,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("ingest", main)

@@ -1,7 +1,8 @@
 """Stage `train`: fit the dual-head CNN on the training split and track the run in MLflow.
 
-The learning rate is params' top-level `lr` when it is a number, otherwise the tuner's best
-(`metrics/tune.json`), so `dvc exp run -S lr=0.0005` retrains without re-running `tune`.
+What `tune` found (`models/tuned.json`) is applied in full: its best value of every
+`tune.search_space` knob, and its learning rate unless params' top-level `lr` is a number, so
+`dvc exp run -S lr=0.0005` retrains without re-running `tune`.
 """
 
 from __future__ import annotations
@@ -16,26 +17,36 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from stages import paths, tracking
-from stages.batchnorm import recompute_statistics
-from stages.dataset import SplitData, load_split
-from stages.evaluation import age_metrics, clamp_ages, gender_metrics
-from stages.figures import plot_learning_curves
-from stages.model import AGE, GENDER, with_test_time_flip
-from stages.params import EarlyStoppingParams, Params, load_params
-from stages.training import fit
+from utkface import paths
+from utkface.data.dataset import SplitData, load_split
+from utkface.data.labels import AGE, GENDER, clamp_ages
+from utkface.mlops import tracking
+from utkface.mlops.keras_logging import EpochLogger, log_keras_model
+from utkface.model.batchnorm import recompute_statistics
+from utkface.model.fitting import fit
+from utkface.model.network import with_test_time_flip
+from utkface.params import EarlyStoppingParams, Params, TunedValues, load_params, run_main
+from utkface.scoring.figures import plot_learning_curves
+from utkface.scoring.metrics import age_metrics, gender_metrics
 
 
-def resolve_lr(fixed_lr: float | None, tune_summary: dict | None) -> tuple[float, str]:
+def resolve_lr(fixed_lr: float | None, tuned: TunedValues | None) -> tuple[float, str]:
     """The learning rate to train with and where it came from ('params' or 'tune')."""
     if fixed_lr is not None:
         return fixed_lr, "params"
-    if not tune_summary or "lr" not in tune_summary.get("best", {}):
+    if tuned is None:
         raise ValueError(
-            f"lr is null/auto but {paths.TUNE_METRICS} has no best lr: run the tune stage "
+            f"lr is null/auto but there is no {paths.TUNED}: run the tune stage "
             "(dvc repro tune) or set a number, e.g. dvc exp run -S lr=0.001"
         )
-    return float(tune_summary["best"]["lr"]), "tune"
+    return tuned.lr, "tune"
+
+
+def load_tuned() -> TunedValues | None:
+    """What tune handed over, or None before tune has run."""
+    if not paths.TUNED.exists():
+        return None
+    return TunedValues.model_validate_json(paths.TUNED.read_text())
 
 
 def history_table(history: dict[str, list[float]]) -> pd.DataFrame:
@@ -62,11 +73,11 @@ def inference_model(model: keras.Model, params: Params, train: SplitData) -> ker
     return with_test_time_flip(model) if params.model.test_time_flip else model
 
 
-def saved_model_metrics(model: keras.Model, val: SplitData) -> dict[str, float]:
+def saved_model_metrics(model: keras.Model, val: SplitData, age_max: int) -> dict[str, float]:
     """Validation metrics of the model as saved and served, ages clamped as in `evaluate` (the
     history shows the model during fit, before `inference_model`)."""
     out = model.predict(val.images, batch_size=256, verbose=0)
-    age = age_metrics(val.age, clamp_ages(out[AGE].ravel()))
+    age = age_metrics(val.age, clamp_ages(out[AGE].ravel(), age_max))
     gender = gender_metrics(val.gender, out[GENDER].ravel())
     return {
         "saved_val_age_mae": age["age_mae"],
@@ -77,32 +88,37 @@ def saved_model_metrics(model: keras.Model, val: SplitData) -> dict[str, float]:
 
 def main() -> None:
     params = load_params()
-    tune_summary = (
-        json.loads(paths.TUNE_METRICS.read_text()) if paths.TUNE_METRICS.exists() else None
-    )
-    lr, lr_source = resolve_lr(params.fixed_lr, tune_summary)
+    tuned = load_tuned()
+    lr, lr_source = resolve_lr(params.fixed_lr, tuned)
+    model_cfg = tuned.model_params(params.model) if tuned else params.model
     train, val = load_split("train"), load_split("val")
     version = tracking.data_version()
     tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
     with mlflow.start_run(tags={"stage": "train", **tracking.lineage_tags(version)}) as run:
-        mlflow.log_params(tracking.flatten(params.model_dump(by_alias=True)))
+        logged = {
+            "seed": params.seed,
+            "lr": params.lr,
+            "model": model_cfg.model_dump(),
+            "train": params.train.model_dump(),
+        }
+        mlflow.log_params(tracking.flatten(logged))
         mlflow.log_params({"lr_used": lr, "lr_source": lr_source, "train_rows": len(train.age)})
         started = time.perf_counter()
         model, history = fit(
-            params.model,
+            model_cfg,
             params.train,
             lr,
             train,
             val,
             params.seed,
             params.train.epochs,
-            callbacks=[tracking.EpochLogger()],
+            callbacks=[EpochLogger()],
         )
         seconds = time.perf_counter() - started
         model = inference_model(model, params, train)
         table = history_table(history)
         summary = best_epoch_metrics(table, params.train.early_stopping) | {
-            **saved_model_metrics(model, val),
+            **saved_model_metrics(model, val, params.validate_.age_max),
             "lr": lr,
             "lr_source": lr_source,
             "train_rows": len(train.age),
@@ -118,7 +134,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(plot_learning_curves(table, Path(tmp) / "learning_curves.png")))
         mlflow.log_artifact(str(paths.TRAIN_HISTORY))
-        info = tracking.log_keras_model(model, val.images[:2])
+        info = log_keras_model(model, val.images[:2])
         paths.TRAIN_RUN.write_text(
             json.dumps(
                 {
@@ -140,4 +156,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("train", main)

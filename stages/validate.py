@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import paths
-from stages.expectations import (
+from utkface import paths
+from utkface.checks.expectations import (
     EphemeralDataContext,
     Outcome,
     build_suites,
@@ -29,7 +29,7 @@ from stages.expectations import (
     new_context,
     run_suites,
 )
-from stages.params import Params, load_params
+from utkface.params import Params, load_params, run_main
 
 
 def validate(
@@ -103,4 +103,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main("validate", main)

@@ -14,14 +14,19 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 from PIL import Image
 
-from stages import registry, serving, tracking
-from stages.model import build_model
-from stages.params import ModelParams
+from utkface.inference.pyfunc import ServingConfig
+from utkface.mlops import registry, tracking
+from utkface.mlops.pyfunc_logging import log_serving_model
+from utkface.model.network import build_model
+from utkface.params import ModelParams
 
 IMAGE_SIZE = 32
 MAX_IMAGE_BYTES = 20_000  # small, so that a 200x200 noise PNG is "too large"
 GATE = {"max_age_mae_increase": 0.1, "max_gender_accuracy_decrease": 0.005}
 MODEL_NAME = "test-age-gender"
+MAX_PIXELS = 25_000_000
+AGE_MAX = 116
+LINEAGE = {"git_commit": "abc123", "dvc_exp_name": "test", "data_version": "data-v1"}
 
 
 def use_tmp_store(monkeypatch: pytest.MonkeyPatch, root: Path) -> str:
@@ -60,8 +65,9 @@ def log_tiny_serving_model(root: Path) -> ModelInfo:
     examples = np.random.default_rng(0).integers(
         0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
     )
+    config = ServingConfig(IMAGE_SIZE, MAX_IMAGE_BYTES, MAX_PIXELS, AGE_MAX)
     with mlflow.start_run():
-        return serving.log_serving_model(keras_path, IMAGE_SIZE, MAX_IMAGE_BYTES, examples)
+        return log_serving_model(keras_path, config, examples, lineage=LINEAGE)
 
 
 def register_version(
@@ -77,5 +83,5 @@ def register_version(
         model_uri=info.model_uri,
         model_name=name,
         metrics={registry.AGE_MAE: age_mae, registry.GENDER_ACCURACY: gender_accuracy},
-        lineage={"git_commit": "abc123", "dvc_exp_name": "test", "data_version": data_version},
+        lineage=LINEAGE | {"data_version": data_version},
     )

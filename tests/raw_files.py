@@ -1,11 +1,11 @@
-"""Test helper over `stages.sources.RawFile` streams."""
+"""Test helper over `utkface.data.sources.RawFile` streams."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
 
-from stages.sources import RawFile
+from utkface.data.sources import RawFile
 
 
 def spy(files: Iterator[RawFile], read: list[str]) -> Iterator[RawFile]:

@@ -1,0 +1,67 @@
+"""The web app's logic without a browser: the model card from the registry, per-face and
+whole-image predictions on a tiny real model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from mlflow.models.model import ModelInfo
+from model_fixtures import (
+    IMAGE_SIZE,
+    MAX_IMAGE_BYTES,
+    MODEL_NAME,
+    log_tiny_serving_model,
+    register_version,
+    use_tmp_store,
+)
+
+from utkface.app import logic
+from utkface.inference.client import PredictError
+from utkface.mlops import registry
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelInfo]:
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.mktemp("app_logic")
+        use_tmp_store(patch, root)
+        info = log_tiny_serving_model(root)
+        register_version(info, age_mae=7.5, gender_accuracy=0.85, data_version="d-42")
+        registry.registry_client().set_registered_model_alias(MODEL_NAME, registry.CHAMPION, "1")
+        yield info
+
+
+def test_the_card_pins_the_champion_and_shows_its_tags(champion: ModelInfo) -> None:
+    card = logic.model_card(registry.champion_uri(MODEL_NAME))
+    assert card.uri == f"models:/{MODEL_NAME}/1"
+    assert (card.version, card.alias, card.run_id) == ("1", "champion", champion.run_id)
+    assert (card.age_mae, card.gender_accuracy, card.data_version) == (7.5, 0.85, "d-42")
+    assert "Intended use" in card.description
+    assert "Limits" in card.description
+    assert champion.run_id in card.version_description
+    assert logic.model_card(f"models:/{MODEL_NAME}/1").version == "1"
+    assert logic.model_card(champion.model_uri).version is None  # loaded as it is
+
+
+def test_no_champion_says_how_to_get_one(champion: ModelInfo) -> None:
+    with pytest.raises(PredictError, match=r"`dvc repro`.*`utkface promote`"):
+        logic.model_card(registry.champion_uri("never-registered"))
+    with pytest.raises(PredictError, match="cannot read"):
+        logic.model_card(f"models:/{MODEL_NAME}/9")
+
+
+def test_faces_then_the_whole_image(champion: ModelInfo) -> None:
+    model, limits = logic.load_model(logic.model_card(champion.model_uri).uri)
+    assert (limits.image_size, limits.max_image_bytes) == (IMAGE_SIZE, MAX_IMAGE_BYTES)
+    row = logic.sample_images()["Synthetic faces: three in a row"]
+    predictions = logic.predict_faces(model, row, limits.image_size)
+    assert [p.face for p in predictions] == [1, 2, 3]
+    assert all(p.error is None and 0 <= p.age <= 116 for p in predictions)
+    blank = np.full((120, 200, 3), 90, dtype=np.uint8)
+    assert logic.predict_faces(model, blank, limits.image_size) == []
+    whole = logic.predict_whole(model, blank, limits.image_size)
+    assert whole.box == (40, 0, 120, 120)  # the centre square the model sees
+    assert whole.face is None
+    assert whole.gender in ("male", "female")

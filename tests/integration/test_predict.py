@@ -1,0 +1,192 @@
+"""`utkface predict`: files and folders through the served pyfunc, per-file errors, URIs."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.models.model import ModelInfo
+from model_fixtures import (
+    MODEL_NAME,
+    image_bytes,
+    log_tiny_serving_model,
+    register_version,
+    use_tmp_store,
+)
+from PIL import Image
+
+from utkface.cli import predict as predict_command
+from utkface.cli import promote as promote_command
+from utkface.data.synthetic import draw_face
+from utkface.inference import client
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelInfo]:
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.mktemp("predict")
+        use_tmp_store(patch, root)
+        yield log_tiny_serving_model(root)
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """Two good images (one nested) and a text file posing as a JPEG."""
+    (tmp_path / "faces" / "nested").mkdir(parents=True)
+    (tmp_path / "faces" / "a.png").write_bytes(image_bytes(1))
+    (tmp_path / "faces" / "nested" / "b.JPG").write_bytes(image_bytes(2, fmt="JPEG"))
+    (tmp_path / "faces" / "broken.jpg").write_text("this is not an image\n")
+    (tmp_path / "faces" / "notes.txt").write_text("ignored: not an image suffix\n")
+    return tmp_path / "faces"
+
+
+def run(*argv: object) -> int:
+    parser = argparse.ArgumentParser()
+    predict_command.add_arguments(parser)
+    return predict_command.run(parser.parse_args([str(a) for a in argv]))
+
+
+def by_name(entries: list[dict]) -> dict[str, dict]:
+    return {Path(e["path"]).name: e for e in entries}
+
+
+def test_find_images_recurses_and_reports_missing(folder: Path) -> None:
+    files, missing = client.find_images([folder, folder / "notes.txt", folder / "nope.png"])
+    assert [f.name for f in files] == ["a.png", "broken.jpg", "b.JPG", "notes.txt"]
+    assert [(Path(m.path).name, m.error) for m in missing] == [
+        ("nope.png", "no such file or folder")
+    ]
+
+
+@pytest.mark.parametrize("uri_kind", ["models", "runs"])
+def test_folder_json_has_predictions_and_per_file_error(
+    logged: ModelInfo, folder: Path, uri_kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uri = logged.model_uri if uri_kind == "models" else f"runs:/{logged.run_id}/serving_model"
+    assert run(folder, "--model", uri, "--json") == 0
+    out, err = capsys.readouterr()
+    entries = by_name(json.loads(out))
+    assert set(entries) == {"a.png", "b.JPG", "broken.jpg"}
+    for good in ("a.png", "b.JPG"):
+        entry = entries[good]
+        assert isinstance(entry["age"], float)
+        assert 0 <= entry["age"] <= 116
+        assert entry["gender"] in ("male", "female")
+        assert 0 <= entry["p_female"] <= 1
+        assert entry["error"] is None
+    broken = entries["broken.jpg"]
+    assert broken["error"] == "not an image (unrecognised format)"
+    assert broken["age"] is None
+    assert "2 predicted, 1 failed" in err
+
+
+def test_table_output(logged: ModelInfo, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(folder / "a.png", folder / "broken.jpg", "--model", logged.model_uri) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["path", "age", "gender", "p_female", "error"]
+    assert len(rows) == 2
+    assert "not an image" in next(r for r in rows if "broken.jpg" in r)
+
+
+def test_nothing_predictable_exits_non_zero(
+    logged: ModelInfo, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(folder / "broken.jpg", "--model", logged.model_uri, "--json") == 1
+    assert json.loads(capsys.readouterr().out)[0]["error"]
+    assert run(folder / "nested" / "nope", "--model", logged.model_uri) == 1
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_without_champion_says_how_to_get_one(
+    logged: ModelInfo, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(folder, "--model-name", "never-registered") == 1
+    err = capsys.readouterr().err
+    assert "no champion" in err
+    assert "dvc repro" in err
+    assert "utkface promote" in err
+    assert "Traceback" not in err
+
+
+def test_default_is_the_champion(
+    logged: ModelInfo, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register_version(logged, MODEL_NAME)
+    parser = argparse.ArgumentParser()
+    promote_command.add_arguments(parser)
+    assert promote_command.run(parser.parse_args([])) == 0
+    capsys.readouterr()
+    assert run(folder / "a.png", "--json") == 0
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["gender"] in ("male", "female")
+
+
+def test_bad_model_uri_is_a_clear_error(
+    logged: ModelInfo, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(folder, "--model", str(folder / "no-model-here")) == 1
+    err = capsys.readouterr().err
+    assert "cannot load model" in err
+    assert "Traceback" not in err
+
+
+def two_faces_jpeg() -> bytes:
+    """Two 120 px synthetic faces side by side, 20 px apart: small enough for the tiny model's
+    byte limit."""
+    gap = np.full((120, 20, 3), 235, dtype=np.uint8)
+    left = np.asarray(draw_face(34, 1, 0, np.random.default_rng(3), size=120))
+    right = np.asarray(draw_face(27, 0, 0, np.random.default_rng(1), size=120))
+    buffer = io.BytesIO()
+    Image.fromarray(np.hstack([gap, left, gap, right, gap])).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_detect_faces_predicts_each_face_with_its_box(
+    logged: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "two.jpg").write_bytes(two_faces_jpeg())
+    (tmp_path / "noise.png").write_bytes(image_bytes(1))
+    (tmp_path / "large.png").write_bytes(image_bytes(3, size=200))
+    (tmp_path / "broken.jpg").write_text("this is not an image\n")
+    assert run(tmp_path, "--model", logged.model_uri, "--detect-faces", "--json") == 0
+    out, err = capsys.readouterr()
+    entries = json.loads(out)
+    two = [e for e in entries if e["path"].endswith("two.jpg")]
+    assert [e["face"] for e in two] == [1, 2]
+    (x1, _, w1, _), (x2, _, w2, _) = (e["box"] for e in two)
+    assert x1 >= 20 and x1 + w1 <= 140  # within the left face
+    assert x2 >= 160 and x2 + w2 <= 280  # within the right face
+    assert all(0 <= e["age"] <= 116 and e["gender"] in ("male", "female") for e in two)
+    errors = {Path(e["path"]).name: e["error"] for e in entries if e["error"]}
+    assert errors["noise.png"] == client.NO_FACE
+    assert "run without --detect-faces" in errors["noise.png"]
+    assert "exceeds the limit" in errors["large.png"]
+    assert errors["broken.jpg"] == "not an image (unrecognised format)"
+    assert "2 predicted, 3 failed" in err
+    assert "Traceback" not in err
+
+
+def test_detect_faces_table_has_face_and_box(
+    logged: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "two.jpg").write_bytes(two_faces_jpeg())
+    assert run(tmp_path / "two.jpg", "--model", logged.model_uri, "--detect-faces") == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["path", "face", "box", "age", "gender", "p_female", "error"]
+    assert [row.split()[1] for row in rows] == ["1", "2"]
+    assert rows[0].split()[2].count(",") == 3  # x,y,w,h
+
+
+def test_a_photo_without_faces_is_an_error_not_a_crash(
+    logged: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "noise.png").write_bytes(image_bytes(1))
+    assert run(tmp_path / "noise.png", "--model", logged.model_uri, "--detect-faces") == 1
+    out, err = capsys.readouterr()
+    assert "no face found; run without --detect-faces" in out
+    assert "0 predicted, 1 failed" in err

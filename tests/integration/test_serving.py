@@ -1,0 +1,256 @@
+"""The served pyfunc: training preprocessing, row-level errors, and `mlflow models serve`."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+from mlflow.exceptions import MlflowException
+from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PyFuncModel
+from model_fixtures import (
+    AGE_MAX,
+    IMAGE_SIZE,
+    LINEAGE,
+    MAX_IMAGE_BYTES,
+    MAX_PIXELS,
+    MODEL_NAME,
+    image_bytes,
+    log_tiny_serving_model,
+    register_version,
+    use_tmp_store,
+)
+
+from utkface.data.imaging import load_image
+from utkface.inference.pyfunc import predict_images
+from utkface.mlops import registry
+
+NOT_AN_IMAGE = base64.b64encode(b"hello, I am plain text").decode()
+TOO_LARGE = rf"image of (about )?\d+ bytes exceeds the limit of {MAX_IMAGE_BYTES}"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelInfo]:
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.mktemp("serving")
+        use_tmp_store(patch, root)
+        yield log_tiny_serving_model(root)
+
+
+@pytest.fixture(scope="module")
+def pyfunc(logged: ModelInfo) -> PyFuncModel:
+    return mlflow.pyfunc.load_model(logged.model_uri)
+
+
+def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
+    assert logged.signature.inputs.input_names() == ["image"]
+    assert logged.signature.outputs.input_names() == ["age", "gender", "p_female", "error"]
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    code = local / "code"
+    carried = sorted(p.relative_to(code).as_posix() for p in code.rglob("*.py"))
+    assert carried == [
+        "utkface/__init__.py",
+        "utkface/console.py",
+        "utkface/data/__init__.py",
+        "utkface/data/imaging.py",
+        "utkface/data/labels.py",
+        "utkface/inference/__init__.py",
+        "utkface/inference/pyfunc.py",
+    ]
+    model = mlflow.models.Model.load(local)
+    assert model.flavors["python_function"]["config"] == {
+        "image_size": IMAGE_SIZE,
+        "max_image_bytes": MAX_IMAGE_BYTES,
+        "max_pixels": MAX_PIXELS,
+        "age_max": AGE_MAX,
+    }
+    assert model.metadata == LINEAGE
+
+
+LOAD_AND_LIST_MODULES = """
+import sys, mlflow
+mlflow.pyfunc.load_model(sys.argv[1])
+import utkface
+print(utkface.__file__)
+print(" ".join(sorted(name for name in sys.modules if name.startswith("utkface"))))
+"""
+
+
+def test_the_model_loads_with_only_the_code_it_carries(logged: ModelInfo, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_LIST_MODULES, logged.model_uri],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    package, modules = done.stdout.splitlines()[-2:]
+    assert package.endswith("/code/utkface/__init__.py")  # the model's copy, not the checkout
+    assert modules.split() == [
+        "utkface",
+        "utkface.console",
+        "utkface.data",
+        "utkface.data.imaging",
+        "utkface.data.labels",
+        "utkface.inference",
+        "utkface.inference.pyfunc",
+    ]
+
+
+def test_predicts_like_keras_on_training_preprocessing(pyfunc: PyFuncModel) -> None:
+    images = [image_bytes(1, size=40), image_bytes(2, size=64, fmt="JPEG")]
+    result = pyfunc.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
+    assert list(result.columns) == ["age", "gender", "p_female"]
+    keras_model = pyfunc.unwrap_python_model().model
+    arrays = np.stack([load_image(i, IMAGE_SIZE, MAX_PIXELS) for i in images])
+    expected = predict_images(keras_model, arrays, AGE_MAX)
+    pd.testing.assert_frame_equal(result, expected)
+    assert set(result["gender"]) <= {"male", "female"}
+    assert ((result["p_female"] > 0.5) == (result["gender"] == "female")).all()
+
+
+def test_predict_images_clamps_age() -> None:
+    class Constant:
+        def predict_on_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+            n = len(batch)
+            return {"age": np.array([[-3.0], [200.0]])[:n], "gender": np.full((n, 1), 0.7)}
+
+    frame = predict_images(Constant(), np.zeros((2, 4, 4, 3), dtype=np.uint8), age_max=100)
+    assert frame["age"].tolist() == [1.0, 100.0]
+    assert frame["gender"].tolist() == ["female", "female"]
+
+
+@pytest.mark.parametrize(
+    ("cell", "reason"),
+    [
+        (NOT_AN_IMAGE, r"not an image \(unrecognised format\)"),
+        ("%%% not base64 %%%", "not valid base64"),
+        (b64(image_bytes(3, size=200)), TOO_LARGE),
+        (b64(image_bytes(4)[:200]), "corrupt or truncated image"),
+    ],
+    ids=["text", "not-base64", "too-large", "truncated"],
+)
+def test_bad_rows_are_rejected_by_row_and_reason(
+    pyfunc: PyFuncModel, cell: str, reason: str
+) -> None:
+    frame = pd.DataFrame({"image": [b64(image_bytes(1)), cell]})
+    with pytest.raises(MlflowException) as raised:
+        pyfunc.predict(frame)
+    assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert raised.value.get_http_status_code() == 400
+    assert re.search(f"row 1: {reason}", raised.value.message)
+    assert "row 0" not in raised.value.message
+
+
+def test_report_mode_predicts_the_good_rows(pyfunc: PyFuncModel) -> None:
+    frame = pd.DataFrame({"image": [NOT_AN_IMAGE, b64(image_bytes(1)), NOT_AN_IMAGE]})
+    result = pyfunc.predict(frame, params={"on_error": "report"})
+    assert result["error"].tolist() == [
+        "not an image (unrecognised format)",
+        None,
+        "not an image (unrecognised format)",
+    ]
+    assert result["age"].isna().tolist() == [True, False, True]
+    assert result.loc[1, "gender"] in ("male", "female")
+    with pytest.raises(MlflowException, match="on_error must be one of"):
+        pyfunc.predict(frame, params={"on_error": "ignore"})
+
+
+# --- mlflow models serve -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(server: subprocess.Popen, url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow models serve exited with {server.returncode}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"mlflow models serve did not answer /ping within {timeout}s")
+
+
+def invoke(url: str, *cells: str) -> requests.Response:
+    body = {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+    return requests.post(f"{url}/invocations", json=body, timeout=30)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> None:
+    register_version(logged, MODEL_NAME)
+    registry.registry_client().set_registered_model_alias(MODEL_NAME, registry.CHAMPION, "1")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    bin_dir = Path(sys.executable).parent  # the scoring server execs `uvicorn` from PATH
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [
+                str(bin_dir / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                registry.champion_uri(MODEL_NAME),
+                "--env-manager",
+                "local",
+                "-p",
+                str(port),
+                "--host",
+                "127.0.0.1",
+            ],
+            cwd=tmp_path,  # not the repository root: its code comes with the model
+            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_up(server, url)
+        ok = invoke(url, b64(image_bytes(1)), b64(image_bytes(2, fmt="JPEG")))
+        assert ok.status_code == 200, ok.text
+        predictions = ok.json()["predictions"]
+        assert len(predictions) == 2
+        assert all(0 <= p["age"] <= 116 and p["gender"] in ("male", "female") for p in predictions)
+
+        for cell, reason in [
+            (NOT_AN_IMAGE, "not an image"),
+            (b64(image_bytes(3, size=200)), TOO_LARGE),
+        ]:
+            bad = invoke(url, b64(image_bytes(1)), cell)
+            assert bad.status_code == 400, bad.text
+            assert bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+            assert re.search(f"row 1: {reason}", bad.json()["message"])
+    except AssertionError:
+        print(log_path.read_text()[-5000:])
+        raise
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)

@@ -1,0 +1,229 @@
+"""MLflow wiring: the repository root seen from DVC's queue workspaces, the tracking store, the
+experiment (artifacts beside a SQLite store), lineage tags, flattened params, per-epoch logging."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from utkface.mlops import tracking
+from utkface.mlops.keras_logging import EpochLogger
+from utkface.model.fitting import LearningRateInLogs
+from utkface.model.network import build_model, compile_model
+from utkface.params import ModelParams, TrainParams
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+# --- repository root and store ----------------------------------------------------------------
+
+
+def test_repo_root_of_a_dvc_queue_workspace_is_the_repository(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    workspace = repo / ".dvc" / "tmp" / "exps" / "tmpabc" / "sub"
+    assert tracking.repo_root(workspace) == repo.resolve()
+    assert tracking.repo_root(repo / ".dvc" / "tmp" / "exps" / "tmpabc") == repo.resolve()
+
+
+def test_repo_root_outside_a_queue_workspace_is_the_folder_itself(tmp_path: Path) -> None:
+    assert tracking.repo_root(tmp_path / "repo" / "sub") == (tmp_path / "repo" / "sub").resolve()
+    # .dvc/tmp alone (not exps) is not a queue workspace
+    other = tmp_path / "repo" / ".dvc" / "tmp" / "other"
+    assert tracking.repo_root(other) == other.resolve()
+
+
+def test_repo_root_defaults_to_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpq1w2"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    assert tracking.repo_root() == (tmp_path / "repo").resolve()
+
+
+def test_tracking_uri_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.tracking_uri() == "http://mlflow.example:5000"
+
+
+def test_tracking_uri_defaults_to_sqlite_at_the_repository_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'repo').resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # empty counts as unset
+    assert tracking.tracking_uri().endswith("/repo/mlflow.db")
+
+
+# --- experiments ------------------------------------------------------------------------------
+
+
+def test_use_experiment_keeps_artifacts_beside_the_sqlite_store(store: str, tmp_path: Path) -> None:
+    experiment_id = tracking.use_experiment("tests-tracking")
+    experiment = MlflowClient(store).get_experiment(experiment_id)
+    assert experiment.name == "tests-tracking"
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+    assert mlflow.get_tracking_uri() == store
+    with mlflow.start_run() as run:  # lands in the selected experiment
+        mlflow.log_text("hello", "note.txt")
+    assert run.info.experiment_id == experiment_id
+    logged = list((tmp_path / "mlartifacts").rglob("note.txt"))
+    assert len(logged) == 1 and logged[0].read_text() == "hello"
+
+
+def test_use_experiment_reuses_an_existing_experiment(store: str) -> None:
+    first = tracking.use_experiment("tests-tracking")
+    tracking.use_experiment("another")
+    assert tracking.use_experiment("tests-tracking") == first
+    assert mlflow.get_experiment(first).name == "tests-tracking"
+    with mlflow.start_run() as run:
+        pass
+    assert run.info.experiment_id == first
+
+
+def test_use_experiment_with_a_relative_sqlite_uri(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    experiment_id = tracking.use_experiment("tests-relative")
+    experiment = mlflow.get_experiment(experiment_id)
+    assert experiment.artifact_location == (tmp_path / "mlartifacts").as_uri()
+
+
+def test_use_experiment_when_another_process_created_it_meanwhile(
+    store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    existing = MlflowClient(store).create_experiment("tests-race")
+    # This process looked before the other one created it:
+    monkeypatch.setattr(mlflow, "get_experiment_by_name", lambda name: None)
+    assert tracking.use_experiment("tests-race") == existing
+
+
+# --- lineage ----------------------------------------------------------------------------------
+
+
+def test_data_version_changes_exactly_when_a_file_changes(tmp_path: Path) -> None:
+    files = [tmp_path / "images.npy", tmp_path / "train.parquet"]
+    files[0].write_bytes(b"\x00" * 3_000_000)  # over one read chunk
+    files[1].write_bytes(b"rows")
+    version = tracking.data_version(files)
+    assert re.fullmatch(r"[0-9a-f]{32}", version)
+    assert tracking.data_version(files) == version
+    files[1].write_bytes(b"rowz")
+    changed = tracking.data_version(files)
+    assert changed != version
+    files[1].write_bytes(b"rows")
+    assert tracking.data_version(files) == version
+    data = bytearray(files[0].read_bytes())
+    data[-1] = 1  # a byte in the last chunk
+    files[0].write_bytes(bytes(data))
+    assert tracking.data_version(files) != version
+
+
+def test_data_version_reads_the_image_cache_and_the_splits_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        tracking.data_version()
+    (tmp_path / "data" / "ingested").mkdir(parents=True)
+    (tmp_path / "data" / "split").mkdir(parents=True)
+    (tmp_path / "data" / "ingested" / "images.npy").write_bytes(b"images")
+    for name in ("train", "val", "test"):
+        (tmp_path / "data" / "split" / f"{name}.parquet").write_bytes(name.encode())
+    version = tracking.data_version()
+    (tmp_path / "data" / "split" / "test.parquet").write_bytes(b"other test rows")
+    assert tracking.data_version() != version
+
+
+def test_lineage_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.chdir(REPO)
+    tags = tracking.lineage_tags("abc")
+    assert tags["data_version"] == "abc"
+    assert tags["dvc_exp_name"] == "workspace"
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", tags["git_commit"])
+    monkeypatch.setenv("DVC_EXP_NAME", "sunny-lark")
+    monkeypatch.chdir(tmp_path)  # not a git repository
+    tags = tracking.lineage_tags("abc")
+    assert tags["dvc_exp_name"] == "sunny-lark"
+    assert tags["git_commit"] == "unknown"
+
+
+def test_flatten_uses_dotted_keys() -> None:
+    params = {
+        "seed": 42,
+        "train": {"epochs": 3, "loss_weights": {"age": 1.0, "gender": 10.0}},
+        "tune": {"learning_rates": [0.001, 0.01], "search_space": {}},
+        "lr": None,
+    }
+    assert tracking.flatten(params) == {
+        "seed": 42,
+        "train.epochs": 3,
+        "train.loss_weights.age": 1.0,
+        "train.loss_weights.gender": 10.0,
+        "tune.learning_rates": [0.001, 0.01],
+        "lr": None,
+    }
+    assert tracking.flatten({}) == {}
+    assert tracking.flatten({"a": 1}, prefix="x.") == {"x.a": 1}
+
+
+# --- per-epoch logging ------------------------------------------------------------------------
+
+
+def test_epoch_logger_logs_every_epoch_with_the_learning_rate(store: str) -> None:
+    """EpochLogger logs what the logs hold; LearningRateInLogs, placed before it, adds the rate."""
+    tracking.use_experiment("tests-tracking")
+    model = build_model(
+        ModelParams(stem_filters=4, filters=[8], convs_per_block=1, dense_units=4), 32, seed=0
+    )
+    compile_model(model, TrainParams(), lr=0.004)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (8, 32, 32, 3)).astype("uint8")
+    y = {"age": rng.uniform(1, 90, 8).astype("float32"), "gender": rng.integers(0, 2, 8) * 1.0}
+    with mlflow.start_run() as run:
+        history = model.fit(
+            x,
+            y,
+            validation_data=(x, y),
+            epochs=3,
+            verbose=0,
+            callbacks=[LearningRateInLogs(), EpochLogger()],
+        )
+    client = MlflowClient(store)
+    for name in ("loss", "age_mae", "gender_accuracy", "val_age_mae", "val_gender_accuracy"):
+        logged = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in sorted(logged, key=lambda m: m.step)] == [0, 1, 2], name
+        values = [m.value for m in sorted(logged, key=lambda m: m.step)]
+        assert values == pytest.approx(history.history[name]), name
+    rates = client.get_metric_history(run.info.run_id, "learning_rate")
+    assert [m.value for m in rates] == pytest.approx([0.004] * 3)
+
+
+def test_epoch_logger_can_target_a_run_that_is_not_active(store: str) -> None:
+    tracking.use_experiment("tests-tracking")
+    with mlflow.start_run() as run:
+        pass
+    logger = EpochLogger(run_id=run.info.run_id)
+    logger.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))  # no optimizer
+    logger.on_epoch_end(4, {"val_loss": 2.5})
+    (logged,) = MlflowClient(store).get_metric_history(run.info.run_id, "val_loss")
+    assert (logged.step, logged.value) == (4, 2.5)
+    assert mlflow.active_run() is None

@@ -1,0 +1,134 @@
+"""Distributed tuning on localhost: `python -m stages.tune` as Keras Tuner's chief and as one
+worker, in a tiny project that holds a copy of `stages/`, with a throwaway MLflow store.
+
+The chief serves the oracle and owns the `tune` parent run (tagged with the oracle address); the
+worker finds that run by the tag and logs each trial it runs as a nested run under it; the chief
+writes metrics/tune.json once the worker has been told to stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from tiny import LEARNING_RATES, free_port, write_tiny_project
+
+from stages import tune
+from utkface import paths
+from utkface.mlops import tracking
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 240
+
+
+def _env(uri: str, tuner_id: str, port: int) -> dict[str, str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MLFLOW_", "DVC_", "KERASTUNER_", "PYTHONPATH"))
+    }
+    return clean | {
+        "MLFLOW_TRACKING_URI": uri,
+        "KERASTUNER_TUNER_ID": tuner_id,
+        "KERASTUNER_ORACLE_IP": "127.0.0.1",
+        "KERASTUNER_ORACLE_PORT": str(port),
+        "PYTHONUNBUFFERED": "1",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+def _start(root: Path, env: dict[str, str], name: str) -> tuple[subprocess.Popen, Path]:
+    log = root / f"{name}.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stages.tune"],
+            cwd=root,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    return process, log
+
+
+def _wait(processes: dict[str, tuple[subprocess.Popen, Path]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    try:
+        for process, _ in processes.values():
+            process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        for process, _ in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        pytest.fail(f"chief/worker still running after {timeout}s:\n{_logs(processes)}")
+
+
+def _logs(processes: dict[str, tuple[subprocess.Popen, Path]]) -> str:
+    return "\n".join(
+        f"--- {name} (rc {process.returncode}) ---\n{log.read_text()[-4000:]}"
+        for name, (process, log) in processes.items()
+    )
+
+
+def test_chief_and_worker_share_one_search(tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    write_tiny_project(root)
+    uri = f"sqlite:///{root}/mlflow.db"
+    client = MlflowClient(uri)
+    # The store and experiment exist before the processes start: two processes creating a fresh
+    # SQLite store (or the experiment) at once race (see test_tracking.py).
+    client.create_experiment(
+        tracking.TUNE_EXPERIMENT, artifact_location=(root / paths.MLFLOW_ARTIFACTS).as_uri()
+    )
+    port = free_port()
+    oracle = f"127.0.0.1:{port}"
+
+    processes = {"chief": _start(root, _env(uri, "chief", port), "chief")}
+    processes["worker"] = _start(root, _env(uri, "tuner0", port), "worker")
+    _wait(processes, TIMEOUT_S)
+    logs = _logs(processes)
+    assert all(p.returncode == 0 for p, _ in processes.values()), logs
+    assert f"worker tuner0 finished its trials for the chief at {oracle}" in logs
+    assert "tune: best" in processes["chief"][1].read_text(), logs
+
+    summary = json.loads((root / paths.TUNE_METRICS).read_text())
+    trials = summary["trials"]
+    assert len(trials) == 2, summary
+    assert {t["status"] for t in trials} == {"COMPLETED"}
+    assert sorted(t["hyperparameters"]["lr"] for t in trials) == LEARNING_RATES
+    assert all(t["val_age_mae"] is not None for t in trials)
+    assert summary["best"]["lr"] in LEARNING_RATES
+    assert summary["best_" + tune.OBJECTIVE] == min(t[tune.OBJECTIVE] for t in trials)
+
+    experiment = client.get_experiment_by_name(tracking.TUNE_EXPERIMENT)
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.data.tags for r in runs]
+    (parent,) = parents
+    assert parent.info.run_id == summary["mlflow_run_id"]
+    assert parent.data.tags[tune.ORACLE_TAG] == oracle
+    assert parent.info.status == "FINISHED"
+    assert float(parent.data.params["best.lr"]) == summary["best"]["lr"]
+
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3
+    assert {r.data.tags["tuner_id"] for r in children} == {"tuner0"}  # logged by the worker
+    assert sorted(float(r.data.params["lr"]) for r in children) == LEARNING_RATES
+    by_trial = {t["trial_id"]: t for t in trials}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, tune.OBJECTIVE)
+        assert [m.step for m in history] == [0]  # tune.epochs: 1
+        row = by_trial[child.data.tags["trial_id"]]
+        assert child.data.metrics["best_" + tune.OBJECTIVE] == pytest.approx(row[tune.OBJECTIVE])

@@ -1,0 +1,265 @@
+"""The dual-head CNN (`utkface.model.network`) and the fit loop shared by tune and train
+(`utkface.model.fitting`): outputs, inference vs training behaviour, losses, metric names,
+reproducibility, and (slow) that a briefly trained model is about flip-invariant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from tiny import NO_AUGMENT, SIZE, TINY_MODEL, images, split, synthetic_faces, targets
+
+from utkface.data.dataset import SplitData
+from utkface.model import fitting
+from utkface.model.network import AGE, GENDER, build_model, compile_model, with_test_time_flip
+from utkface.params import LossWeights, ModelParams, TrainParams
+
+RANDOM_LAYERS = (
+    keras.layers.RandomFlip,
+    keras.layers.RandomRotation,
+    keras.layers.RandomZoom,
+    keras.layers.RandomTranslation,
+    keras.layers.RandomContrast,
+)
+
+
+pytestmark = pytest.mark.usefixtures("seeded")
+
+
+def numpy(outputs: dict) -> dict[str, np.ndarray]:
+    return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+
+def test_test_time_flip_averages_the_image_and_its_mirror(tmp_path: Path) -> None:
+    model = build_model(TINY_MODEL, SIZE, seed=0)
+    x = images(4)
+    plain, mirrored = model.predict(x, verbose=0), model.predict(x[:, :, ::-1], verbose=0)
+    averaged = with_test_time_flip(model)
+    out = averaged.predict(x, verbose=0)
+    assert set(out) == {AGE, GENDER}
+    for name in (AGE, GENDER):
+        np.testing.assert_allclose(out[name], (plain[name] + mirrored[name]) / 2, atol=1e-5)
+        assert not np.allclose(plain[name], mirrored[name])  # the flip changes the model's view
+    np.testing.assert_allclose(averaged.predict(x[:, :, ::-1], verbose=0)[AGE], out[AGE], atol=1e-5)
+    assert len(averaged.trainable_weights) == len(model.trainable_weights)
+    averaged.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")  # stock layers: no custom objects
+    np.testing.assert_allclose(loaded.predict(x, verbose=0)[GENDER], out[GENDER], atol=1e-6)
+
+
+def test_outputs_are_named_age_and_gender_with_one_value_per_image() -> None:
+    model = build_model(TINY_MODEL, SIZE, seed=0)
+    out = model.predict(images(5), verbose=0)
+    assert set(out) == {AGE, GENDER}
+    assert out[AGE].shape == (5, 1) and out[GENDER].shape == (5, 1)
+    assert model.input_shape == (None, SIZE, SIZE, 3)
+
+
+def test_gender_is_a_probability_even_for_extreme_images() -> None:
+    model = build_model(TINY_MODEL.model_copy(update={"dense_units": 16}), SIZE, seed=1)
+    batch = np.concatenate(
+        [
+            images(6),
+            np.zeros((1, SIZE, SIZE, 3), "uint8"),
+            np.full((1, SIZE, SIZE, 3), 255, "uint8"),
+        ]
+    )
+    gender = model.predict(batch, verbose=0)[GENDER]
+    assert np.all((gender >= 0.0) & (gender <= 1.0))
+    assert np.all(np.isfinite(model.predict(batch, verbose=0)[AGE]))
+
+
+def test_age_bias_starts_at_the_prior() -> None:
+    model = build_model(TINY_MODEL, SIZE, seed=0, age_prior=37.5)
+    assert model.get_layer(AGE).bias.numpy() == pytest.approx([37.5])
+    kernel = model.get_layer(AGE).kernel
+    kernel.assign(np.zeros(kernel.shape, "float32"))  # the prior is all that is left
+    assert model.predict(images(3), verbose=0)[AGE] == pytest.approx(np.full((3, 1), 37.5))
+    default = build_model(TINY_MODEL, SIZE, seed=0)
+    assert default.get_layer(AGE).bias.numpy() == pytest.approx([30.0])
+
+
+# --- augmentation: training only --------------------------------------------------------------
+
+
+def test_inference_is_deterministic_and_independent_of_the_batch() -> None:
+    model = build_model(TINY_MODEL, SIZE, seed=0)  # default augmentation: all five layers
+    assert sum(isinstance(layer, RANDOM_LAYERS) for layer in model.layers) == 5
+    x = images(8)
+    first, second = model.predict(x, verbose=0), model.predict(x, verbose=0)
+    for name in (AGE, GENDER):
+        np.testing.assert_array_equal(first[name], second[name])
+    called = numpy(model(x, training=False))
+    alone = model.predict(x[:1], verbose=0)
+    for name in (AGE, GENDER):
+        np.testing.assert_allclose(called[name], first[name], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(alone[name], first[name][:1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "knob",
+    [
+        {"horizontal_flip": True},
+        {"rotation": 0.2},
+        {"zoom": 0.2},
+        {"translation": 0.2},
+        {"contrast": 0.5},
+    ],
+    ids=lambda knob: next(iter(knob)),
+)
+def test_each_augmentation_changes_training_outputs(knob: dict) -> None:
+    cfg = TINY_MODEL.model_copy(
+        update={"dropout": 0.0, "augment": NO_AUGMENT.model_copy(update=knob)}
+    )
+    model = build_model(cfg, SIZE, seed=0)
+    assert sum(isinstance(layer, RANDOM_LAYERS) for layer in model.layers) == 1
+    x = images(16)
+    first, second = numpy(model(x, training=True)), numpy(model(x, training=True))
+    assert not np.allclose(first[AGE], second[AGE])
+    inference = [model.predict(x, verbose=0)[AGE] for _ in range(2)]
+    np.testing.assert_array_equal(*inference)
+
+
+def test_without_augmentation_or_dropout_training_outputs_repeat() -> None:
+    """The control for the test above: what differs there is the augmentation."""
+    cfg = TINY_MODEL.model_copy(update={"dropout": 0.0, "augment": NO_AUGMENT})
+    model = build_model(cfg, SIZE, seed=0)
+    assert not any(isinstance(layer, RANDOM_LAYERS) for layer in model.layers)
+    x = images(16)
+    first, second = numpy(model(x, training=True)), numpy(model(x, training=True))
+    np.testing.assert_allclose(first[AGE], second[AGE], rtol=1e-6)
+
+
+# --- losses and metrics -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("age_loss", ["huber", "mae"])
+def test_age_loss_follows_params(age_loss: str) -> None:
+    delta = 2.0
+    cfg = TINY_MODEL.model_copy(update={"l2": 0.0})
+    model = build_model(cfg, SIZE, seed=0, age_prior=0.0)
+    weights = LossWeights(age=1.5, gender=0.5)
+    train = TrainParams(age_loss=age_loss, huber_delta=delta, loss_weights=weights)
+    compile_model(model, train, lr=0.001)
+    y = {AGE: np.full(8, 100.0, "float32"), GENDER: np.ones(8, "float32")}  # errors >> delta
+    result = model.evaluate(images(8), y, return_dict=True, verbose=0)
+    mae = result["age_mae"]
+    assert mae > 90.0
+    if age_loss == "huber":  # linear beyond delta: delta * (|e| - delta / 2)
+        assert result["age_loss"] == pytest.approx(delta * (mae - delta / 2), rel=1e-4)
+    else:
+        assert result["age_loss"] == pytest.approx(mae, rel=1e-5)
+    assert result["loss"] == pytest.approx(
+        1.5 * result["age_loss"] + 0.5 * result["gender_loss"], rel=1e-4
+    )
+
+
+def test_fit_history_names_the_metrics_per_head() -> None:
+    model = compile_model(build_model(TINY_MODEL, SIZE, seed=0), TrainParams(), lr=0.001)
+    history = model.fit(images(8), targets(8), epochs=1, batch_size=4, verbose=0).history
+    assert {"loss", "age_mae", "gender_accuracy"} <= set(history)
+    assert not any(name.startswith("val_") for name in history)
+    model, history = fitting.fit(
+        TINY_MODEL, TrainParams(batch_size=4), 0.001, split(8), split(4, seed=1), seed=0, epochs=2
+    )
+    expected = {"age_mae", "gender_accuracy", "val_age_mae", "val_gender_accuracy", "val_loss"}
+    assert expected <= set(history)
+    assert all(len(history[name]) == 2 for name in expected)
+    assert all(0.0 <= acc <= 1.0 for acc in history["val_gender_accuracy"])
+
+
+# --- input pipeline and fit -------------------------------------------------------------------
+
+
+def test_make_dataset_batches_images_and_both_targets() -> None:
+    data = split(10)
+    batches = list(fitting.make_dataset(data, batch_size=4, shuffle=False, seed=0))
+    assert [len(x) for x, _ in batches] == [4, 4, 2]
+    x, y = batches[0]
+    assert x.dtype.name == "uint8" and tuple(x.shape) == (4, SIZE, SIZE, 3)
+    assert set(y) == {AGE, GENDER} and y[AGE].dtype.name == "float32"
+    ages = np.concatenate([y[AGE].numpy() for _, y in batches])
+    np.testing.assert_array_equal(ages, data.age)  # in order without shuffling
+    np.testing.assert_array_equal(batches[0][0].numpy(), data.images[:4])
+
+
+def test_make_dataset_shuffles_every_row_once_per_epoch() -> None:
+    data = split(32)
+    ds = fitting.make_dataset(data, batch_size=8, shuffle=True, seed=3)
+    epochs = [np.concatenate([y[AGE].numpy() for _, y in ds]) for _ in range(2)]
+    for ages in epochs:
+        np.testing.assert_array_equal(np.sort(ages), np.sort(data.age))
+    assert not np.array_equal(epochs[0], data.age)
+    assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
+
+
+def test_fit_is_reproducible_for_a_seed() -> None:
+    def run(seed: int) -> dict[str, list[float]]:
+        _, history = fitting.fit(
+            TINY_MODEL, TrainParams(batch_size=8), 0.01, split(24), split(8, seed=1), seed, epochs=2
+        )
+        return history
+
+    first = run(5)
+    assert run(5) == first
+    assert run(6) != first
+
+
+def test_cosine_schedule_warms_up_peaks_at_lr_and_decays_to_zero() -> None:
+    cfg = TrainParams(lr_schedule="cosine", warmup_epochs=2)
+    schedule = fitting.learning_rate(cfg, 0.01, epochs=10, steps_per_epoch=5)
+    rates = [float(schedule(step)) for step in range(50)]
+    assert rates[0] == pytest.approx(0.001)
+    assert max(rates) == pytest.approx(0.01) and rates.index(max(rates)) == 10
+    assert rates[:11] == sorted(rates[:11]) and rates[10:] == sorted(rates[10:], reverse=True)
+    assert float(schedule(50)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_plateau_schedule_keeps_the_lr_and_lowers_it_on_plateaus() -> None:
+    cfg = TrainParams(lr_schedule="plateau")
+    assert fitting.learning_rate(cfg, 0.01, epochs=10, steps_per_epoch=5) == 0.01
+    _, history = fitting.fit(TINY_MODEL, cfg, 0.01, split(8), split(4, seed=1), seed=0, epochs=1)
+    assert history["learning_rate"] == [pytest.approx(0.01)]
+
+
+def test_fit_follows_the_cosine_schedule_epoch_by_epoch() -> None:
+    cfg = TrainParams(batch_size=4, lr_schedule="cosine", warmup_epochs=1)
+    _, history = fitting.fit(
+        TINY_MODEL, cfg, 0.01, split(8), split(4, seed=1), seed=0, epochs=3, early_stopping=False
+    )
+    # Keras reports the rate at each epoch's end: after warm-up, half-way, at the end.
+    assert history["learning_rate"] == pytest.approx([0.01, 0.005, 0.0], abs=1e-6)
+
+
+# --- behaviour of a trained model -------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_trained_model_is_nearly_flip_invariant() -> None:
+    """Horizontal flips are part of the training augmentation (and faces are about symmetric),
+    so a mirrored face should get about the same age, while different faces get different ones.
+    """
+    faces, labels = synthetic_faces(400)
+    ages, genders = labels["age"].to_numpy("float32"), labels["gender"].to_numpy("float32")
+
+    def part(rows: slice) -> SplitData:
+        return SplitData(faces[rows], ages[rows], genders[rows], labels.iloc[rows])
+
+    train, val = part(slice(0, 300)), part(slice(300, 400))
+    cfg = ModelParams(stem_filters=8, filters=[16, 32], convs_per_block=1, dense_units=16)
+    model, _ = fitting.fit(
+        cfg, TrainParams(batch_size=32), 0.01, train, val, seed=0, epochs=12, early_stopping=False
+    )
+    predicted = model.predict(val.images, verbose=0)[AGE][:, 0]
+    mirrored = model.predict(val.images[:, :, ::-1], verbose=0)[AGE][:, 0]
+    mae = float(np.abs(predicted - val.age).mean())
+    flip_change = float(np.abs(predicted - mirrored).mean())
+    face_change = float(np.abs(predicted - np.roll(predicted, 1)).mean())
+    assert predicted.std() > 1.0, "the model ignores the image: nothing to compare"
+    assert flip_change < 0.1 * mae, (flip_change, mae)
+    assert flip_change < 0.25 * face_change, (flip_change, face_change)

@@ -1,0 +1,134 @@
+"""Tiny, fast stand-ins shared by the tests: a tiny model config, random images and splits,
+synthetic faces decoded like ingest does, and a tiny project directory with its own MLflow store
+(params.yaml, an image cache and three split tables)."""
+
+from __future__ import annotations
+
+import functools
+import socket
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from utkface import paths
+from utkface.data.balancing import original_rows
+from utkface.data.dataset import SplitData
+from utkface.data.imaging import load_image
+from utkface.data.labels import AGE, GENDER, parse_file_name
+from utkface.data.synthetic import synthetic_files
+from utkface.params import ModelAugmentParams, ModelParams
+
+AGE_MAX = 116
+MAX_PIXELS = 25_000_000
+SIZE = 32
+TINY_MODEL = ModelParams(stem_filters=4, filters=[8], convs_per_block=1, dense_units=4)
+NO_AUGMENT = ModelAugmentParams(
+    horizontal_flip=False, rotation=0.0, zoom=0.0, translation=0.0, contrast=0.0
+)
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, SIZE, SIZE, 3)).astype("uint8")
+
+
+def targets(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        AGE: rng.uniform(1, 90, n).astype("float32"),
+        GENDER: rng.integers(0, 2, n).astype("float32"),
+    }
+
+
+def split(n: int, seed: int = 0) -> SplitData:
+    y = targets(n, seed)
+    return SplitData(images(n, seed), y[AGE], y[GENDER], pd.DataFrame({"age": y[AGE]}))
+
+
+LEARNING_RATES = [0.001, 0.01]
+TINY_PARAMS: dict[str, Any] = {
+    "seed": 7,
+    "lr": None,
+    "ingest": {"image_size": 32},
+    "model": {"stem_filters": 4, "filters": [8], "convs_per_block": 1, "dense_units": 4},
+    "train": {"epochs": 2, "batch_size": 16},
+    "tune": {
+        "learning_rates": LEARNING_RATES,
+        "max_trials": 2,
+        "epochs": 1,
+        "train_fraction": 1.0,
+    },
+}
+KERASTUNER_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+
+
+@functools.cache
+def synthetic_faces(count: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, pd.DataFrame]:
+    """`count` synthetic faces decoded like ingest does, and their labels (read-only: cached)."""
+    images, rows = [], []
+    for index, (name, data) in enumerate(synthetic_files(count, seed)):
+        label = parse_file_name(name, AGE_MAX)
+        images.append(load_image(data, size, MAX_PIXELS))
+        rows.append(
+            {
+                "image_id": label.image_id,
+                "cache_index": index,
+                "age": label.age,
+                "gender": label.gender,
+                "race": label.race,
+            }
+        )
+    images_array = np.stack(images)
+    images_array.setflags(write=False)
+    return images_array, pd.DataFrame(rows)
+
+
+def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        merged[key] = with_overrides(base.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def write_tiny_project(
+    root: Path, overrides: dict[str, Any] | None = None, count: int = 60
+) -> None:
+    """params.yaml, data/ingested/images.npy and data/split/*.parquet under `root` (60/20/20)."""
+    params = with_overrides(TINY_PARAMS, overrides or {})
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    images, labels = synthetic_faces(count)
+    (root / paths.INGESTED).mkdir(parents=True, exist_ok=True)
+    np.save(root / paths.IMAGES, images)
+    (root / paths.SPLIT).mkdir(parents=True, exist_ok=True)
+    rows = original_rows(labels)
+    n_train, n_val = int(0.6 * count), int(0.2 * count)
+    parts = {
+        "train": rows.iloc[:n_train],
+        "val": rows.iloc[n_train : n_train + n_val],
+        "test": rows.iloc[n_train + n_val :],
+    }
+    for name, part in parts.items():
+        part.reset_index(drop=True).to_parquet(root / paths.split_table(name), index=False)
+
+
+def tiny_project(
+    root: Path, monkeypatch: pytest.MonkeyPatch, overrides: dict[str, Any] | None = None
+) -> str:
+    """A tiny project at `root`, made the cwd, with its own MLflow store; returns the store URI."""
+    write_tiny_project(root, overrides)
+    monkeypatch.chdir(root)
+    uri = f"sqlite:///{root}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    for name in KERASTUNER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    return uri
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

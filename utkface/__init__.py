@@ -1,0 +1,10 @@
+"""utkface-pipeline: the library behind the DVC stages, the `utkface` command and the web app.
+
+Layers, each importing only from those below it (see docs/architecture.md):
+`cli`, `app` -> `inference`, `mlops` -> `model`, `scoring`, `checks` -> `data` ->
+`params`, `paths`, `console`.
+"""
+
+from utkface import console
+
+console.quiet_libraries()

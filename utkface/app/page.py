@@ -1,0 +1,104 @@
+"""The Streamlit page of `utkface app` (started by `utkface.cli.app`): estimates of age and
+gender for each face in a photo. The logic lives in `utkface.app.logic`; this file only draws.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+from mlflow.pyfunc import PyFuncModel
+
+from utkface.app import logic
+from utkface.data.imaging import ImageError
+from utkface.inference.client import InputLimits, PredictError, decode_rgb
+from utkface.params import ParamsError
+
+RESPONSIBLE_USE = (
+    "Estimates of apparent age and binary gender from appearance: for research and teaching "
+    "only, never for decisions about a person. Errors differ across age, gender and race groups."
+)
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def _load(uri: str) -> tuple[PyFuncModel, InputLimits]:
+    return logic.load_model(uri)
+
+
+@st.cache_data(show_spinner=False)
+def _samples() -> dict[str, np.ndarray]:
+    return logic.sample_images()
+
+
+def _model_card(card: logic.ModelCard) -> None:
+    st.sidebar.header("Model")
+    if card.version is None:
+        st.sidebar.markdown(f"`{card.uri}` (not a registered version)")
+        return
+    alias = f", alias {card.alias}" if card.alias else ""
+    st.sidebar.markdown(f"**{card.name}** version **{card.version}**{alias}")
+    st.sidebar.caption(f"run {card.run_id}  \ndata version {card.data_version}")
+    mae, accuracy = st.sidebar.columns(2)
+    mae.metric("test age MAE", "n/a" if card.age_mae is None else f"{card.age_mae:.2f} y")
+    accuracy.metric(
+        "gender accuracy", "n/a" if card.gender_accuracy is None else f"{card.gender_accuracy:.3f}"
+    )
+    with st.sidebar.expander("Intended use and limits", expanded=True):
+        st.markdown(card.description or "_no description registered_")
+        if card.version_description:
+            st.caption(card.version_description)
+
+
+def _image(limits: InputLimits) -> tuple[str, np.ndarray] | None:
+    """The image picked or uploaded; None (after saying why) when there is none to use."""
+    source = st.radio("Image", ["Upload a photo", "Try a sample"], horizontal=True)
+    if source == "Try a sample":
+        samples = _samples()
+        name = st.selectbox("Sample", list(samples))
+        return name, samples[name]
+    upload = st.file_uploader("A JPEG or PNG photo", type=["jpg", "jpeg", "png"])
+    if upload is None:
+        st.info("Upload a photo, or try a sample image.")
+        return None
+    try:
+        return upload.name, decode_rgb(upload.getvalue(), limits)
+    except ImageError as error:
+        st.error(f"Cannot use {upload.name}: {error}. Upload a JPEG or PNG photo.")
+        return None
+
+
+def main() -> None:
+    st.set_page_config(page_title="Age and gender estimate", layout="wide")
+    st.title("Age and gender from a face")
+    st.caption(RESPONSIBLE_USE)
+    try:
+        card = logic.model_card(logic.default_model_uri())
+        model, limits = _load(card.uri)
+    except (PredictError, ParamsError) as error:
+        st.error(str(error))
+        st.stop()
+    _model_card(card)
+    picked = _image(limits)
+    if picked is None:
+        st.stop()
+    name, image = picked
+    predictions = logic.predict_faces(model, image, limits.image_size)
+    if not predictions:
+        st.warning(
+            "No face found (the detector looks for frontal faces). "
+            "The model can still look at the centre of the whole image."
+        )
+        if not st.checkbox("Predict on the whole image"):
+            st.image(image, caption=name)
+            st.stop()
+        predictions = [logic.predict_whole(model, image, limits.image_size)]
+    st.image(logic.annotate(image, predictions), caption=name)
+    for prediction in predictions:
+        where = "whole image" if prediction.face is None else f"face {prediction.face}"
+        if prediction.error:
+            st.error(f"{where}: {prediction.error}")
+        else:
+            st.markdown(f"**{where}**: {logic.label(prediction)}")
+
+
+if __name__ == "__main__":
+    main()

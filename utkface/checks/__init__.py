@@ -1,0 +1,1 @@
+"""Data checks: the Great Expectations suites of the `validate` stage."""

@@ -1,0 +1,1 @@
+"""The `utkface` command: one module per subcommand, each imported only when it runs."""

@@ -1,0 +1,86 @@
+"""`utkface predict PATH...`: age and gender of image files, through the registered pyfunc."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+
+from utkface.data.labels import IMAGE_SUFFIXES
+from utkface.inference.client import (
+    InputLimits,
+    PredictError,
+    Prediction,
+    detect_face_inputs,
+    find_images,
+    format_table,
+    load_model,
+    predict_inputs,
+    read_inputs,
+)
+from utkface.params import ParamsError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="image files, or folders searched for .jpg/.jpeg/.png",
+    )
+    parser.add_argument(
+        "--model",
+        metavar="URI",
+        help="any pyfunc URI: models:/..., runs:/..., a local path "
+        "(default: models:/<model-name>@champion)",
+    )
+    parser.add_argument(
+        "--model-name", help="registered model (default: register.model_name in params.yaml)"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list of {path, age, gender, p_female, error} "
+        "(with --detect-faces also face and box)",
+    )
+    parser.add_argument(
+        "--detect-faces",
+        action="store_true",
+        help="find the faces in each image (OpenCV Haar cascade) and predict each face's "
+        "UTKFace-style crop; for photos that are not tight face crops",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 when at least one image was predicted, 1 otherwise (or when there is no model)."""
+    files, missing = find_images(args.paths)
+    inputs, unreadable = read_inputs(files)
+    if not inputs:
+        for entry in [*missing, *unreadable]:
+            print(f"predict: {entry.path}: {entry.error}", file=sys.stderr)
+        print(f"predict: no {'/'.join(IMAGE_SUFFIXES)} image to predict", file=sys.stderr)
+        return 1
+    undetected: list[Prediction] = []
+    try:
+        model = load_model(args.model, args.model_name)
+        if args.detect_faces:
+            inputs, undetected = detect_face_inputs(inputs, InputLimits.of(model))
+        predicted = predict_inputs(model, inputs)
+    except (PredictError, ParamsError, MlflowException) as error:
+        print(f"predict: {error}", file=sys.stderr)
+        return 1
+    predictions = sorted([*missing, *unreadable, *undetected, *predicted], key=lambda p: p.path)
+    if args.json:
+        hidden = () if args.detect_faces else ("face", "box")
+        entries = [{k: v for k, v in asdict(p).items() if k not in hidden} for p in predictions]
+        print(json.dumps(entries, indent=2))
+    else:
+        print(format_table(predictions, with_faces=args.detect_faces))
+    failed = sum(p.error is not None for p in predictions)
+    print(f"predict: {len(predictions) - failed} predicted, {failed} failed", file=sys.stderr)
+    return 0 if failed < len(predictions) else 1

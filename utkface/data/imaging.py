@@ -1,0 +1,73 @@
+"""Decoding and preprocessing of one image, shared by ingest, predict and the served model.
+
+Training, evaluation and serving all see images through `prepare_image`, so a served model gets
+exactly the pixels it was trained on.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+# Pillow's global check would cap every caller at its own limit; decode_image checks instead.
+Image.MAX_IMAGE_PIXELS = None
+
+
+class ImageError(ValueError):
+    """Bytes that are not a usable image; the message says why."""
+
+
+def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -> Image.Image:
+    """Decode image bytes fully, refusing empty, corrupt, truncated and oversized images.
+
+    With `target_size`, JPEGs are decoded by libjpeg at the smallest scale that is still at
+    least that size (much faster than a full decode followed by a resize).
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageError(
+                    f"decompression bomb refused: {width}x{height} pixels exceeds {max_pixels}"
+                )
+            if target_size and image.format == "JPEG" and image.mode in ("RGB", "L"):
+                image.draft(image.mode, (target_size, target_size))
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"decompression bomb refused: {error}") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"corrupt or truncated image: {error}") from None
+    return image
+
+
+def prepare_image(image: Image.Image, size: int) -> np.ndarray:
+    """RGB uint8 array of shape (size, size, 3): centre-cropped to a square, then resized.
+
+    UTKFace crops are already square; other photos are centre-cropped rather than squashed.
+    Grayscale, palette, CMYK and alpha images are converted to RGB (alpha dropped).
+    """
+    rgb = image.convert("RGB")
+    width, height = rgb.size
+    side = min(width, height)
+    if width != height:
+        left, top = (width - side) // 2, (height - side) // 2
+        rgb = rgb.crop((left, top, left + side, top + side))
+    if side != size:
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def load_image(data: bytes, size: int, max_pixels: int) -> np.ndarray:
+    """Bytes of a JPEG/PNG/... to the model's input array; raises `ImageError`."""
+    return prepare_image(decode_image(data, max_pixels, target_size=size), size)

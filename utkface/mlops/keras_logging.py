@@ -1,0 +1,77 @@
+"""Keras in MLflow: per-epoch metrics of a fit, the trained model, and Keras Tuner trials as
+nested runs. Kept apart from `tracking` so that the registry, `utkface promote` and
+`utkface serve` never import TensorFlow."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import mlflow
+import numpy as np
+from mlflow.models import Model, infer_signature
+from mlflow.models.model import ModelInfo
+
+from utkface.model.search import OBJECTIVE
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs every metric Keras reports at the end of each epoch to the active MLflow run."""
+
+    def __init__(self, run_id: str | None = None) -> None:
+        super().__init__()
+        self.run_id = run_id
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
+
+
+class _KerasFlavor:
+    """`mlflow.keras` for `Model.log`, creating the model folder first: MLflow 3.17's Keras
+    `save_model` writes the input example before it creates that folder, so
+    `mlflow.keras.log_model(..., input_example=...)` fails with FileNotFoundError."""
+
+    __name__ = "mlflow.keras"
+
+    @staticmethod
+    def save_model(path: str, **kwargs: Any) -> None:
+        os.makedirs(path, exist_ok=True)
+        mlflow.keras.save_model(path=path, **kwargs)
+
+
+def log_keras_model(model: keras.Model, example: np.ndarray, name: str = "model") -> ModelInfo:
+    """Log `model` (Keras flavor) to the active run with its signature and an input example."""
+    outputs = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
+    return Model.log(
+        artifact_path=None,
+        name=name,
+        flavor=_KerasFlavor(),
+        model=model,
+        signature=infer_signature(example, outputs),
+        input_example=example,
+    )
+
+
+def tracked_tuner(base: type[kt.Tuner], parent_run_id: str | None) -> type[kt.Tuner]:
+    """The tuner class `base` with every trial wrapped in a nested MLflow run under
+    `parent_run_id`, logging the trial's values and its best objective."""
+
+    class TrackedTuner(base):  # type: ignore[misc, valid-type]
+        def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
+            with mlflow.start_run(
+                run_name=f"trial-{trial.trial_id}",
+                nested=True,
+                parent_run_id=parent_run_id,
+                tags={"stage": "tune", "trial_id": trial.trial_id, "tuner_id": self.tuner_id},
+            ):
+                mlflow.log_params(trial.hyperparameters.values)
+                results = super().run_trial(trial, *args, **kwargs)
+                histories = results if isinstance(results, list) else [results]
+                best = min(min(h.history[OBJECTIVE]) for h in histories)
+                mlflow.log_metric("best_" + OBJECTIVE, best)
+                return results
+
+    return TrackedTuner

@@ -1,0 +1,76 @@
+"""Logging the served model (`utkface.inference.pyfunc`) to MLflow with its config, its
+lineage and exactly the project code it runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.models.model import ModelInfo
+
+from utkface.inference.pyfunc import (
+    IMAGE,
+    KERAS_ARTIFACT,
+    SIGNATURE,
+    AgeGenderModel,
+    ServingConfig,
+    encode_png,
+    to_base64,
+)
+from utkface.mlops.code import copy_code
+
+SERVING_MODEL_NAME = "serving_model"
+PYFUNC_MODULE = AgeGenderModel.__module__
+
+
+def _pip_requirements() -> list[str]:
+    """What the pyfunc's code imports, pinned to this environment; explicit, because inferring
+    them loads TensorFlow again."""
+    names = ["mlflow", "keras", "pillow", "numpy", "pandas"]
+    names.append("tensorflow-cpu" if _installed("tensorflow-cpu") else "tensorflow")
+    return [f"{name}=={metadata.version(name)}" for name in names]
+
+
+def _installed(name: str) -> bool:
+    try:
+        metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def log_serving_model(
+    keras_model_path: Path | str,
+    config: ServingConfig,
+    input_example_images: np.ndarray | Sequence[np.ndarray],
+    lineage: Mapping[str, Any],
+    name: str = SERVING_MODEL_NAME,
+) -> ModelInfo:
+    """Log the pyfunc wrapping `keras_model_path` to the active MLflow run.
+
+    `input_example_images` are a few uint8 (S, S, 3) arrays; they are sent as base64 PNGs, and
+    MLflow checks that the example serves. The model carries `config` (its `model_config`),
+    `lineage` (its metadata: git commit, data version, params...) and, as `code_paths`, only
+    the modules the pyfunc imports, so it loads from any working directory.
+    """
+    examples = [to_base64(encode_png(image)) for image in input_example_images]
+    with tempfile.TemporaryDirectory() as code_dir:
+        package = copy_code([PYFUNC_MODULE], Path(code_dir))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=AgeGenderModel(),
+            artifacts={KERAS_ARTIFACT: str(keras_model_path)},
+            model_config=dataclasses.asdict(config),
+            metadata=dict(lineage),
+            code_paths=[str(package)],
+            signature=SIGNATURE,
+            input_example=pd.DataFrame({IMAGE: examples}),
+            pip_requirements=_pip_requirements(),
+        )

@@ -1,0 +1,166 @@
+"""Fitting the model: the tf.data input pipeline and the fit loop shared by tune and train."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from utkface.data.dataset import SplitData, sample_rows
+from utkface.data.labels import AGE, GENDER
+from utkface.model.batchnorm import CleanStatisticsForValidation
+from utkface.model.network import build_model, compile_model
+from utkface.params import ModelParams, TrainParams
+
+
+def seed_everything(seed: int) -> None:
+    """One seed for Python, NumPy, TensorFlow and Keras; deterministic TF kernels."""
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def make_dataset(data: SplitData, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Batches of (uint8 images, {age, gender}) straight from the in-memory cache."""
+    targets = {AGE: data.age.astype("float32"), GENDER: data.gender.astype("float32")}
+    ds = tf.data.Dataset.from_tensor_slices((data.images, targets))
+    if shuffle:
+        ds = ds.shuffle(len(data.age), seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def progress_verbosity() -> int:
+    """Keras progress bar in a terminal, one line per epoch in logs and CI."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+class LearningRateInLogs(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to each epoch's logs, so the history, the
+    DVC plots and MLflow show it whatever the schedule. Place it before loggers."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs is not None:
+            rate = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            logs["learning_rate"] = float(rate)
+
+
+def clean_batchnorm_callbacks(
+    cfg: TrainParams, train: SplitData, seed: int
+) -> list[keras.callbacks.Callback]:
+    """With `train.precise_batchnorm`, BatchNorm statistics recomputed before every validation
+    (`CleanStatisticsForValidation`) over `train.precise_batchnorm_sample` seeded training
+    images."""
+    if not cfg.precise_batchnorm:
+        return []
+    sample = sample_rows(train, cfg.precise_batchnorm_sample, seed)
+    return [CleanStatisticsForValidation(sample.images, cfg.batch_size, seed)]
+
+
+def learning_rate(
+    cfg: TrainParams, lr: float, epochs: int, steps_per_epoch: int
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """`lr` itself for the `plateau` schedule (ReduceLROnPlateau lowers it); for `cosine`, a
+    linear warm-up from lr/10 to `lr` over `cfg.warmup_epochs`, then a cosine decay to 0 at
+    the last epoch. On a few thousand images validation metrics are noisy, and plateau
+    reductions triggered by that noise starve training of learning rate within a few epochs;
+    a fixed-horizon decay cannot."""
+    if cfg.lr_schedule == "plateau":
+        return lr
+    warmup_steps = min(cfg.warmup_epochs, epochs - 1) * steps_per_epoch
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=lr / 10 if warmup_steps else lr,
+        decay_steps=max(1, epochs * steps_per_epoch - warmup_steps),
+        warmup_target=lr if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
+
+
+def fit_callbacks(
+    cfg: TrainParams, train: SplitData, seed: int, early_stopping: bool = True
+) -> list[keras.callbacks.Callback]:
+    """The callbacks of every fit, tune's trials included: the learning rate in the logs,
+    clean BatchNorm statistics before each validation, and (with `early_stopping`)
+    EarlyStopping and, for the `plateau` schedule, ReduceLROnPlateau."""
+    callbacks: list[keras.callbacks.Callback] = [
+        LearningRateInLogs(),
+        *clean_batchnorm_callbacks(cfg, train, seed),
+    ]
+    if not early_stopping:
+        return callbacks
+    es, rl = cfg.early_stopping, cfg.reduce_lr
+    callbacks.append(
+        keras.callbacks.EarlyStopping(
+            monitor=es.monitor,
+            patience=es.patience,
+            start_from_epoch=es.start_from_epoch,
+            restore_best_weights=True,
+            verbose=1,
+        )
+    )
+    if cfg.lr_schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=rl.monitor,
+                factor=rl.factor,
+                patience=rl.patience,
+                min_lr=rl.min_lr,
+                verbose=1,
+            )
+        )
+    return callbacks
+
+
+def fit_model(
+    model: keras.Model,
+    cfg: TrainParams,
+    lr: float,
+    train: SplitData,
+    val: SplitData,
+    seed: int,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    early_stopping: bool = True,
+    initial_epoch: int = 0,
+) -> keras.callbacks.History:
+    """Compile a built `model` with the configured losses and learning-rate schedule over
+    `epochs`, and fit it with `fit_callbacks` followed by `callbacks`. The one fit loop: `fit`
+    (train) and every tune trial (`utkface.model.search`) run through it."""
+    steps_per_epoch = math.ceil(len(train.age) / cfg.batch_size)
+    compile_model(model, cfg, learning_rate(cfg, lr, epochs, steps_per_epoch))
+    return model.fit(
+        make_dataset(train, cfg.batch_size, shuffle=True, seed=seed),
+        validation_data=make_dataset(val, cfg.batch_size, shuffle=False, seed=seed),
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
+        callbacks=[*fit_callbacks(cfg, train, seed, early_stopping), *(callbacks or [])],
+        verbose=progress_verbosity(),
+    )
+
+
+def fit(
+    model_cfg: ModelParams,
+    train_cfg: TrainParams,
+    lr: float,
+    train: SplitData,
+    val: SplitData,
+    seed: int,
+    epochs: int,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    early_stopping: bool = True,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Build a fresh model and `fit_model` it; return it with its per-epoch history."""
+    seed_everything(seed)
+    image_size = train.images.shape[1]
+    model = build_model(model_cfg, image_size, seed, age_prior=float(np.median(train.age)))
+    history = fit_model(
+        model, train_cfg, lr, train, val, seed, epochs, callbacks, early_stopping=early_stopping
+    )
+    return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}

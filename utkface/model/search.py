@@ -1,0 +1,159 @@
+"""The Keras Tuner search: the hypermodel, its objective and the tuner.
+
+Objective (minimised), one number for both tasks because Keras Tuner would sum a list of
+objectives unweighted and years of MAE would swamp accuracy:
+
+    val_objective = val_age_mae + tune.gender_weight * (1 - val_gender_accuracy)
+
+With gender_weight = 10, one percentage point of gender accuracy is worth 0.1 year of MAE.
+
+Every trial builds the model with `build_model` and fits it with `fit_model`, the loop `train`
+uses: the same learning-rate schedule (over `tune.epochs`) and the same callbacks. The winner's
+values, all of them, reach `train` as one `TunedValues`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import keras_tuner as kt
+import numpy as np
+
+from utkface import paths
+from utkface.data.dataset import SplitData, sample_rows
+from utkface.model.fitting import fit_model, seed_everything
+from utkface.model.network import build_model
+from utkface.params import Params, TunedValues
+
+OBJECTIVE = "val_objective"
+TUNERS: dict[str, type[kt.Tuner]] = {
+    "random": kt.RandomSearch,
+    "bayesian": kt.BayesianOptimization,
+    "hyperband": kt.Hyperband,
+}
+
+
+def combined_objective(
+    val_age_mae: float, val_gender_accuracy: float, gender_weight: float
+) -> float:
+    """Lower is better; see the module docstring."""
+    return val_age_mae + gender_weight * (1.0 - val_gender_accuracy)
+
+
+class ObjectiveCallback(keras.callbacks.Callback):
+    """Adds `val_objective` to each epoch's logs, where the tuner and History read it."""
+
+    def __init__(self, gender_weight: float) -> None:
+        super().__init__()
+        self.gender_weight = gender_weight
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if logs is not None and "val_age_mae" in logs:
+            logs[OBJECTIVE] = combined_objective(
+                logs["val_age_mae"], logs["val_gender_accuracy"], self.gender_weight
+            )
+
+
+class DualHeadHyperModel(kt.HyperModel):
+    """The project's model (`build_model`) for each trial's values, fitted by `fit_model`.
+
+    Keras Tuner calls `fit(hp, model, *args, **kwargs)` with what `search` was given: here the
+    training and validation `SplitData`.
+    """
+
+    def __init__(self, params: Params, image_size: int, age_prior: float) -> None:
+        super().__init__(name="dual_head")
+        self.params, self.image_size, self.age_prior = params, image_size, age_prior
+
+    def build(self, hp: kt.HyperParameters) -> keras.Model:
+        cfg = self.params.tune
+        hp.Choice("lr", cfg.learning_rates)
+        knobs = {knob: hp.Choice(knob, values) for knob, values in cfg.search_space.items()}
+        keras.utils.set_random_seed(self.params.seed)  # every trial starts from the same init
+        model_cfg = self.params.model.model_copy(update=knobs)
+        return build_model(model_cfg, self.image_size, self.params.seed, self.age_prior)
+
+    def fit(
+        self,
+        hp: kt.HyperParameters,
+        model: keras.Model,
+        train: SplitData,
+        val: SplitData,
+        callbacks: list[keras.callbacks.Callback] | None = None,
+        epochs: int | None = None,
+        initial_epoch: int = 0,
+        **_: Any,
+    ) -> keras.callbacks.History:
+        """`epochs` and `initial_epoch` come from Hyperband; other tuners use `tune.epochs`."""
+        return fit_model(
+            model,
+            self.params.train,
+            hp.get("lr"),
+            train,
+            val,
+            self.params.seed,
+            epochs or self.params.tune.epochs,
+            callbacks=[ObjectiveCallback(self.params.tune.gender_weight), *(callbacks or [])],
+            initial_epoch=initial_epoch,
+        )
+
+
+def is_worker() -> bool:
+    """A Keras Tuner worker of a distributed search (the chief's id is `chief`)."""
+    return os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
+
+
+def make_tuner(
+    params: Params,
+    hypermodel: kt.HyperModel,
+    wrap: Callable[[type[kt.Tuner]], type[kt.Tuner]] = lambda tuner: tuner,
+) -> kt.Tuner:
+    """The `tune.tuner` search over `hypermodel`, its class adapted by `wrap` (e.g. to track
+    trials), in `models/tuner`."""
+    cfg = params.tune
+    common = {
+        "hypermodel": hypermodel,
+        "objective": kt.Objective(OBJECTIVE, direction="min"),
+        "seed": params.seed,
+        "directory": str(paths.TUNER_DIR),
+        "project_name": "search",
+        # the stage clears the directory for a new search; a worker must keep what others write
+        "overwrite": not is_worker(),
+        "executions_per_trial": cfg.executions_per_trial,
+        "max_consecutive_failed_trials": 2,
+    }
+    budget = (
+        {"max_epochs": cfg.epochs} if cfg.tuner == "hyperband" else {"max_trials": cfg.max_trials}
+    )
+    return wrap(TUNERS[cfg.tuner])(**budget, **common)
+
+
+def subsample(data: SplitData, fraction: float, seed: int) -> SplitData:
+    """A seeded random share of the training split, so trials stay cheap on CPU."""
+    return sample_rows(data, max(1, int(len(data.age) * fraction)), seed)
+
+
+def search(
+    params: Params,
+    train: SplitData,
+    val: SplitData,
+    wrap: Callable[[type[kt.Tuner]], type[kt.Tuner]] = lambda tuner: tuner,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> kt.Tuner:
+    """Run the search on `tune.train_fraction` of `train`, validated on `val`."""
+    seed_everything(params.seed)
+    subset = subsample(train, params.tune.train_fraction, params.seed)
+    hypermodel = DualHeadHyperModel(params, train.images.shape[1], float(np.median(subset.age)))
+    tuner = make_tuner(params, hypermodel, wrap)
+    tuner.search(subset, val, callbacks=list(callbacks or []))
+    return tuner
+
+
+def tuned_values(hyperparameters: dict[str, Any]) -> TunedValues:
+    """The hand-over to `train` from a trial's values: `lr` and every searched model knob
+    (Keras Tuner's own `tuner/...` bookkeeping values left out)."""
+    knobs = {k: v for k, v in hyperparameters.items() if k != "lr" and not k.startswith("tuner/")}
+    return TunedValues(lr=float(hyperparameters["lr"]), model=knobs)

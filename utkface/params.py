@@ -1,0 +1,351 @@
+"""Typed view of params.yaml, parsed and validated once per process.
+
+Every stage calls `load_params()` and reads attributes; no stage opens the YAML itself.
+Unknown keys, wrong types and out-of-range values fail with one message per offending key,
+e.g. ``ingest.image_size must be an int between 32 and 256, got 'abc'``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from itertools import pairwise
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import annotated_types
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from utkface import paths
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeFloat = Annotated[float, Field(ge=0.0)]
+
+
+class IngestParams(_Section):
+    source: str = "synthetic"
+    image_size: Annotated[int, Field(ge=32, le=256)] = 64
+    synthetic_count: Annotated[int, Field(ge=10, le=200_000)] = 1200
+    max_image_pixels: Annotated[int, Field(ge=10_000)] = 25_000_000
+    max_file_bytes: Annotated[int, Field(ge=1_000)] = 20_000_000
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.source == "synthetic"
+
+
+class ValidateParams(_Section):
+    age_max: Annotated[int, Field(ge=1, le=150)] = 116
+    min_rows: Annotated[int, Field(ge=1)] = 100
+    max_rows: Annotated[int, Field(ge=1)] = 1_000_000
+    min_per_gender: Annotated[int, Field(ge=0)] = 50
+    min_per_age_bucket: Annotated[int, Field(ge=0)] = 10
+    warn_only: list[str] = []
+
+
+class AugmentParams(_Section):
+    rotation_deg: Annotated[float, Field(ge=0, le=45)] = 15.0
+    shift: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    brightness: Annotated[float, Field(ge=0, le=0.9)] = 0.2
+    shear_deg: Annotated[float, Field(ge=0, le=30)] = 8.0
+    zoom: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    horizontal_flip: bool = True
+
+
+class BalanceParams(_Section):
+    enabled: bool = True
+    age_cap: Annotated[int, Field(ge=1, le=150)] = 100
+    min_per_age: Annotated[int, Field(ge=0)] = 20
+    max_per_age: PositiveInt = 200
+    augment: AugmentParams = AugmentParams()
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> BalanceParams:
+        if self.min_per_age > self.max_per_age:
+            raise ValueError(
+                f"balance.min_per_age ({self.min_per_age}) must not exceed "
+                f"balance.max_per_age ({self.max_per_age})"
+            )
+        return self
+
+
+class SplitParams(_Section):
+    val: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.15
+    test: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.15
+
+    @property
+    def train(self) -> float:
+        return 1.0 - self.val - self.test
+
+
+class ModelAugmentParams(_Section):
+    horizontal_flip: bool = True
+    rotation: Annotated[float, Field(ge=0, le=0.5)] = 0.04
+    zoom: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    translation: Annotated[float, Field(ge=0, le=0.5)] = 0.05
+    contrast: Annotated[float, Field(ge=0, le=0.9)] = 0.15
+
+
+class ModelParams(_Section):
+    stem_filters: PositiveInt = 32
+    stem_stride: Annotated[int, Field(ge=1, le=2)] = 2
+    filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=6)] = [64, 128, 256]
+    convs_per_block: Annotated[int, Field(ge=1, le=4)] = 2
+    separable: bool = True
+    dense_units: PositiveInt = 128
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.2
+    l2: NonNegativeFloat = 0.0
+    batchnorm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
+    test_time_flip: bool = True
+    augment: ModelAugmentParams = ModelAugmentParams()
+
+
+class EarlyStoppingParams(_Section):
+    monitor: str = "val_loss"
+    patience: Annotated[int, Field(ge=1)] = 10
+    start_from_epoch: Annotated[int, Field(ge=0)] = 0  # epochs neither watched nor restorable
+
+
+class ReduceLrParams(_Section):
+    monitor: str = "val_loss"
+    factor: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    patience: Annotated[int, Field(ge=1)] = 3
+    min_lr: NonNegativeFloat = 1e-5
+
+
+class LossWeights(_Section):
+    age: NonNegativeFloat = 1.0
+    gender: NonNegativeFloat = 10.0
+
+
+class TrainParams(_Section):
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 60
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    lr_schedule: Literal["cosine", "plateau"] = "cosine"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 2
+    age_loss: Literal["huber", "mae"] = "huber"
+    huber_delta: Annotated[float, Field(gt=0.0)] = 5.0
+    loss_weights: LossWeights = LossWeights()
+    early_stopping: EarlyStoppingParams = EarlyStoppingParams()
+    reduce_lr: ReduceLrParams = ReduceLrParams()
+    precise_batchnorm: bool = True
+    precise_batchnorm_sample: Annotated[int, Field(ge=1)] = 1024
+
+
+class TuneParams(_Section):
+    tuner: Literal["random", "bayesian", "hyperband"] = "random"
+    learning_rates: Annotated[
+        list[Annotated[float, Field(gt=0.0, lt=1.0)]], Field(min_length=1)
+    ] = [
+        0.0005,
+        0.001,
+        0.005,
+        0.01,
+    ]
+    max_trials: Annotated[int, Field(ge=1)] = 4
+    epochs: Annotated[int, Field(ge=1)] = 3
+    executions_per_trial: Annotated[int, Field(ge=1)] = 1
+    train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    gender_weight: NonNegativeFloat = 10.0
+    search_space: dict[str, list[float | int | bool | str]] = {}
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_knobs(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        unknown = set(value) - set(ModelParams.model_fields) - {"augment", "filters"}
+        allowed = sorted(set(ModelParams.model_fields) - {"augment", "filters"})
+        if unknown:
+            raise ValueError(f"unknown knob(s) {sorted(unknown)}; allowed: {allowed}")
+        empty = [k for k, v in value.items() if not v]
+        if empty:
+            raise ValueError(f"knob(s) {empty} need at least one value")
+        for knob, values in value.items():
+            for item in values:
+                try:
+                    ModelParams.model_validate({knob: item})
+                except ValidationError:
+                    raise ValueError(f"{item!r} is not a valid model.{knob}") from None
+        return value
+
+
+class EvaluateParams(_Section):
+    sample_grid: Annotated[int, Field(ge=1, le=64)] = 16
+
+
+class RegisterParams(_Section):
+    model_name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")] = (
+        "utkface-age-gender"
+    )
+    max_image_bytes: Annotated[int, Field(ge=1_000)] = 5_000_000
+
+
+class PromoteParams(_Section):
+    max_age_mae_increase: NonNegativeFloat = 0.1
+    max_gender_accuracy_decrease: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
+
+
+class Params(_Section):
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
+    lr: float | str | None = None
+    age_buckets: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2)] = [
+        0,
+        3,
+        10,
+        20,
+        30,
+        40,
+        50,
+        60,
+        70,
+    ]
+    ingest: IngestParams = IngestParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    balance: BalanceParams = BalanceParams()
+    split: SplitParams = SplitParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    tune: TuneParams = TuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    register_: RegisterParams = Field(RegisterParams(), alias="register")
+    promote: PromoteParams = PromoteParams()
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, populate_by_name=True)
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_or_auto(cls, value: Any) -> Any:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            raise ValueError("must be null, 'auto' or a number between 0 and 1")
+        return float(value)
+
+    @field_validator("age_buckets")
+    @classmethod
+    def _increasing_from_zero(cls, value: list[int]) -> list[int]:
+        if value[0] != 0 or any(b <= a for a, b in pairwise(value)):
+            raise ValueError("must start at 0 and increase strictly, e.g. [0, 3, 10, 20]")
+        return value
+
+    @property
+    def fixed_lr(self) -> float | None:
+        """The learning rate forced by params, or None when the tuner's best is used."""
+        return None if self.lr in (None, "auto") else float(self.lr)
+
+
+class TunedValues(_Section):
+    """What `tune` hands to `train` (`models/tuned.json`): the best learning rate and the best
+    value of every `tune.search_space` knob. `train` applies all of them."""
+
+    lr: Annotated[float, Field(gt=0.0, lt=1.0)]
+    model: dict[str, float | int | bool | str] = {}
+
+    def model_params(self, base: ModelParams) -> ModelParams:
+        """`base` with the tuned knobs applied (validated like params.yaml)."""
+        return ModelParams.model_validate(base.model_dump() | self.model)
+
+
+def _describe(annotation: Any, metadata: list[Any]) -> str:
+    """Human description of what a field accepts, e.g. 'an int between 32 and 256'."""
+    names = {int: "an int", float: "a number", bool: "true or false", str: "a string"}
+    kind = names.get(annotation, "a value of the documented form")
+    low = next((m.ge for m in metadata if isinstance(m, annotated_types.Ge)), None)
+    low = next((m.gt for m in metadata if isinstance(m, annotated_types.Gt)), low)
+    high = next((m.le for m in metadata if isinstance(m, annotated_types.Le)), None)
+    high = next((m.lt for m in metadata if isinstance(m, annotated_types.Lt)), high)
+    if low is not None and high is not None:
+        return f"{kind} between {low} and {high}"
+    if low is not None:
+        return f"{kind} of at least {low}"
+    if high is not None:
+        return f"{kind} of at most {high}"
+    return kind
+
+
+def _field_for(loc: tuple[Any, ...]) -> Any:
+    model: Any = Params
+    field = None
+    for part in loc:
+        if field is not None and part.isdigit() and get_origin(field.annotation) is list:
+            field = FieldInfo.from_annotation(get_args(field.annotation)[0])  # a list item
+            model = field.annotation
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields:
+            return field
+        key = f"{part}_" if f"{part}_" in fields else part
+        if key not in fields:
+            return None
+        field = fields[key]
+        model = field.annotation
+    return field
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(p.removesuffix("_") for p in loc)
+        field = _field_for(loc)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key} is not a known parameter (typo?)")
+        elif field is not None and err["type"] in {
+            "int_type",
+            "int_parsing",
+            "float_type",
+            "float_parsing",
+            "bool_type",
+            "string_type",
+            "greater_than_equal",
+            "less_than_equal",
+            "greater_than",
+            "less_than",
+        }:
+            expected = _describe(field.annotation, field.metadata)
+            lines.append(f"{key} must be {expected}, got {err['input']!r}")
+        else:
+            lines.append(f"{key or 'params'}: {err['msg']}, got {err.get('input')!r}")
+    return "invalid params.yaml:\n  " + "\n  ".join(lines)
+
+
+def parse_params(raw: dict[str, Any]) -> Params:
+    """Validate a params mapping (as read from YAML) into a frozen `Params`."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(_format_errors(error)) from None
+
+
+def load_params(path: Path = paths.PARAMS) -> Params:
+    """Read and validate params.yaml once; every stage starts here."""
+    if not path.exists():
+        raise ParamsError(f"{path}: not found (run from the repository root)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: must hold a mapping of keys, got {type(raw).__name__}")
+    return parse_params(raw)
+
+
+def run_main(prog: str, main: Callable[[], object]) -> None:
+    """Run a stage's `main`; invalid params end it with `prog: ` and one line per bad key on
+    stderr and exit status 2, not a traceback."""
+    try:
+        main()
+    except ParamsError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,60 @@
+"""Every file the pipeline reads or writes, relative to the repository root.
+
+DVC runs each stage with the repository root as working directory, so these relative paths are
+what `dvc.yaml` lists. Nothing else in the project spells a path.
+"""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+DVC_LOCK = Path("dvc.lock")
+
+DATA = Path("data")
+RAW = DATA / "raw"
+
+INGESTED = DATA / "ingested"
+IMAGES = INGESTED / "images.npy"
+LABELS = INGESTED / "labels.parquet"
+
+BALANCED = DATA / "balanced"
+PLAN = BALANCED / "plan.parquet"
+
+SPLIT = DATA / "split"
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def split_table(name: str) -> Path:
+    """The table of one split: train.parquet, val.parquet or test.parquet."""
+    if name not in SPLIT_NAMES:
+        raise ValueError(f"unknown split {name!r}; expected one of {SPLIT_NAMES}")
+    return SPLIT / f"{name}.parquet"
+
+
+METRICS = Path("metrics")
+INGEST_METRICS = METRICS / "ingest.json"
+INGEST_REJECTIONS = METRICS / "ingest_rejections.csv"
+VALIDATION = METRICS / "validation.json"
+VALIDATION_DOCS = METRICS / "validation_docs"
+BALANCE_METRICS = METRICS / "balance.json"
+BALANCE_HISTOGRAM = METRICS / "balance_ages.csv"
+SPLIT_METRICS = METRICS / "split.json"
+TUNE_METRICS = METRICS / "tune.json"
+TRAIN_METRICS = METRICS / "train.json"
+TRAIN_HISTORY = METRICS / "train_history.csv"
+EVALUATE_METRICS = METRICS / "evaluate.json"
+SUBGROUPS = METRICS / "subgroups.json"
+EVALUATE_PLOTS = METRICS / "evaluate_plots"
+AGE_PREDICTIONS = EVALUATE_PLOTS / "age_predictions.csv"
+GENDER_CONFUSION = EVALUATE_PLOTS / "gender_confusion.csv"
+MAE_BY_AGE_BUCKET = EVALUATE_PLOTS / "mae_by_age_bucket.csv"
+SAMPLE_GRID = EVALUATE_PLOTS / "sample_faces.png"
+
+MODELS = Path("models")
+MODEL = MODELS / "model.keras"
+TUNER_DIR = MODELS / "tuner"
+TUNED = MODELS / "tuned.json"  # what tune hands to train
+TRAIN_RUN = MODELS / "train_run.json"
+REGISTERED = MODELS / "registered.json"
+
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"

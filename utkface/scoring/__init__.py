@@ -1,0 +1,1 @@
+"""Scoring: test metrics, subgroup reports and figures."""
