@@ -22,6 +22,7 @@ from utkface.data.labels import AGE, GENDER, parse_file_name
 from utkface.data.synthetic import synthetic_files
 from utkface.params import ModelAugmentParams, ModelParams
 
+REPO = Path(__file__).resolve().parents[1]
 AGE_MAX = 116
 MAX_PIXELS = 25_000_000
 SIZE = 32

@@ -20,6 +20,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 PROJECT_FILES = [
     "stages",
+    "utkface",
     "dvc.yaml",
     "params.yaml",
     "pyproject.toml",

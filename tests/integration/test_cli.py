@@ -1,0 +1,95 @@
+"""The `utkface` command and the stages as a user meets them: help and light commands start
+without TensorFlow, and bad params end every stage and command with one line per bad key."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import REPO
+
+from utkface.params import run_main
+
+BAD_PARAMS = "seed: -1\ningest:\n  image_size: abc\n"
+BAD_LINES = [
+    "  seed must be an int between 0 and 2147483647, got -1",
+    "  ingest.image_size must be an int between 32 and 256, got 'abc'",
+]
+LOADED_LIBRARIES = """
+import sys
+from utkface.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    print("exit", exit.code)
+heavy = ("tensorflow", "keras", "cv2", "matplotlib")
+print("loaded:" + ",".join(name for name in heavy if name in sys.modules))
+"""
+
+
+def run_cli(args: list[str], cwd: Path) -> tuple[str, str]:
+    """(last two stdout lines: exit status, heavy libraries loaded) and stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED_LIBRARIES, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "PATH": ""},
+    )
+    *_, status, loaded = done.stdout.splitlines()
+    return f"{status}\n{loaded}", done.stderr
+
+
+def test_help_lists_every_command_without_loading_tensorflow(tmp_path: Path) -> None:
+    out, _ = run_cli(["--help"], tmp_path)
+    assert out == "exit 0\nloaded:"
+
+
+def test_promote_runs_without_loading_tensorflow(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("register: {model_name: nothing-yet}\n")
+    out, err = run_cli(["promote"], tmp_path)
+    assert out == "exit 2\nloaded:"  # nothing to promote in an empty store
+    assert "model 'nothing-yet' has no 'challenger' version" in err
+
+
+@pytest.mark.parametrize("command", ["promote", "serve", "app"])
+def test_commands_with_bad_params_print_one_line_per_key(command: str, tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(BAD_PARAMS)
+    out, err = run_cli([command], tmp_path)
+    assert out.startswith(("exit 1", "exit 2"))
+    assert "Traceback" not in err
+    assert err.splitlines()[-2:] == BAD_LINES
+
+
+@pytest.mark.parametrize("stage", ["ingest", "validate", "balance", "split", "tune", "train"])
+def test_stages_with_bad_params_print_one_line_per_key_and_exit_2(
+    stage: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(BAD_PARAMS)
+    module = importlib.import_module(f"stages.{stage}")
+    with pytest.raises(SystemExit) as stopped:
+        run_main(stage, module.main)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"{stage}: invalid params.yaml:", *BAD_LINES]
+
+
+def test_a_stage_process_with_bad_params_prints_no_traceback(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(BAD_PARAMS)
+    done = subprocess.run(
+        [sys.executable, "-m", "stages.evaluate"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == ["evaluate: invalid params.yaml:", *BAD_LINES]

@@ -1,0 +1,115 @@
+"""`dvc.yaml` against the code: each stage depends on every project module it imports
+(transitively) and lists every params key it reads, so `dvc repro` re-runs what a change
+affects. Keys read are recorded while every stage's `main()` runs on a tiny project."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel
+from tiny import REPO
+
+from utkface.mlops.code import code_files
+from utkface.params import load_params
+
+DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+STAGES = list(DVC)
+TINY = {
+    "ingest": {"image_size": 32, "synthetic_count": 160},
+    "validate": {"min_rows": 50, "min_per_gender": 10, "min_per_age_bucket": 1},
+    "balance": {"min_per_age": 2, "max_per_age": 10},
+    "model": {"stem_filters": 4, "filters": [8], "convs_per_block": 1, "dense_units": 4},
+    "train": {"epochs": 1, "batch_size": 32, "precise_batchnorm_sample": 64},
+    "tune": {"learning_rates": [0.01], "max_trials": 1, "epochs": 1},
+    "evaluate": {"sample_grid": 2},
+}
+
+
+def test_the_stages_are_the_pipeline() -> None:
+    assert STAGES == ["ingest", "validate", "balance", "split", "tune", "train", "evaluate"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_depends_on_exactly_the_project_modules_it_imports(stage: str) -> None:
+    entry = DVC[stage]
+    assert entry["cmd"] == f"python -m stages.{stage}"
+    imported = {p.relative_to(REPO).as_posix() for p in code_files([f"stages.{stage}"])}
+    listed = {d for d in entry["deps"] if d.endswith(".py")}
+    assert sorted(imported - listed) == [], f"{stage}: imported modules missing from its deps"
+    assert sorted(listed - imported) == [], f"{stage}: deps on modules it does not import"
+
+
+class Recorder:
+    """Stands in for a params section and records the dotted key of every field read; a
+    pydantic method such as `model_dump` reads the whole section."""
+
+    def __init__(self, section: BaseModel, prefix: str, reads: set[str]) -> None:
+        self._section, self._prefix, self._reads = section, prefix, reads
+
+    def __getattr__(self, name: str) -> Any:
+        fields = type(self._section).model_fields
+        prop = getattr(type(self._section), name, None)
+        if isinstance(prop, property):  # e.g. Params.fixed_lr: record what it reads
+            return prop.fget(self)
+        if name not in fields:
+            self._reads.add(self._prefix.rstrip(".") or "<all params>")
+            return getattr(self._section, name)
+        key = fields[name].alias or name
+        value = getattr(self._section, name)
+        if isinstance(value, BaseModel):
+            return Recorder(value, f"{self._prefix}{key}.", self._reads)
+        self._reads.add(f"{self._prefix}{key}")
+        return value
+
+
+def covered(key: str, listed: list[str]) -> bool:
+    return any(key == entry or key.startswith(f"{entry}.") for entry in listed)
+
+
+@pytest.fixture(scope="module")
+def reads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[str]]]:
+    """The params keys each stage's main() reads, running the whole DAG on a tiny project with
+    the default params (a key read only under other settings, e.g. `train.reduce_lr` for the
+    plateau schedule, is listed in dvc.yaml all the same)."""
+    root = tmp_path_factory.mktemp("wiring")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section] |= values
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    recorded: dict[str, set[str]] = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        for variable in ("KERASTUNER_TUNER_ID", "DVC_EXP_NAME"):
+            patch.delenv(variable, raising=False)
+        for stage in STAGES:
+            module = importlib.import_module(f"stages.{stage}")
+            recorded[stage] = set()
+            stage_reads = recorded[stage]
+            patch.setattr(
+                module, "load_params", lambda r=stage_reads: Recorder(load_params(), "", r)
+            )
+            module.main()
+        yield recorded
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+def test_each_stage_lists_every_params_key_it_reads(stage: str, reads: dict[str, set[str]]) -> None:
+    listed = DVC[stage]["params"]
+    missing = sorted(key for key in reads[stage] if not covered(key, listed))
+    assert missing == [], f"{stage} reads params that dvc.yaml does not list for it"
+
+
+def test_the_recorder_sees_what_a_stage_reads(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("lr: 0.01\n")
+    seen: set[str] = set()
+    params = Recorder(load_params(tmp_path / "params.yaml"), "", seen)
+    assert params.fixed_lr == 0.01 and params.validate_.age_max == 116
+    params.model.model_dump()
+    assert seen == {"lr", "validate.age_max", "model"}
