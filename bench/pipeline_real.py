@@ -28,6 +28,7 @@ DEFAULT_DATA = REPO.parent / "shared" / "utkface" / "crop_part1_dev"
 STAGES = ["ingest", "validate", "balance", "split", "tune", "train", "evaluate"]
 PROJECT_FILES = [
     "stages",
+    "utkface",
     "dvc.yaml",
     "params.yaml",
     ".dvcignore",
