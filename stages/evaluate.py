@@ -93,6 +93,18 @@ def split_report(report: dict) -> tuple[dict, dict]:
     return headline, subgroups
 
 
+def worst_groups(worst: dict) -> str:
+    """E.g. 'worst age MAE: age 70+ (9.1 years), worst gender accuracy: age 0-2 (0.59)'."""
+    parts = []
+    for task, metric, unit in (("age", "age_mae", " years"), ("gender", "gender_accuracy", "")):
+        group = worst.get(task)
+        if group:
+            kind = "age" if group["grouping"] == "age_bucket" else group["grouping"]
+            name = metric.replace("_", " ").replace("mae", "MAE")
+            parts.append(f"worst {name}: {kind} {group['group']} ({group[metric]:.2f}{unit})")
+    return ", ".join(parts) or "no group large enough to name the worst"
+
+
 def main() -> None:
     params = load_params()
     test = load_split("test")
@@ -152,18 +164,6 @@ def main() -> None:
         f"{worst_groups(subgroups['worst'])}; registered {params.register_.model_name} "
         f"v{version.version} as challenger (promote with: utkface promote)"
     )
-
-
-def worst_groups(worst: dict) -> str:
-    """E.g. 'worst age MAE: age 70+ (9.1 years), worst gender accuracy: age 0-2 (0.59)'."""
-    parts = []
-    for task, metric, unit in (("age", "age_mae", " years"), ("gender", "gender_accuracy", "")):
-        group = worst.get(task)
-        if group:
-            kind = "age" if group["grouping"] == "age_bucket" else group["grouping"]
-            name = metric.replace("_", " ").replace("mae", "MAE")
-            parts.append(f"worst {name}: {kind} {group['group']} ({group[metric]:.2f}{unit})")
-    return ", ".join(parts) or "no group large enough to name the worst"
 
 
 if __name__ == "__main__":

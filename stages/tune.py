@@ -21,7 +21,7 @@ import keras_tuner as kt
 import mlflow
 
 from utkface import paths
-from utkface.data.dataset import load_split
+from utkface.data.dataset import SplitData, load_split
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger, tracked_tuner
 from utkface.model.search import OBJECTIVE, is_worker, search, tuned_values
@@ -85,6 +85,15 @@ def _parent_run_for_worker(oracle: str, wait_s: float = 60.0) -> str | None:
     return None
 
 
+def tracked_search(
+    params: Params, train: SplitData, val: SplitData, parent_run_id: str | None
+) -> kt.Tuner:
+    """The search with every trial a nested MLflow run under `parent_run_id`, each epoch
+    logged."""
+    wrap = functools.partial(tracked_tuner, parent_run_id=parent_run_id)
+    return search(params, train, val, wrap, callbacks=[EpochLogger()])
+
+
 def main() -> None:
     params = load_params()
     role = os.environ.get("KERASTUNER_TUNER_ID", "single")
@@ -93,9 +102,7 @@ def main() -> None:
     train, val = load_split("train"), load_split("val")
     started = time.perf_counter()
     if is_worker():
-        parent = _parent_run_for_worker(oracle)
-        wrap = functools.partial(tracked_tuner, parent_run_id=parent)
-        search(params, train, val, wrap, callbacks=[EpochLogger()])
+        tracked_search(params, train, val, _parent_run_for_worker(oracle))
         print(f"tune: worker {role} finished its trials for the chief at {oracle}")
         return
     if paths.TUNER_DIR.exists():
@@ -105,8 +112,7 @@ def main() -> None:
         tags[ORACLE_TAG] = oracle
     with mlflow.start_run(run_name="tune", tags=tags) as run:
         mlflow.log_params(tracking.flatten({"seed": params.seed, "tune": params.tune.model_dump()}))
-        wrap = functools.partial(tracked_tuner, parent_run_id=run.info.run_id)
-        tuner = search(params, train, val, wrap, callbacks=[EpochLogger()])
+        tuner = tracked_search(params, train, val, run.info.run_id)
         summary = summarize(tuner, params, time.perf_counter() - started, run.info.run_id)
         tuned = tuned_values(summary["best"])
         mlflow.log_params({f"best.{k}": v for k, v in summary["best"].items()})

@@ -13,6 +13,7 @@ import yaml
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 from PIL import Image
+from tiny import AGE_MAX, MAX_PIXELS
 
 from utkface.inference.pyfunc import ServingConfig
 from utkface.mlops import registry, tracking
@@ -24,8 +25,6 @@ IMAGE_SIZE = 32
 MAX_IMAGE_BYTES = 20_000  # small, so that a 200x200 noise PNG is "too large"
 GATE = {"max_age_mae_increase": 0.1, "max_gender_accuracy_decrease": 0.005}
 MODEL_NAME = "test-age-gender"
-MAX_PIXELS = 25_000_000
-AGE_MAX = 116
 LINEAGE = {"git_commit": "abc123", "dvc_exp_name": "test", "data_version": "data-v1"}
 
 

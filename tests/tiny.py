@@ -20,11 +20,12 @@ from utkface.data.dataset import SplitData
 from utkface.data.imaging import load_image
 from utkface.data.labels import AGE, GENDER, parse_file_name
 from utkface.data.synthetic import synthetic_files
-from utkface.params import ModelAugmentParams, ModelParams
+from utkface.params import ModelAugmentParams, ModelParams, Params
 
 REPO = Path(__file__).resolve().parents[1]
-AGE_MAX = 116
-MAX_PIXELS = 25_000_000
+DEFAULTS = Params()
+AGE_MAX = DEFAULTS.validate_.age_max  # the limits the stages get from params.yaml
+MAX_PIXELS = DEFAULTS.ingest.max_image_pixels
 SIZE = 32
 TINY_MODEL = ModelParams(stem_filters=4, filters=[8], convs_per_block=1, dense_units=4)
 NO_AUGMENT = ModelAugmentParams(

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 from raw_files import spy
+from tiny import AGE_MAX
 
 from stages.ingest import IngestResult, ingest, main, summarize
 from utkface import paths
@@ -23,7 +24,6 @@ from utkface.data.sources import RawFile, iter_source
 
 SIZE = 32
 MAX_PIXELS = 10_000  # 48x48 faces pass, the 200x200 "bomb" does not
-AGE_MAX = 116
 MAX_BYTES = 20_000  # every fixture file is smaller, except OVERSIZED
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from raw_files import spy
+from tiny import AGE_MAX
 
 from stages.ingest import IngestResult, ingest
 from utkface.data.labels import parse_file_name
@@ -21,7 +22,6 @@ from utkface.data.sources import RawFile, SourceError, describe, iter_source
 SIZE = 32
 MAX_BYTES = 50_000
 MAX_PIXELS = 1_000_000
-AGE_MAX = 116
 
 
 def utk(age: int, gender: int, race: int, n: int) -> str:

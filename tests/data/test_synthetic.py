@@ -11,13 +11,13 @@ from PIL import Image
 from sklearn.linear_model import Ridge, RidgeClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from tiny import AGE_MAX, MAX_PIXELS
 
 from utkface.data.imaging import load_image
 from utkface.data.labels import parse_file_name
 from utkface.data.synthetic import draw_face, sample_labels, synthetic_files, write_synthetic
 
 SEED = 42
-AGE_MAX, MAX_PIXELS = 116, 25_000_000  # the params defaults
 ProbeData = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 

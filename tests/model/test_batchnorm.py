@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from tiny import NO_AUGMENT, SIZE, TINY_MODEL, images, split
 
+from utkface.data.labels import AGE
 from utkface.model.batchnorm import recompute_statistics
 from utkface.model.fitting import clean_batchnorm_callbacks, fit, make_dataset, seed_everything
-from utkface.model.network import AGE, build_model
+from utkface.model.network import build_model
 from utkface.params import TrainParams
 
 CFG = TINY_MODEL.model_copy(update={"augment": NO_AUGMENT, "filters": [8, 8]})

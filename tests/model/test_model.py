@@ -12,8 +12,9 @@ import pytest
 from tiny import NO_AUGMENT, SIZE, TINY_MODEL, images, split, synthetic_faces, targets
 
 from utkface.data.dataset import SplitData
+from utkface.data.labels import AGE, GENDER
 from utkface.model import fitting
-from utkface.model.network import AGE, GENDER, build_model, compile_model, with_test_time_flip
+from utkface.model.network import build_model, compile_model, with_test_time_flip
 from utkface.params import LossWeights, ModelParams, TrainParams
 
 RANDOM_LAYERS = (

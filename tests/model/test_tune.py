@@ -4,7 +4,6 @@ hand-over to train (models/tuned.json), and `main()` in a tiny project."""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
@@ -30,16 +29,8 @@ from stages import tune
 from utkface import paths
 from utkface.data.dataset import SplitData, load_split
 from utkface.mlops import tracking
-from utkface.mlops.keras_logging import EpochLogger, tracked_tuner
 from utkface.model import fitting, search
 from utkface.params import TunedValues, load_params, parse_params
-
-
-def tracked_search(params, train: SplitData, val: SplitData, parent_run_id: str | None):
-    """The search as the stage runs it: trials as nested runs, every epoch logged."""
-    wrap = functools.partial(tracked_tuner, parent_run_id=parent_run_id)
-    return search.search(params, train, val, wrap, callbacks=[EpochLogger()])
-
 
 # --- objective -------------------------------------------------------------------------------
 
@@ -199,7 +190,7 @@ def test_trials_fit_with_the_schedule_and_callbacks_of_train(
     train = load_split("train")
     tracking.use_experiment(tracking.TUNE_EXPERIMENT)
     with mlflow.start_run() as parent:
-        tracked_search(params, train, load_split("val"), parent.info.run_id)
+        tune.tracked_search(params, train, load_split("val"), parent.info.run_id)
     client = MlflowClient(uri)
     (trial,) = _trial_runs(client, parent.info.run_id)
     history = client.get_metric_history(trial.info.run_id, "learning_rate")
@@ -248,7 +239,7 @@ def test_search_runs_one_nested_mlflow_run_per_trial_and_summarizes(
     tracking.use_experiment(tracking.TUNE_EXPERIMENT)
     train, val = load_split("train"), load_split("val")
     with mlflow.start_run(run_name="tune") as parent:
-        tuner = tracked_search(params, train, val, parent.info.run_id)
+        tuner = tune.tracked_search(params, train, val, parent.info.run_id)
         summary = tune.summarize(tuner, params, 12.34, parent.info.run_id)
 
     trials = summary["trials"]

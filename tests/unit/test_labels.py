@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import AGE_MAX
 
 from utkface.data.labels import (
     FaceLabels,
@@ -15,7 +16,6 @@ from utkface.data.labels import (
     parse_file_name,
 )
 
-AGE_MAX = 116  # validate.age_max's default
 STAMP = "20170116174525125"
 EDGES = [0, 3, 10, 20, 30, 40, 50, 60, 70]
 

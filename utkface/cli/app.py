@@ -13,13 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import utkface.app
-from utkface.app import MODEL_ENV
+from utkface import app
 from utkface.mlops import tracking
 from utkface.mlops.registry import champion_uri
 from utkface.params import ParamsError, load_params
 
-PAGE = Path(utkface.app.__file__).resolve().with_name("page.py")
+PAGE = Path(app.__file__).resolve().with_name("page.py")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     except ParamsError as error:
         print(f"app: {error}", file=sys.stderr)
         return 1
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), MODEL_ENV: uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), app.MODEL_ENV: uri}
     command = [
         *(sys.executable, "-m", "streamlit", "run", str(PAGE)),
         *("--server.address", args.host, "--server.port", str(args.port)),

@@ -106,10 +106,11 @@ def is_worker() -> bool:
     return os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief"
 
 
+TunerWrapper = Callable[[type[kt.Tuner]], type[kt.Tuner]]
+
+
 def make_tuner(
-    params: Params,
-    hypermodel: kt.HyperModel,
-    wrap: Callable[[type[kt.Tuner]], type[kt.Tuner]] = lambda tuner: tuner,
+    params: Params, hypermodel: kt.HyperModel, wrap: TunerWrapper | None = None
 ) -> kt.Tuner:
     """The `tune.tuner` search over `hypermodel`, its class adapted by `wrap` (e.g. to track
     trials), in `models/tuner`."""
@@ -128,7 +129,8 @@ def make_tuner(
     budget = (
         {"max_epochs": cfg.epochs} if cfg.tuner == "hyperband" else {"max_trials": cfg.max_trials}
     )
-    return wrap(TUNERS[cfg.tuner])(**budget, **common)
+    tuner_class = TUNERS[cfg.tuner] if wrap is None else wrap(TUNERS[cfg.tuner])
+    return tuner_class(**budget, **common)
 
 
 def subsample(data: SplitData, fraction: float, seed: int) -> SplitData:
@@ -140,7 +142,7 @@ def search(
     params: Params,
     train: SplitData,
     val: SplitData,
-    wrap: Callable[[type[kt.Tuner]], type[kt.Tuner]] = lambda tuner: tuner,
+    wrap: TunerWrapper | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> kt.Tuner:
     """Run the search on `tune.train_fraction` of `train`, validated on `val`."""
