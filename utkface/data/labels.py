@@ -1,4 +1,5 @@
-"""UTKFace labels: parsing file names and grouping ages into buckets.
+"""UTKFace labels: parsing file names, age buckets, and the one rule that turns model outputs
+into labels (ages clamped to the label range, gender by threshold).
 
 UTKFace names each image ``age_gender_race_timestamp.jpg.chip.jpg`` (aligned set: ``.jpg``):
 age in years, gender 0 = male / 1 = female, race 0 White, 1 Black, 2 Asian, 3 Indian, 4 Others.

@@ -1,4 +1,4 @@
-"""MLflow wiring: one tracking store, experiment names, lineage tags and per-epoch logging.
+"""MLflow wiring: one tracking store, experiment names and lineage tags (no Keras here).
 
 The store is `MLFLOW_TRACKING_URI` when set, otherwise `mlflow.db` (SQLite) at the repository
 root. Queued DVC experiments run in a temporary copy under `.dvc/tmp/exps/`, so the root is
