@@ -1,5 +1,7 @@
 """Stage `evaluate`: test-split metrics, the subgroup report, plots, and model registration.
 
+The model is what `train` saved for `model.backbone`: one family, or both averaged (an
+ensemble), predicted exactly as the served model predicts (`utkface.inference.pyfunc`).
 Everything is logged to the MLflow run of the training that produced the model (its id comes
 from `models/train_run.json`), so one run shows params, learning curves, test metrics and
 figures. The model is then registered as a new version aliased `challenger`.
@@ -16,11 +18,19 @@ import pandas as pd
 
 from utkface import paths
 from utkface.data.dataset import SplitData, load_split
-from utkface.data.labels import AGE, GENDER, clamp_ages, gender_labels
-from utkface.inference.pyfunc import ServingConfig, input_size
+from utkface.data.labels import AGE, gender_labels
+from utkface.inference.pyfunc import (
+    P_FEMALE,
+    SYNTHETIC_TRAINING,
+    ServingConfig,
+    combine,
+    input_size,
+    model_outputs,
+)
 from utkface.mlops import registry, tracking
 from utkface.mlops.pyfunc_logging import log_serving_model
-from utkface.params import Params, load_params, run_main
+from utkface.model.fitting import load_inputs
+from utkface.params import Member, Params, load_params, run_main
 from utkface.scoring import figures
 from utkface.scoring.metrics import (
     age_scatter_table,
@@ -32,14 +42,40 @@ from utkface.scoring.metrics import (
 
 
 def predict_split(
-    model: keras.Model, data: SplitData, age_max: int, batch_size: int = 256
+    models: dict[Member, keras.Model], inputs: dict[Member, SplitData], age_max: int
 ) -> pd.DataFrame:
-    """True labels beside clamped predicted ages and probabilities of female."""
-    outputs = model.predict(data.images, batch_size=batch_size, verbose=0)
-    frame = data.table[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
-    frame["pred_age"] = clamp_ages(np.asarray(outputs[AGE]).reshape(-1), age_max)
-    frame["p_female"] = np.asarray(outputs[GENDER]).reshape(-1).astype(float)
+    """True labels beside the predicted ages (clamped) and probabilities of female, the
+    families' predictions averaged as the served model does."""
+    outputs = [model_outputs(model, inputs[member].images) for member, model in models.items()]
+    predicted = combine(outputs, age_max)
+    table = next(iter(inputs.values())).table
+    frame = table[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
+    frame["pred_age"] = predicted[AGE].to_numpy()
+    frame["p_female"] = predicted[P_FEMALE].to_numpy(dtype=float)
     return frame
+
+
+def serving_config(params: Params, models: dict[Member, keras.Model]) -> ServingConfig:
+    """The served model's config; clients crop faces to the largest input of its families."""
+    sizes = {m: input_size(model) for m, model in models.items() if m == "scratch"}
+    if "pretrained" in models:
+        sizes["pretrained"] = params.features.image_size
+    return ServingConfig(
+        image_size=max(sizes.values()),
+        max_image_bytes=params.register_.max_image_bytes,
+        max_pixels=params.ingest.max_image_pixels,
+        age_max=params.validate_.age_max,
+        members=tuple(models),
+        face_size=params.features.image_size,
+        trained_on=trained_on(params),
+    )
+
+
+def trained_on(params: Params) -> str:
+    """What trained the model, in words, for its card and the synthetic-data warnings."""
+    if params.ingest.is_synthetic:
+        return SYNTHETIC_TRAINING
+    return "real images"
 
 
 def write_plots(frame: pd.DataFrame, report: dict, data: SplitData, params: Params) -> None:
@@ -107,11 +143,13 @@ def worst_groups(worst: dict) -> str:
 
 def main() -> None:
     params = load_params()
+    members = params.model.members
     test = load_split("test")
+    inputs = {m: test if m == "scratch" else load_inputs(m, "test") for m in members}
     train = pd.read_parquet(paths.split_table("train"), columns=["age", "augmented"])
     train_ages = train.loc[~train["augmented"], "age"].to_numpy()
-    model = keras.saving.load_model(paths.MODEL)
-    frame = predict_split(model, test, params.validate_.age_max)
+    models = {m: keras.saving.load_model(paths.member_model(m), compile=False) for m in members}
+    frame = predict_split(models, inputs, params.validate_.age_max)
     report = evaluation_report(frame, params.age_buckets)
     report["baseline_age_mae"] = median_baseline_mae(train_ages, frame["age"].to_numpy())
     headline, subgroups = split_report(report)
@@ -128,14 +166,10 @@ def main() -> None:
         mlflow.log_dict(subgroups, "evaluation/subgroups.json")
         mlflow.log_artifacts(str(paths.EVALUATE_PLOTS), "evaluation")
         tags = tracking.lineage_tags(lineage["data_version"])
+        config = serving_config(params, models)
         info = log_serving_model(
             paths.MODEL,
-            ServingConfig(
-                image_size=input_size(model),
-                max_image_bytes=params.register_.max_image_bytes,
-                max_pixels=params.ingest.max_image_pixels,
-                age_max=params.validate_.age_max,
-            ),
+            config,
             test.images[:2],
             lineage=tags | {"train_run_id": lineage["run_id"]},
         )
@@ -145,6 +179,12 @@ def main() -> None:
             model_name=params.register_.model_name,
             metrics={f"test_{k}": v for k, v in scalar_metrics(report).items()},
             lineage=tags,
+            card=registry.ModelCardFacts(
+                backbone=params.model.backbone,
+                trained_on=config.trained_on,
+                training_images=len(train_ages),
+                age_bands=subgroups.get("age_bucket", []),
+            ),
         )
     paths.REGISTERED.write_text(
         json.dumps(

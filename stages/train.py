@@ -1,8 +1,11 @@
-"""Stage `train`: fit the dual-head CNN on the training split and track the run in MLflow.
+"""Stage `train`: fit the model family `model.backbone` chooses on the training split and track
+the run in MLflow.
 
-What `tune` found (`models/tuned.json`) is applied in full: its best value of every
-`tune.search_space` knob, and its learning rate unless params' top-level `lr` is a number, so
-`dvc exp run -S lr=0.0005` retrains without re-running `tune`.
+`pretrained` fits the head on the cached face features, `scratch` the CNN on images, and
+`ensemble` both (the served model averages them). What `tune` found (`models/tuned.json`) is
+applied in full: per family, its best value of every searched knob, and its learning rate unless
+params' top-level `lr` is a number, so `dvc exp run -S lr=0.0005` retrains without re-running
+`tune` (with `ensemble`, that rate is used for both families).
 """
 
 from __future__ import annotations
@@ -18,16 +21,28 @@ import numpy as np
 import pandas as pd
 
 from utkface import paths
-from utkface.data.dataset import SplitData, load_split
+from utkface.data.dataset import SplitData
 from utkface.data.labels import AGE, GENDER, clamp_ages
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger, log_keras_model
 from utkface.model.batchnorm import recompute_statistics
-from utkface.model.fitting import fit
+from utkface.model.fitting import fit, load_inputs
+from utkface.model.head import serving_head
 from utkface.model.network import with_test_time_flip
-from utkface.params import EarlyStoppingParams, Params, TunedValues, load_params, run_main
+from utkface.params import (
+    EarlyStoppingParams,
+    Member,
+    ModelParams,
+    Params,
+    Tuned,
+    TunedValues,
+    load_params,
+    run_main,
+)
 from utkface.scoring.figures import plot_learning_curves
 from utkface.scoring.metrics import age_metrics, gender_metrics
+
+MEMBER = "member"
 
 
 def resolve_lr(fixed_lr: float | None, tuned: TunedValues | None) -> tuple[float, str]:
@@ -36,17 +51,26 @@ def resolve_lr(fixed_lr: float | None, tuned: TunedValues | None) -> tuple[float
         return fixed_lr, "params"
     if tuned is None:
         raise ValueError(
-            f"lr is null/auto but there is no {paths.TUNED}: run the tune stage "
-            "(dvc repro tune) or set a number, e.g. dvc exp run -S lr=0.001"
+            f"lr is null/auto but {paths.TUNED} has no tuned values for this model family: run "
+            "the tune stage (dvc repro tune) or set a number, e.g. dvc exp run -S lr=0.001"
         )
     return tuned.lr, "tune"
 
 
-def load_tuned() -> TunedValues | None:
-    """What tune handed over, or None before tune has run."""
+def load_tuned() -> Tuned:
+    """What tune handed over (nothing before tune has run)."""
     if not paths.TUNED.exists():
-        return None
-    return TunedValues.model_validate_json(paths.TUNED.read_text())
+        return Tuned()
+    return Tuned.model_validate_json(paths.TUNED.read_text())
+
+
+def member_config(params: Params, member: Member, tuned: TunedValues | None) -> ModelParams:
+    """`params.model` with the knobs tuned for `member` applied."""
+    if tuned is None:
+        return params.model
+    if member == "pretrained":
+        return params.model.model_copy(update={"head": tuned.head_params(params.model.head)})
+    return tuned.model_params(params.model)
 
 
 def history_table(history: dict[str, list[float]]) -> pd.DataFrame:
@@ -64,21 +88,46 @@ def best_epoch_metrics(history: pd.DataFrame, es: EarlyStoppingParams) -> dict[s
     return {k: float(v) for k, v in row.items()} | {"epochs_run": len(history)}
 
 
-def inference_model(model: keras.Model, params: Params, train: SplitData) -> keras.Model:
-    """The model to save: BatchNorm statistics recomputed over the training split
-    (`train.precise_batchnorm`), then each face averaged with its mirror
-    (`model.test_time_flip`)."""
+def inference_model(
+    model: keras.Model, params: Params, train: SplitData, member: Member = "scratch"
+) -> keras.Model:
+    """The model to save. The head: its `age` and `gender` outputs. The CNN: BatchNorm
+    statistics recomputed over the training split (`train.precise_batchnorm`), then each face
+    averaged with its mirror (`model.test_time_flip`)."""
+    if member == "pretrained":
+        return serving_head(model)
     if params.train.precise_batchnorm:
         recompute_statistics(model, train.images, params.train.batch_size, params.seed)
     return with_test_time_flip(model) if params.model.test_time_flip else model
 
 
-def saved_model_metrics(model: keras.Model, val: SplitData, age_max: int) -> dict[str, float]:
-    """Validation metrics of the model as saved and served, ages clamped as in `evaluate` (the
-    history shows the model during fit, before `inference_model`)."""
+def effective_model_params(params: Params, tuned: Tuned) -> dict:
+    """The model params train uses, tuned knobs applied, keyed as in params.yaml: the head's
+    for `pretrained`, the CNN's for `scratch`, both for `ensemble`."""
+    logged: dict = {"backbone": params.model.backbone}
+    for member in params.model.members:
+        cfg = member_config(params, member, tuned.of(member))
+        if member == "pretrained":
+            logged["head"] = cfg.head.model_dump()
+        else:
+            logged |= cfg.model_dump(exclude={"backbone", "head"})
+    return logged
+
+
+def predict_val(model: keras.Model, val: SplitData, age_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clamped ages and probabilities of female of the saved model on `val`."""
     out = model.predict(val.images, batch_size=256, verbose=0)
-    age = age_metrics(val.age, clamp_ages(out[AGE].ravel(), age_max))
-    gender = gender_metrics(val.gender, out[GENDER].ravel())
+    return clamp_ages(out[AGE].ravel(), age_max), np.asarray(out[GENDER]).ravel()
+
+
+def saved_model_metrics(
+    predictions: list[tuple[np.ndarray, np.ndarray]], val: SplitData
+) -> dict[str, float]:
+    """Validation metrics of the model as saved and served (the members' predictions averaged,
+    ages clamped as in `evaluate`); the history shows each model during fit, before
+    `inference_model`."""
+    age = age_metrics(val.age, np.mean([ages for ages, _ in predictions], axis=0))
+    gender = gender_metrics(val.gender, np.mean([p for _, p in predictions], axis=0))
     return {
         "saved_val_age_mae": age["age_mae"],
         "saved_val_age_bias": age["age_bias"],
@@ -86,72 +135,112 @@ def saved_model_metrics(model: keras.Model, val: SplitData, age_max: int) -> dic
     }
 
 
+def train_member(
+    params: Params, member: Member, tuned: TunedValues | None
+) -> tuple[keras.Model, pd.DataFrame, dict, SplitData]:
+    """Fit, finish and save `member`; its history, summary and validation data."""
+    lr, lr_source = resolve_lr(params.fixed_lr, tuned)
+    cfg = member_config(params, member, tuned)
+    train, val = load_inputs(member, "train"), load_inputs(member, "val")
+    mlflow.log_params(
+        tracking.flatten(
+            {member: {"lr_used": lr, "lr_source": lr_source, "train_rows": len(train.age)}}
+        )
+    )
+    started = time.perf_counter()
+    model, history = fit(
+        cfg,
+        params.train,
+        lr,
+        train,
+        val,
+        params.seed,
+        params.train.epochs,
+        callbacks=[EpochLogger(prefix=f"{member}_" if len(params.model.members) > 1 else "")],
+        member=member,
+    )
+    seconds = time.perf_counter() - started
+    model = inference_model(model, params, train, member)
+    table = history_table(history)
+    summary = best_epoch_metrics(table, params.train.early_stopping) | {
+        "lr": lr,
+        "lr_source": lr_source,
+        "train_rows": len(train.age),
+        "seconds": round(seconds, 1),
+        "images_per_second": round(len(train.age) * len(table) / seconds, 1),
+    }
+    paths.MODEL.mkdir(parents=True, exist_ok=True)
+    model.save(paths.member_model(member))
+    table.insert(1, MEMBER, member)
+    return model, table, summary, val
+
+
 def main() -> None:
     params = load_params()
     tuned = load_tuned()
-    lr, lr_source = resolve_lr(params.fixed_lr, tuned)
-    model_cfg = tuned.model_params(params.model) if tuned else params.model
-    train, val = load_split("train"), load_split("val")
+    members = params.model.members
     version = tracking.data_version()
     tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
     with mlflow.start_run(tags={"stage": "train", **tracking.lineage_tags(version)}) as run:
         logged = {
             "seed": params.seed,
             "lr": params.lr,
-            "model": model_cfg.model_dump(),
+            "model": effective_model_params(params, tuned),
             "train": params.train.model_dump(),
         }
         mlflow.log_params(tracking.flatten(logged))
-        mlflow.log_params({"lr_used": lr, "lr_source": lr_source, "train_rows": len(train.age)})
-        started = time.perf_counter()
-        model, history = fit(
-            model_cfg,
-            params.train,
-            lr,
-            train,
-            val,
-            params.seed,
-            params.train.epochs,
-            callbacks=[EpochLogger()],
-        )
-        seconds = time.perf_counter() - started
-        model = inference_model(model, params, train)
-        table = history_table(history)
-        summary = best_epoch_metrics(table, params.train.early_stopping) | {
-            **saved_model_metrics(model, val, params.validate_.age_max),
-            "lr": lr,
-            "lr_source": lr_source,
-            "train_rows": len(train.age),
-            "seconds": round(seconds, 1),
-            "images_per_second": round(len(train.age) * len(table) / seconds, 1),
-        }
-        paths.MODELS.mkdir(parents=True, exist_ok=True)
+        if paths.MODEL.exists():
+            for old in paths.MODEL.iterdir():
+                old.unlink()
+        trained = {m: train_member(params, m, tuned.of(m)) for m in members}
+        val = next(iter(trained.values()))[3]
+        predictions = [
+            predict_val(m, v, params.validate_.age_max) for m, _, _, v in trained.values()
+        ]
+        per_member = {m: summary for m, (_, _, summary, _) in trained.items()}
+        summary = {"backbone": params.model.backbone}
+        summary |= per_member[members[0]] if len(members) == 1 else per_member
+        summary |= saved_model_metrics(predictions, val)
+        table = pd.concat([t for _, t, _, _ in trained.values()], ignore_index=True)
         paths.METRICS.mkdir(parents=True, exist_ok=True)
-        model.save(paths.MODEL)
         table.to_csv(paths.TRAIN_HISTORY, index=False)
         paths.TRAIN_METRICS.write_text(json.dumps(summary, indent=2) + "\n")
-        mlflow.log_metrics({f"best_{k}": v for k, v in summary.items() if isinstance(v, float)})
+        mlflow.log_metrics(
+            {f"best_{k}": v for k, v in tracking.flatten(summary).items() if isinstance(v, float)}
+        )
         with tempfile.TemporaryDirectory() as tmp:
-            mlflow.log_artifact(str(plot_learning_curves(table, Path(tmp) / "learning_curves.png")))
+            for member in members:
+                curves = table[table[MEMBER] == member].drop(columns=MEMBER)
+                figure = Path(tmp) / f"learning_curves_{member}.png"
+                mlflow.log_artifact(str(plot_learning_curves(curves, figure)))
         mlflow.log_artifact(str(paths.TRAIN_HISTORY))
-        info = log_keras_model(model, val.images[:2])
+        infos = {
+            m: log_keras_model(model, v.images[:2], name=f"{m}_model")
+            for m, (model, _, _, v) in trained.items()
+        }
         paths.TRAIN_RUN.write_text(
             json.dumps(
                 {
                     "run_id": run.info.run_id,
                     "experiment_id": run.info.experiment_id,
-                    "model_uri": info.model_uri,
+                    "model_uris": {m: info.model_uri for m, info in infos.items()},
                     "data_version": version,
                 },
                 indent=2,
             )
             + "\n"
         )
+    for member, result in per_member.items():
+        print(
+            f"train: {member}: lr={result['lr']} ({result['lr_source']}), {result['epochs_run']} "
+            f"epochs in {result['seconds']:.0f}s ({result['images_per_second']} rows/s): "
+            f"val_age_mae={result['val_age_mae']:.2f} "
+            f"val_gender_accuracy={result['val_gender_accuracy']:.3f}"
+        )
     print(
-        f"train: lr={lr} ({lr_source}), {summary['epochs_run']} epochs in {seconds:.0f}s "
-        f"({summary['images_per_second']} img/s): val_age_mae={summary['val_age_mae']:.2f} "
-        f"val_gender_accuracy={summary['val_gender_accuracy']:.3f} -> {paths.MODEL}, "
-        f"MLflow run {run.info.run_id}"
+        f"train: saved {params.model.backbone} model: val age MAE "
+        f"{summary['saved_val_age_mae']:.2f}, gender accuracy "
+        f"{summary['saved_val_gender_accuracy']:.3f} -> {paths.MODEL}, MLflow run {run.info.run_id}"
     )
 
 

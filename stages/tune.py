@@ -1,11 +1,14 @@
-"""Stage `tune`: Keras Tuner searches the learning rate (and optional model knobs), and hands
-the winner to `train` (`models/tuned.json`).
+"""Stage `tune`: Keras Tuner searches the learning rate (and optional model knobs) of each
+model family `model.backbone` trains, and hands the winners to `train` (`models/tuned.json`).
 
 Each trial is a nested MLflow run under one `tune` parent run; trials fit exactly as `train`
-does (`utkface.model.search`). Distributed search uses Keras Tuner's own chief/worker mode:
-with KERASTUNER_TUNER_ID=chief this process serves the oracle and writes the results; with
-KERASTUNER_TUNER_ID=tuner0, tuner1, ... it runs trials for the chief at
-KERASTUNER_ORACLE_IP:KERASTUNER_ORACLE_PORT and logs them under the chief's parent run.
+does (`utkface.model.search`). The pretrained head searches on the cached face features
+(`tune.head`), the scratch CNN on images (`tune.*`).
+
+Distributed search uses Keras Tuner's own chief/worker mode: with KERASTUNER_TUNER_ID=chief
+this process serves the oracle and writes the results; with KERASTUNER_TUNER_ID=tuner0,
+tuner1, ... it runs trials for the chief at KERASTUNER_ORACLE_IP:KERASTUNER_ORACLE_PORT and logs
+them under the chief's parent run.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import keras_tuner as kt
 import mlflow
 
 from utkface import paths
-from utkface.data.dataset import SplitData, load_split
+from utkface.data.dataset import SplitData
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger, tracked_tuner
+from utkface.model.fitting import load_inputs
 from utkface.model.search import OBJECTIVE, is_worker, search, tuned_values
-from utkface.params import Params, load_params, run_main
+from utkface.params import Member, Params, Tuned, load_params, run_main
 
 ORACLE_TAG = "keras_tuner_oracle"
 
@@ -36,8 +40,10 @@ def _metric_at(trial: Any, name: str) -> float | None:
     return float(at_best[0]) if at_best else None
 
 
-def summarize(tuner: kt.Tuner, params: Params, seconds: float, run_id: str | None) -> dict:
-    """Best hyperparameters and the trial table for metrics/tune.json."""
+def summarize(
+    tuner: kt.Tuner, params: Params, seconds: float, run_id: str | None, member: Member
+) -> dict:
+    """Best hyperparameters and the trial table of `member`'s search, for metrics/tune.json."""
     trials = list(tuner.oracle.trials.values())
     table = [
         {
@@ -62,7 +68,7 @@ def summarize(tuner: kt.Tuner, params: Params, seconds: float, run_id: str | Non
         "best_val_age_mae": best["val_age_mae"],
         "best_val_gender_accuracy": best["val_gender_accuracy"],
         "objective": f"val_age_mae + {params.tune.gender_weight} * (1 - val_gender_accuracy)",
-        "tuner": params.tune.tuner,
+        "tuner": params.tune.search(member).tuner,
         "trials": table,
         "seconds": round(seconds, 1),
         "mlflow_run_id": run_id,
@@ -86,23 +92,25 @@ def _parent_run_for_worker(oracle: str, wait_s: float = 60.0) -> str | None:
 
 
 def tracked_search(
-    params: Params, train: SplitData, val: SplitData, parent_run_id: str | None
-) -> kt.Tuner:
-    """The search with every trial a nested MLflow run under `parent_run_id`, each epoch
-    logged."""
+    params: Params, member: Member, parent_run_id: str | None
+) -> tuple[kt.Tuner, SplitData]:
+    """`member`'s search with every trial a nested MLflow run under `parent_run_id`, each epoch
+    logged; returns the tuner and the training data it searched on."""
+    train, val = load_inputs(member, "train"), load_inputs(member, "val")
     wrap = functools.partial(tracked_tuner, parent_run_id=parent_run_id)
-    return search(params, train, val, wrap, callbacks=[EpochLogger()])
+    return search(params, train, val, wrap, callbacks=[EpochLogger()], member=member), train
 
 
 def main() -> None:
     params = load_params()
+    members = params.model.members
     role = os.environ.get("KERASTUNER_TUNER_ID", "single")
     oracle = f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}"
     tracking.use_experiment(tracking.TUNE_EXPERIMENT)
-    train, val = load_split("train"), load_split("val")
-    started = time.perf_counter()
     if is_worker():
-        tracked_search(params, train, val, _parent_run_for_worker(oracle))
+        parent = _parent_run_for_worker(oracle)
+        for member in members:
+            tracked_search(params, member, parent)
         print(f"tune: worker {role} finished its trials for the chief at {oracle}")
         return
     if paths.TUNER_DIR.exists():
@@ -110,24 +118,37 @@ def main() -> None:
     tags = {"stage": "tune", **tracking.lineage_tags(tracking.data_version())}
     if role == "chief":
         tags[ORACLE_TAG] = oracle
+    summaries, tuned = {}, {}
     with mlflow.start_run(run_name="tune", tags=tags) as run:
-        mlflow.log_params(tracking.flatten({"seed": params.seed, "tune": params.tune.model_dump()}))
-        tuner = tracked_search(params, train, val, run.info.run_id)
-        summary = summarize(tuner, params, time.perf_counter() - started, run.info.run_id)
-        tuned = tuned_values(summary["best"])
-        mlflow.log_params({f"best.{k}": v for k, v in summary["best"].items()})
-        mlflow.log_metrics(
-            {k: v for k, v in summary.items() if k.startswith("best_") and v is not None}
-        )
+        logged = {"seed": params.seed, "backbone": params.model.backbone}
+        logged["tune"] = {m: params.tune.search(m).model_dump() for m in members}
+        mlflow.log_params(tracking.flatten(logged))
+        for member in members:
+            started = time.perf_counter()
+            tuner, _ = tracked_search(params, member, run.info.run_id)
+            seconds = time.perf_counter() - started
+            summaries[member] = summarize(tuner, params, seconds, run.info.run_id, member)
+            tuned[member] = tuned_values(summaries[member]["best"])
+            best = summaries[member]
+            mlflow.log_params({f"best.{member}.{k}": v for k, v in best["best"].items()})
+            mlflow.log_metrics(
+                {
+                    f"{member}.{k}": v
+                    for k, v in best.items()
+                    if k.startswith("best_") and v is not None
+                }
+            )
         paths.TUNE_METRICS.parent.mkdir(parents=True, exist_ok=True)
-        paths.TUNE_METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+        paths.TUNE_METRICS.write_text(json.dumps(summaries, indent=2) + "\n")
         paths.TUNED.parent.mkdir(parents=True, exist_ok=True)
-        paths.TUNED.write_text(tuned.model_dump_json(indent=2) + "\n")
+        paths.TUNED.write_text(Tuned(**tuned).model_dump_json(indent=2) + "\n")
         mlflow.log_artifact(str(paths.TUNE_METRICS))
-    print(
-        f"tune: best {tuned.model_dump()} ({OBJECTIVE} {summary['best_' + OBJECTIVE]:.3f}) "
-        f"of {len(summary['trials'])} trials in {summary['seconds']:.0f}s -> {paths.TUNED}"
-    )
+    for member, summary in summaries.items():
+        print(
+            f"tune: {member}: best {tuned[member].model_dump()} ({OBJECTIVE} "
+            f"{summary['best_' + OBJECTIVE]:.3f}) of {len(summary['trials'])} trials in "
+            f"{summary['seconds']:.0f}s -> {paths.TUNED}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from mlflow.models.model import ModelInfo
 from PIL import Image
 from tiny import AGE_MAX, MAX_PIXELS
 
+from utkface import paths
 from utkface.inference.pyfunc import ServingConfig
 from utkface.mlops import registry, tracking
 from utkface.mlops.pyfunc_logging import log_serving_model
@@ -26,6 +27,7 @@ MAX_IMAGE_BYTES = 20_000  # small, so that a 200x200 noise PNG is "too large"
 GATE = {"max_age_mae_increase": 0.1, "max_gender_accuracy_decrease": 0.005}
 MODEL_NAME = "test-age-gender"
 LINEAGE = {"git_commit": "abc123", "dvc_exp_name": "test", "data_version": "data-v1"}
+CARD = registry.ModelCardFacts(backbone="scratch", trained_on="real images", training_images=10)
 
 
 def use_tmp_store(monkeypatch: pytest.MonkeyPatch, root: Path) -> str:
@@ -58,15 +60,19 @@ def save_tiny_model(path: Path) -> Path:
     return path
 
 
-def log_tiny_serving_model(root: Path) -> ModelInfo:
-    """The tiny model saved under `root`, logged as the served pyfunc in a new run."""
-    keras_path = save_tiny_model(root / "model.keras")
+def log_tiny_serving_model(root: Path, trained_on: str = "real images") -> ModelInfo:
+    """The tiny CNN saved under `root`, logged as the served pyfunc in a new run."""
+    folder = root / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tiny_model(paths.member_model("scratch", folder))
     examples = np.random.default_rng(0).integers(
         0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
     )
-    config = ServingConfig(IMAGE_SIZE, MAX_IMAGE_BYTES, MAX_PIXELS, AGE_MAX)
+    config = ServingConfig(
+        IMAGE_SIZE, MAX_IMAGE_BYTES, MAX_PIXELS, AGE_MAX, ("scratch",), trained_on=trained_on
+    )
     with mlflow.start_run():
-        return log_serving_model(keras_path, config, examples, lineage=LINEAGE)
+        return log_serving_model(folder, config, examples, lineage=LINEAGE)
 
 
 def register_version(
@@ -83,4 +89,5 @@ def register_version(
         model_name=name,
         metrics={registry.AGE_MAE: age_mae, registry.GENDER_ACCURACY: gender_accuracy},
         lineage=LINEAGE | {"data_version": data_version},
+        card=CARD,
     )

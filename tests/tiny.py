@@ -55,7 +55,13 @@ TINY_PARAMS: dict[str, Any] = {
     "seed": 7,
     "lr": None,
     "ingest": {"image_size": 32},
-    "model": {"stem_filters": 4, "filters": [8], "convs_per_block": 1, "dense_units": 4},
+    "model": {
+        "backbone": "scratch",
+        "stem_filters": 4,
+        "filters": [8],
+        "convs_per_block": 1,
+        "dense_units": 4,
+    },
     "train": {"epochs": 2, "batch_size": 16},
     "tune": {
         "learning_rates": LEARNING_RATES,

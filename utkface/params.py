@@ -98,7 +98,29 @@ class ModelAugmentParams(_Section):
     contrast: Annotated[float, Field(ge=0, le=0.9)] = 0.15
 
 
+BACKBONES = ("pretrained", "scratch", "ensemble")
+Backbone = Literal["pretrained", "scratch", "ensemble"]
+Member = Literal["pretrained", "scratch"]
+
+
+class HeadParams(_Section):
+    """The pretrained family's Keras head on the frozen face features."""
+
+    units: PositiveInt = 256
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.4
+    age_bins: Annotated[int, Field(ge=2, le=100)] = 12
+    age_bin_loss_weight: NonNegativeFloat = 1.0  # cross-entropy over the age bins
+    age_loss_weight: NonNegativeFloat = 0.05  # Huber on the expected age in years
+    gender_loss_weight: NonNegativeFloat = 1.0
+
+
+class FeaturesParams(_Section):
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 200
+
+
 class ModelParams(_Section):
+    backbone: Backbone = "pretrained"
+    head: HeadParams = HeadParams()
     stem_filters: PositiveInt = 32
     stem_stride: Annotated[int, Field(ge=1, le=2)] = 2
     filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=6)] = [64, 128, 256]
@@ -110,6 +132,11 @@ class ModelParams(_Section):
     batchnorm_momentum: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9
     test_time_flip: bool = True
     augment: ModelAugmentParams = ModelAugmentParams()
+
+    @property
+    def members(self) -> tuple[Member, ...]:
+        """The model families trained for `backbone`; an ensemble averages both."""
+        return ("pretrained", "scratch") if self.backbone == "ensemble" else (self.backbone,)
 
 
 class EarlyStoppingParams(_Section):
@@ -144,40 +171,69 @@ class TrainParams(_Section):
     precise_batchnorm_sample: Annotated[int, Field(ge=1)] = 1024
 
 
-class TuneParams(_Section):
+Knobs = dict[str, list[float | int | bool | str]]
+LearningRates = Annotated[list[Annotated[float, Field(gt=0.0, lt=1.0)]], Field(min_length=1)]
+
+
+def _check_knobs(value: Knobs, model: type[_Section], fixed: set[str], prefix: str) -> Knobs:
+    """`value` if every knob is a field of `model` (but `fixed`) and every value valid."""
+    allowed = sorted(set(model.model_fields) - fixed)
+    unknown = set(value) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown knob(s) {sorted(unknown)}; allowed: {allowed}")
+    empty = [k for k, v in value.items() if not v]
+    if empty:
+        raise ValueError(f"knob(s) {empty} need at least one value")
+    for knob, values in value.items():
+        for item in values:
+            try:
+                model.model_validate({knob: item})
+            except ValidationError:
+                raise ValueError(f"{item!r} is not a valid {prefix}.{knob}") from None
+    return value
+
+
+class SearchParams(_Section):
+    """One Keras Tuner search: which tuner, its budget and the values it tries."""
+
     tuner: Literal["random", "bayesian", "hyperband"] = "random"
-    learning_rates: Annotated[
-        list[Annotated[float, Field(gt=0.0, lt=1.0)]], Field(min_length=1)
-    ] = [
-        0.0005,
-        0.001,
-        0.005,
-        0.01,
-    ]
+    learning_rates: LearningRates = [0.0005, 0.001, 0.005, 0.01]
     max_trials: Annotated[int, Field(ge=1)] = 4
     epochs: Annotated[int, Field(ge=1)] = 3
     executions_per_trial: Annotated[int, Field(ge=1)] = 1
     train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
-    gender_weight: NonNegativeFloat = 10.0
-    search_space: dict[str, list[float | int | bool | str]] = {}
+    search_space: Knobs = {}
+
+
+class HeadSearchParams(SearchParams):
+    """The head's search: trials take seconds on cached features, so it searches wider."""
+
+    tuner: Literal["random", "bayesian", "hyperband"] = "bayesian"
+    learning_rates: LearningRates = [0.0003, 0.001, 0.003]
+    max_trials: Annotated[int, Field(ge=1)] = 12
+    epochs: Annotated[int, Field(ge=1)] = 30
+    train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    search_space: Knobs = {"units": [128, 256, 512], "dropout": [0.2, 0.4, 0.6]}
 
     @field_validator("search_space")
     @classmethod
-    def _known_knobs(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
-        unknown = set(value) - set(ModelParams.model_fields) - {"augment", "filters"}
-        allowed = sorted(set(ModelParams.model_fields) - {"augment", "filters"})
-        if unknown:
-            raise ValueError(f"unknown knob(s) {sorted(unknown)}; allowed: {allowed}")
-        empty = [k for k, v in value.items() if not v]
-        if empty:
-            raise ValueError(f"knob(s) {empty} need at least one value")
-        for knob, values in value.items():
-            for item in values:
-                try:
-                    ModelParams.model_validate({knob: item})
-                except ValidationError:
-                    raise ValueError(f"{item!r} is not a valid model.{knob}") from None
-        return value
+    def _known_knobs(cls, value: Knobs) -> Knobs:
+        return _check_knobs(value, HeadParams, set(), "model.head")
+
+
+class TuneParams(SearchParams):
+    """The scratch CNN's search (these keys) and the head's (`tune.head`)."""
+
+    gender_weight: NonNegativeFloat = 10.0
+    head: HeadSearchParams = HeadSearchParams()
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_knobs(cls, value: Knobs) -> Knobs:
+        return _check_knobs(value, ModelParams, {"augment", "filters", "backbone", "head"}, "model")
+
+    def search(self, member: Member) -> SearchParams:
+        return self.head if member == "pretrained" else self
 
 
 class EvaluateParams(_Section):
@@ -211,6 +267,7 @@ class Params(_Section):
         70,
     ]
     ingest: IngestParams = IngestParams()
+    features: FeaturesParams = FeaturesParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     balance: BalanceParams = BalanceParams()
     split: SplitParams = SplitParams()
@@ -246,15 +303,29 @@ class Params(_Section):
 
 
 class TunedValues(_Section):
-    """What `tune` hands to `train` (`models/tuned.json`): the best learning rate and the best
-    value of every `tune.search_space` knob. `train` applies all of them."""
+    """What `tune` found for one model family: the best learning rate and the best value of
+    every searched knob."""
 
     lr: Annotated[float, Field(gt=0.0, lt=1.0)]
     model: dict[str, float | int | bool | str] = {}
 
     def model_params(self, base: ModelParams) -> ModelParams:
-        """`base` with the tuned knobs applied (validated like params.yaml)."""
+        """`base` with the tuned CNN knobs applied (validated like params.yaml)."""
         return ModelParams.model_validate(base.model_dump() | self.model)
+
+    def head_params(self, base: HeadParams) -> HeadParams:
+        """`base` with the tuned head knobs applied (validated like params.yaml)."""
+        return HeadParams.model_validate(base.model_dump() | self.model)
+
+
+class Tuned(_Section):
+    """What `tune` hands to `train` (`models/tuned.json`), per model family trained."""
+
+    pretrained: TunedValues | None = None
+    scratch: TunedValues | None = None
+
+    def of(self, member: Member) -> TunedValues | None:
+        return getattr(self, member)
 
 
 def _describe(annotation: Any, metadata: list[Any]) -> str:

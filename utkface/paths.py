@@ -16,6 +16,10 @@ INGESTED = DATA / "ingested"
 IMAGES = INGESTED / "images.npy"
 LABELS = INGESTED / "labels.parquet"
 
+FEATURES = DATA / "features"
+FEATURE_TABLE = FEATURES / "features.npy"  # row i: the face features of image cache row i
+LANDMARKS = FEATURES / "landmarks.parquet"
+
 BALANCED = DATA / "balanced"
 PLAN = BALANCED / "plan.parquet"
 
@@ -33,6 +37,7 @@ def split_table(name: str) -> Path:
 METRICS = Path("metrics")
 INGEST_METRICS = METRICS / "ingest.json"
 INGEST_REJECTIONS = METRICS / "ingest_rejections.csv"
+FEATURES_METRICS = METRICS / "features.json"
 VALIDATION = METRICS / "validation.json"
 VALIDATION_DOCS = METRICS / "validation_docs"
 BALANCE_METRICS = METRICS / "balance.json"
@@ -50,7 +55,14 @@ MAE_BY_AGE_BUCKET = EVALUATE_PLOTS / "mae_by_age_bucket.csv"
 SAMPLE_GRID = EVALUATE_PLOTS / "sample_faces.png"
 
 MODELS = Path("models")
-MODEL = MODELS / "model.keras"
+MODEL = MODELS / "model"  # one Keras model per family trained: pretrained.keras, scratch.keras
+
+
+def member_model(member: str, folder: Path = MODEL) -> Path:
+    """The saved Keras model of one model family ('pretrained' or 'scratch')."""
+    return folder / f"{member}.keras"
+
+
 TUNER_DIR = MODELS / "tuner"
 TUNED = MODELS / "tuned.json"  # what tune hands to train
 TRAIN_RUN = MODELS / "train_run.json"

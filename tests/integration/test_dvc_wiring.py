@@ -25,13 +25,27 @@ TINY = {
     "balance": {"min_per_age": 2, "max_per_age": 10},
     "model": {"stem_filters": 4, "filters": [8], "convs_per_block": 1, "dense_units": 4},
     "train": {"epochs": 1, "batch_size": 32, "precise_batchnorm_sample": 64},
-    "tune": {"learning_rates": [0.01], "max_trials": 1, "epochs": 1},
+    "tune": {
+        "learning_rates": [0.01],
+        "max_trials": 1,
+        "epochs": 1,
+        "head": {"learning_rates": [0.01], "max_trials": 1, "epochs": 1, "search_space": {}},
+    },
     "evaluate": {"sample_grid": 2},
 }
 
 
 def test_the_stages_are_the_pipeline() -> None:
-    assert STAGES == ["ingest", "validate", "balance", "split", "tune", "train", "evaluate"]
+    assert STAGES == [
+        "ingest",
+        "features",
+        "validate",
+        "balance",
+        "split",
+        "tune",
+        "train",
+        "evaluate",
+    ]
 
 
 @pytest.mark.parametrize("stage", STAGES)

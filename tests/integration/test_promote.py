@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 from mlflow.models.model import ModelInfo
-from model_fixtures import MODEL_NAME, log_tiny_serving_model, register_version, use_tmp_store
+from model_fixtures import (
+    CARD,
+    MODEL_NAME,
+    log_tiny_serving_model,
+    register_version,
+    use_tmp_store,
+)
 
 from utkface.cli import promote as promote_command
 from utkface.mlops import promotion, registry
@@ -166,6 +172,7 @@ def test_register_refuses_missing_metrics(logged: ModelInfo, name: str) -> None:
             name,
             {registry.AGE_MAE: 1.0},
             {"git_commit": "c", "dvc_exp_name": "e", "data_version": "d"},
+            CARD,
         )
 
 

@@ -10,12 +10,14 @@ from mlflow.pyfunc import PyFuncModel
 
 from utkface.app import logic
 from utkface.data.imaging import ImageError
-from utkface.inference.client import InputLimits, PredictError, decode_rgb
+from utkface.inference.client import InputLimits, PredictError, decode_rgb, synthetic_warning
 from utkface.params import ParamsError
 
 RESPONSIBLE_USE = (
     "Estimates of apparent age and binary gender from appearance: for research and teaching "
-    "only, never for decisions about a person. Errors differ across age, gender and race groups."
+    "only, never for decisions about a person. Errors differ across age, gender and race groups; "
+    "children's gender is near chance. UTKFace-trained models: non-commercial research only. "
+    "Pretrained face networks: dlib-models (public domain, CC0 1.0)."
 )
 
 
@@ -77,6 +79,8 @@ def main() -> None:
         st.error(str(error))
         st.stop()
     _model_card(card)
+    if warning := synthetic_warning(limits):
+        st.warning(f"Demo model: {warning}.")
     picked = _image(limits)
     if picked is None:
         st.stop()

@@ -21,6 +21,7 @@ from utkface.inference.client import (
     load_model,
     predict_inputs,
     read_inputs,
+    synthetic_warning,
 )
 from utkface.params import ParamsError
 
@@ -68,8 +69,11 @@ def run(args: argparse.Namespace) -> int:
     undetected: list[Prediction] = []
     try:
         model = load_model(args.model, args.model_name)
+        limits = InputLimits.of(model)
+        if warning := synthetic_warning(limits):
+            print(f"predict: warning: {warning}", file=sys.stderr)
         if args.detect_faces:
-            inputs, undetected = detect_face_inputs(inputs, InputLimits.of(model))
+            inputs, undetected = detect_face_inputs(inputs, limits)
         predicted = predict_inputs(model, inputs)
     except (PredictError, ParamsError, MlflowException) as error:
         print(f"predict: {error}", file=sys.stderr)

@@ -20,7 +20,7 @@ from utkface.data.augment import SPEC_COLUMNS, apply_spec
 
 @dataclass
 class SplitData:
-    images: np.ndarray  # uint8 (n, S, S, 3)
+    images: np.ndarray  # uint8 (n, S, S, 3) images, or float32 (n, F) face features
     age: np.ndarray  # float32 (n,), years (capped in train, true in val / test)
     gender: np.ndarray  # float32 (n,), 1.0 = female
     table: pd.DataFrame  # the split's rows, in the order of the arrays
@@ -35,13 +35,18 @@ def sample_rows(data: SplitData, size: int, seed: int) -> SplitData:
 
 
 def load_split(
-    name: str, table_path: Path | None = None, images_path: Path = paths.IMAGES
+    name: str,
+    table_path: Path | None = None,
+    images_path: Path = paths.IMAGES,
+    augment: bool = True,
 ) -> SplitData:
-    """Split `name` ('train', 'val' or 'test'), by default from data/split and the image cache."""
+    """Split `name` ('train', 'val' or 'test'), by default from data/split and the image cache.
+    `images_path` may be any table indexed by `cache_index` (the face features); with
+    `augment=False` augmented rows repeat their original's row."""
     table = pd.read_parquet(table_path or paths.split_table(name))
     cache = np.load(images_path, mmap_mode="r")
     images = np.asarray(cache[table["cache_index"].to_numpy()])
-    augmented = np.flatnonzero(table["augmented"].to_numpy())
+    augmented = np.flatnonzero(table["augmented"].to_numpy()) if augment else []
     specs = table.iloc[augmented][list(SPEC_COLUMNS)].to_dict("records")
     for position, spec in zip(augmented, specs, strict=True):
         images[position] = apply_spec(images[position], spec)

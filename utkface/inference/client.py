@@ -25,7 +25,16 @@ from PIL import Image
 from utkface.data.imaging import ImageError, decode_image, prepare_image
 from utkface.data.labels import AGE, GENDER, IMAGE_SUFFIXES
 from utkface.inference import faces
-from utkface.inference.pyfunc import ERROR, IMAGE, ON_ERROR, P_FEMALE, encode_png, to_base64
+from utkface.inference.pyfunc import (
+    ERROR,
+    IMAGE,
+    ON_ERROR,
+    P_FEMALE,
+    SYNTHETIC_TRAINING,
+    SYNTHETIC_WARNING,
+    encode_png,
+    to_base64,
+)
 from utkface.mlops import registry, tracking
 from utkface.params import load_params
 
@@ -61,24 +70,34 @@ class Prediction:
 
 @dataclass(frozen=True)
 class InputLimits:
-    """What the served model accepts (its model config): input size and the refusal limits."""
+    """What the served model accepts (its model config): input size and the refusal limits,
+    and what it was trained on."""
 
     image_size: int
     max_image_bytes: int
     max_pixels: int
+    trained_on: str = ""
 
     @classmethod
     def of(cls, model: PyFuncModel) -> InputLimits:
         config = model.model_config
         try:
             return cls(
-                int(config["image_size"]), int(config["max_image_bytes"]), int(config["max_pixels"])
+                int(config["image_size"]),
+                int(config["max_image_bytes"]),
+                int(config["max_pixels"]),
+                str(config.get("trained_on", "")),
             )
         except (KeyError, TypeError, ValueError):
             raise PredictError(
                 f"the model's config {config!r} lacks image_size/max_image_bytes/max_pixels: "
                 "not a model logged by this project"
             ) from None
+
+
+def synthetic_warning(limits: InputLimits) -> str | None:
+    """The warning to show with a model trained on the synthetic demo set, else None."""
+    return SYNTHETIC_WARNING if limits.trained_on == SYNTHETIC_TRAINING else None
 
 
 def find_images(paths: Iterable[Path]) -> tuple[list[Path], list[Prediction]]:

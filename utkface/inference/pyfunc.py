@@ -3,8 +3,11 @@
 Input: a DataFrame with one string column `image` holding base64-encoded JPEG/PNG/... bytes.
 Output: `age` (years, clamped to [1, `validate.age_max`] like every prediction), `gender`
 ("male"/"female"), `p_female`. Every image goes through `utkface.data.imaging.load_image`, the
-preprocessing of training, at the input size of the Keras model itself, so the served model sees
-exactly the pixels it was trained on.
+preprocessing of training, once per model family it carries (`members`), so each sees exactly
+the pixels it was trained on: the scratch CNN at its Keras input size; the pretrained head at
+the backbone's `face_size`, aligned and turned into face features by the backbone files the
+model carries (`utkface.model.face_backbone`). An ensemble averages the families' ages and
+probabilities.
 
 This module and the few it imports are all the project code a logged model carries
 (`utkface.mlops.pyfunc_logging`): no training, tracking or app code.
@@ -20,8 +23,10 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
@@ -39,12 +44,19 @@ from utkface.data.labels import AGE, GENDER, GENDERS, clamp_ages, gender_labels
 if TYPE_CHECKING:
     import keras
 
+    from utkface.model.face_backbone import FaceBackbone
+
 IMAGE = "image"
 P_FEMALE = "p_female"
 ERROR = "error"
 ON_ERROR = "on_error"
 ON_ERROR_MODES = ("raise", "report")
-KERAS_ARTIFACT = "keras_model"
+BACKBONE_ARTIFACT = "face_backbone"
+SYNTHETIC_TRAINING = "synthetic demo set"  # ServingConfig.trained_on of a demo model
+SYNTHETIC_WARNING = (
+    "this model was trained on the synthetic demo set of cartoon faces: its predictions for "
+    "real faces are meaningless (train on real images: utkface use-data, then dvc repro)"
+)
 PREDICT_BATCH = 64
 
 SIGNATURE = ModelSignature(
@@ -61,15 +73,24 @@ SIGNATURE = ModelSignature(
 )
 
 
+def model_artifact(member: str) -> str:
+    """The artifact name of one model family's Keras model."""
+    return f"{member}_model"
+
+
 @dataclass(frozen=True)
 class ServingConfig:
-    """The served model's config (MLflow `model_config`): its input size, read from the Keras
-    model when it is logged (clients crop faces to it), and what it refuses or clamps to."""
+    """The served model's config (MLflow `model_config`). `image_size` is what clients crop
+    faces to: the largest input of its families (the CNN's Keras input, the backbone's
+    `face_size`). `trained_on` says which data trained it (e.g. the synthetic demo set)."""
 
     image_size: int
     max_image_bytes: int
     max_pixels: int
     age_max: int
+    members: tuple[str, ...] = ("scratch",)
+    face_size: int = 0
+    trained_on: str = ""
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -83,8 +104,8 @@ def to_base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def decode_row(value: Any, image_size: int, max_image_bytes: int, max_pixels: int) -> np.ndarray:
-    """One request cell (base64 string) to the model's input array; raises `ImageError`."""
+def decode_row(value: Any, max_image_bytes: int) -> bytes:
+    """One request cell (base64 string) to image bytes; raises `ImageError`."""
     if not isinstance(value, str):
         raise ImageError(f"expected a base64-encoded image string, got {type(value).__name__}")
     if len(value) > 4 * (max_image_bytes // 3 + 1):  # refuse before decoding a huge payload
@@ -97,7 +118,7 @@ def decode_row(value: Any, image_size: int, max_image_bytes: int, max_pixels: in
         raise ImageError("not valid base64") from None
     if len(data) > max_image_bytes:
         raise ImageError(f"image of {len(data)} bytes exceeds the limit of {max_image_bytes}")
-    return load_image(data, image_size, max_pixels)
+    return data
 
 
 def input_size(model: keras.Model) -> int:
@@ -105,21 +126,35 @@ def input_size(model: keras.Model) -> int:
     return int(model.input_shape[1])
 
 
-def predict_images(
-    model: keras.Model, images: np.ndarray | Sequence[np.ndarray], age_max: int
-) -> pd.DataFrame:
-    """age (clamped), gender and p_female of uint8 (n, S, S, 3) images, in input order."""
-    batch = np.asarray(images)
+def model_outputs(model: keras.Model, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unclamped ages and probabilities of female of `model` for its inputs (images or face
+    features), in input order."""
     ages, p_female = [], []
-    for start in range(0, len(batch), PREDICT_BATCH):
-        outputs = model.predict_on_batch(batch[start : start + PREDICT_BATCH].astype(np.float32))
+    for start in range(0, len(inputs), PREDICT_BATCH):
+        batch = np.asarray(inputs[start : start + PREDICT_BATCH], dtype=np.float32)
+        outputs = model.predict_on_batch(batch)
         ages.append(np.asarray(outputs[AGE], dtype=float).reshape(-1))
         p_female.append(np.asarray(outputs[GENDER], dtype=float).reshape(-1))
-    age = clamp_ages(np.concatenate(ages) if ages else np.zeros(0), age_max)
-    p = np.concatenate(p_female) if p_female else np.zeros(0)
+    if not ages:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(ages), np.concatenate(p_female)
+
+
+def combine(outputs: Sequence[tuple[np.ndarray, np.ndarray]], age_max: int) -> pd.DataFrame:
+    """The prediction of one or more families' `model_outputs`: ages (clamped) and
+    probabilities averaged, gender the likelier one."""
+    age = clamp_ages(np.mean([ages for ages, _ in outputs], axis=0), age_max)
+    p = np.mean([p for _, p in outputs], axis=0)
     return pd.DataFrame(
         {AGE: age, GENDER: np.asarray(GENDERS, dtype=object)[gender_labels(p)], P_FEMALE: p}
     )
+
+
+def predict_images(
+    model: keras.Model, images: np.ndarray | Sequence[np.ndarray], age_max: int
+) -> pd.DataFrame:
+    """age (clamped), gender and p_female of a CNN for uint8 (n, S, S, 3) images."""
+    return combine([model_outputs(model, np.asarray(images))], age_max)
 
 
 class AgeGenderModel(mlflow.pyfunc.PythonModel):
@@ -128,12 +163,35 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         import keras  # with the model, not the module: clients import it for its wire format
 
-        self.model = keras.saving.load_model(context.artifacts[KERAS_ARTIFACT], compile=False)
         config = context.model_config
-        self.image_size = input_size(self.model)
+        self.members = tuple(config["members"])
+        self.models = {
+            member: keras.saving.load_model(
+                context.artifacts[model_artifact(member)], compile=False
+            )
+            for member in self.members
+        }
+        self.backbone: FaceBackbone | None = None
+        self.sizes = {member: input_size(model) for member, model in self.models.items()}
+        if "pretrained" in self.members:
+            from utkface.model.face_backbone import BackboneFiles, FaceBackbone
+
+            folder = BackboneFiles(Path(context.artifacts[BACKBONE_ARTIFACT]))
+            self.backbone = FaceBackbone(folder)
+            self.sizes["pretrained"] = int(config["face_size"])
         self.max_image_bytes = int(config["max_image_bytes"])
         self.max_pixels = int(config["max_pixels"])
         self.age_max = int(config["age_max"])
+        if config.get("trained_on") == SYNTHETIC_TRAINING:
+            logging.getLogger(__name__).warning(SYNTHETIC_WARNING)
+
+    def inputs(self, member: str, images: list[np.ndarray]) -> np.ndarray:
+        """What `member`'s Keras model takes for prepared images: the images themselves, or
+        their face features."""
+        if member == "pretrained" and self.backbone is not None:
+            return self.backbone.features(images)[0]
+        size = self.sizes[member]
+        return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
 
     def predict(
         self,
@@ -153,22 +211,27 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
                 f"got columns {list(model_input.columns)}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        images, errors = [], {}
+        images: dict[str, list[np.ndarray]] = {member: [] for member in self.members}
+        errors = {}
         for row, value in enumerate(model_input[IMAGE]):
             try:
-                images.append(
-                    decode_row(value, self.image_size, self.max_image_bytes, self.max_pixels)
-                )
+                data = decode_row(value, self.max_image_bytes)
+                prepared = {m: load_image(data, self.sizes[m], self.max_pixels) for m in images}
             except ImageError as error:
                 errors[row] = str(error)
+                continue
+            for member, image in prepared.items():
+                images[member].append(image)
         if errors and on_error == "raise":
             reasons = "; ".join(f"row {row}: {reason}" for row, reason in errors.items())
             raise MlflowException(
                 f"{len(errors)} of {len(model_input)} input row(s) rejected: {reasons}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        empty = np.zeros((0, self.image_size, self.image_size, 3), dtype=np.uint8)
-        predicted = predict_images(self.model, np.stack(images) if images else empty, self.age_max)
+        outputs = [
+            model_outputs(self.models[m], self.inputs(m, batch)) for m, batch in images.items()
+        ]
+        predicted = combine(outputs, self.age_max)
         if on_error == "raise":
             return predicted
         return _with_errors(predicted, errors, len(model_input))

@@ -1,5 +1,7 @@
 """Logging the served model (`utkface.inference.pyfunc`) to MLflow with its config, its
-lineage and exactly the project code it runs."""
+lineage, exactly the project code it runs and, for the pretrained family, the backbone's files
+(its ONNX graphs with the feature outputs exposed, the landmark model, manifest and licence
+notices)."""
 
 from __future__ import annotations
 
@@ -15,25 +17,30 @@ import numpy as np
 import pandas as pd
 from mlflow.models.model import ModelInfo
 
+from utkface import paths
 from utkface.inference.pyfunc import (
+    BACKBONE_ARTIFACT,
     IMAGE,
-    KERAS_ARTIFACT,
     SIGNATURE,
     AgeGenderModel,
     ServingConfig,
     encode_png,
+    model_artifact,
     to_base64,
 )
 from utkface.mlops.code import copy_code
+from utkface.model import face_backbone
 
 SERVING_MODEL_NAME = "serving_model"
 PYFUNC_MODULE = AgeGenderModel.__module__
 
 
-def _pip_requirements() -> list[str]:
+def _pip_requirements(members: Sequence[str]) -> list[str]:
     """What the pyfunc's code imports, pinned to this environment; explicit, because inferring
     them loads TensorFlow again."""
     names = ["mlflow", "keras", "pillow", "numpy", "pandas"]
+    if "pretrained" in members:
+        names += ["onnxruntime", "dlib-bin"]
     names.append("tensorflow-cpu" if _installed("tensorflow-cpu") else "tensorflow")
     return [f"{name}=={metadata.version(name)}" for name in names]
 
@@ -47,13 +54,14 @@ def _installed(name: str) -> bool:
 
 
 def log_serving_model(
-    keras_model_path: Path | str,
+    model_folder: Path,
     config: ServingConfig,
     input_example_images: np.ndarray | Sequence[np.ndarray],
     lineage: Mapping[str, Any],
     name: str = SERVING_MODEL_NAME,
 ) -> ModelInfo:
-    """Log the pyfunc wrapping `keras_model_path` to the active MLflow run.
+    """Log the pyfunc serving the Keras models of `config.members` in `model_folder` to the
+    active MLflow run.
 
     `input_example_images` are a few uint8 (S, S, 3) arrays; they are sent as base64 PNGs, and
     MLflow checks that the example serves. The model carries `config` (its `model_config`),
@@ -61,16 +69,22 @@ def log_serving_model(
     the modules the pyfunc imports, so it loads from any working directory.
     """
     examples = [to_base64(encode_png(image)) for image in input_example_images]
-    with tempfile.TemporaryDirectory() as code_dir:
-        package = copy_code([PYFUNC_MODULE], Path(code_dir))
+    artifacts = {
+        model_artifact(m): str(paths.member_model(m, model_folder)) for m in config.members
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        package = copy_code([PYFUNC_MODULE], Path(tmp) / "code")
+        if "pretrained" in config.members:
+            backbone = face_backbone.export(face_backbone.package_files(), Path(tmp) / "backbone")
+            artifacts[BACKBONE_ARTIFACT] = str(backbone.folder)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=AgeGenderModel(),
-            artifacts={KERAS_ARTIFACT: str(keras_model_path)},
+            artifacts=artifacts,
             model_config=dataclasses.asdict(config),
             metadata=dict(lineage),
             code_paths=[str(package)],
             signature=SIGNATURE,
             input_example=pd.DataFrame({IMAGE: examples}),
-            pip_requirements=_pip_requirements(),
+            pip_requirements=_pip_requirements(config.members),
         )

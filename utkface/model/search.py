@@ -7,9 +7,11 @@ objectives unweighted and years of MAE would swamp accuracy:
 
 With gender_weight = 10, one percentage point of gender accuracy is worth 0.1 year of MAE.
 
-Every trial builds the model with `build_model` and fits it with `fit_model`, the loop `train`
-uses: the same learning-rate schedule (over `tune.epochs`) and the same callbacks. The winner's
-values, all of them, reach `train` as one `TunedValues`.
+Each model family has its own search: the scratch CNN's (`tune.*`) and the pretrained head's
+(`tune.head.*`). Every trial builds the model with `build_member` and fits it with `fit_model`,
+the loop `train` uses: the same learning-rate schedule (over the search's `epochs`) and the
+same callbacks. The winner's values, all of them, reach `train` as one `TunedValues` per
+family.
 """
 
 from __future__ import annotations
@@ -20,13 +22,11 @@ from typing import Any
 
 import keras
 import keras_tuner as kt
-import numpy as np
 
 from utkface import paths
 from utkface.data.dataset import SplitData, sample_rows
-from utkface.model.fitting import fit_model, seed_everything
-from utkface.model.network import build_model
-from utkface.params import Params, TunedValues
+from utkface.model.fitting import build_member, fit_model, member_train_params, seed_everything
+from utkface.params import Member, ModelParams, Params, TunedValues
 
 OBJECTIVE = "val_objective"
 TUNERS: dict[str, type[kt.Tuner]] = {
@@ -57,24 +57,37 @@ class ObjectiveCallback(keras.callbacks.Callback):
             )
 
 
+def member_params(params: Params, member: Member, knobs: dict[str, Any]) -> ModelParams:
+    """`params.model` with one trial's knobs applied to `member`'s part (the head's or the
+    CNN's)."""
+    if member == "pretrained":
+        return params.model.model_copy(update={"head": params.model.head.model_copy(update=knobs)})
+    return params.model.model_copy(update=knobs)
+
+
 class DualHeadHyperModel(kt.HyperModel):
-    """The project's model (`build_model`) for each trial's values, fitted by `fit_model`.
+    """A model of family `member` (`build_member`) for each trial's values, fitted by
+    `fit_model` on `train` (which also adapts the head's normalisation and age bins).
 
     Keras Tuner calls `fit(hp, model, *args, **kwargs)` with what `search` was given: here the
     training and validation `SplitData`.
     """
 
-    def __init__(self, params: Params, image_size: int, age_prior: float) -> None:
-        super().__init__(name="dual_head")
-        self.params, self.image_size, self.age_prior = params, image_size, age_prior
+    def __init__(self, params: Params, member: Member, train: SplitData) -> None:
+        super().__init__(name=f"dual_head_{member}")
+        self.params, self.member, self.train = params, member, train
+        self.train_cfg = member_train_params(member, params.train)
+        self.search_cfg = params.tune.search(member)
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        cfg = self.params.tune
-        hp.Choice("lr", cfg.learning_rates)
-        knobs = {knob: hp.Choice(knob, values) for knob, values in cfg.search_space.items()}
+        hp.Choice("lr", self.search_cfg.learning_rates)
+        knobs = {k: hp.Choice(k, values) for k, values in self.search_cfg.search_space.items()}
         keras.utils.set_random_seed(self.params.seed)  # every trial starts from the same init
-        model_cfg = self.params.model.model_copy(update=knobs)
-        return build_model(model_cfg, self.image_size, self.params.seed, self.age_prior)
+        cfg = member_params(self.params, self.member, knobs)
+        model, self.compile_fn = build_member(
+            self.member, cfg, self.train_cfg, self.train, self.params.seed
+        )
+        return model
 
     def fit(
         self,
@@ -87,17 +100,19 @@ class DualHeadHyperModel(kt.HyperModel):
         initial_epoch: int = 0,
         **_: Any,
     ) -> keras.callbacks.History:
-        """`epochs` and `initial_epoch` come from Hyperband; other tuners use `tune.epochs`."""
+        """`epochs` and `initial_epoch` come from Hyperband; other tuners use the search's
+        `epochs`."""
         return fit_model(
             model,
-            self.params.train,
+            self.train_cfg,
             hp.get("lr"),
             train,
             val,
             self.params.seed,
-            epochs or self.params.tune.epochs,
+            epochs or self.search_cfg.epochs,
             callbacks=[ObjectiveCallback(self.params.tune.gender_weight), *(callbacks or [])],
             initial_epoch=initial_epoch,
+            compile_fn=self.compile_fn,
         )
 
 
@@ -110,17 +125,17 @@ TunerWrapper = Callable[[type[kt.Tuner]], type[kt.Tuner]]
 
 
 def make_tuner(
-    params: Params, hypermodel: kt.HyperModel, wrap: TunerWrapper | None = None
+    params: Params, hypermodel: DualHeadHyperModel, wrap: TunerWrapper | None = None
 ) -> kt.Tuner:
-    """The `tune.tuner` search over `hypermodel`, its class adapted by `wrap` (e.g. to track
-    trials), in `models/tuner`."""
-    cfg = params.tune
+    """The search of `hypermodel`'s family, its tuner class adapted by `wrap` (e.g. to track
+    trials), in `models/tuner/<family>`."""
+    cfg = hypermodel.search_cfg
     common = {
         "hypermodel": hypermodel,
         "objective": kt.Objective(OBJECTIVE, direction="min"),
         "seed": params.seed,
         "directory": str(paths.TUNER_DIR),
-        "project_name": "search",
+        "project_name": hypermodel.member,
         # the stage clears the directory for a new search; a worker must keep what others write
         "overwrite": not is_worker(),
         "executions_per_trial": cfg.executions_per_trial,
@@ -144,11 +159,12 @@ def search(
     val: SplitData,
     wrap: TunerWrapper | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    member: Member = "scratch",
 ) -> kt.Tuner:
-    """Run the search on `tune.train_fraction` of `train`, validated on `val`."""
+    """Run `member`'s search on its `train_fraction` of `train`, validated on `val`."""
     seed_everything(params.seed)
-    subset = subsample(train, params.tune.train_fraction, params.seed)
-    hypermodel = DualHeadHyperModel(params, train.images.shape[1], float(np.median(subset.age)))
+    subset = subsample(train, params.tune.search(member).train_fraction, params.seed)
+    hypermodel = DualHeadHyperModel(params, member, subset)
     tuner = make_tuner(params, hypermodel, wrap)
     tuner.search(subset, val, callbacks=list(callbacks or []))
     return tuner

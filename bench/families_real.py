@@ -1,0 +1,215 @@
+"""Benchmark: the model families on real UTKFace images, over several seeds.
+
+For each seed (which drives the split, the tuner and the weights), copies the project to a
+temporary directory (never the repository: nothing derived from UTKFace may be committed),
+points `ingest.source` at the real folder, sets `model.backbone` and runs every DVC stage with
+`dvc repro -s`. With `--backbone ensemble` both families are trained in one run, and each is
+also scored alone from the same models, so one run per seed measures all three.
+
+Prints, per family: wall time per stage, feature-extraction images/s, test age MAE and gender
+accuracy overall and per age band (0-2, 3-9, 10-19, 20-39, 40-59, 60+) as mean +- standard
+deviation over the seeds, and the served model's predict latency per face (one image, and
+batches of 64 synthetic 200 px JPEGs), with the CPU they were measured on.
+
+    python bench/families_real.py [--backbone pretrained] [--seeds 1 2 3] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from pipeline_real import DEFAULT_DATA, REPO, cpu_description, prepare
+from predict_latency import _frame, _median_ms
+
+STAGES = ["ingest", "features", "validate", "balance", "split", "tune", "train", "evaluate"]
+BANDS = [(0, 3), (3, 10), (10, 20), (20, 40), (40, 60), (60, 200)]
+TARGETS = {"age_mae": 5.2, "gender_accuracy": 0.88, "gender_20_59": 0.95, "minutes": 15.0}
+
+
+def band_name(low: int, high: int) -> str:
+    return f"{low}+" if high >= 200 else f"{low}-{high - 1}"
+
+
+@contextlib.contextmanager
+def inside(root: Path) -> Iterator[None]:
+    """The project at `root` as working directory and MLflow store."""
+    cwd, uri = Path.cwd(), os.environ.get("MLFLOW_TRACKING_URI")
+    os.chdir(root)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root}/mlflow.db"
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        if uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = uri
+
+
+def score(members: tuple[str, ...]) -> dict:
+    """Test metrics of `members` averaged, as evaluate and the served model combine them."""
+    import keras
+
+    from stages.evaluate import predict_split
+    from utkface import paths
+    from utkface.model.fitting import load_inputs
+    from utkface.params import load_params
+
+    age_max = load_params().validate_.age_max
+    models = {m: keras.saving.load_model(paths.member_model(m), compile=False) for m in members}
+    frame = predict_split(models, {m: load_inputs(m, "test") for m in members}, age_max)
+    correct = (frame["p_female"] >= 0.5).astype(int) == frame["gender"]
+    error = (frame["pred_age"] - frame["age"]).abs()
+    result = {"age_mae": float(error.mean()), "gender_accuracy": float(correct.mean())}
+    for low, high in BANDS:
+        rows = frame["age"].between(low, high - 1)
+        result[band_name(low, high)] = (float(error[rows].mean()), float(correct[rows].mean()))
+    adults = frame["age"].between(20, 59)
+    result["gender_20_59"] = float(correct[adults].mean())
+    return result
+
+
+def latency(members: tuple[str, ...]) -> tuple[float, float]:
+    """Median ms for one image and for a batch of 64, of the pyfunc serving `members`."""
+    import keras
+    import mlflow
+
+    from stages.evaluate import serving_config
+    from utkface import paths
+    from utkface.mlops.pyfunc_logging import log_serving_model
+    from utkface.params import load_params
+
+    params = load_params()
+    models = {m: keras.saving.load_model(paths.member_model(m), compile=False) for m in members}
+    config = serving_config(params, models)
+    examples = np.zeros((1, 64, 64, 3), np.uint8)
+    with mlflow.start_run(run_name=f"bench-{'+'.join(members)}"):
+        info = log_serving_model(paths.MODEL, config, examples, lineage={})
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    single, batch = _frame(1), _frame(64)
+    return _median_ms(lambda: model.predict(single), 20), _median_ms(
+        lambda: model.predict(batch), 5
+    )
+
+
+def run_seed(
+    data: Path, backbone: str, seed: int, overrides: list[str], with_latency: bool
+) -> dict:
+    root = Path(tempfile.mkdtemp(prefix=f"utkface-families-{seed}-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    try:
+        prepare(root, data, [f"model.backbone={backbone}", f"seed={seed}", *overrides])
+        seconds = {}
+        for stage in STAGES:
+            started = time.perf_counter()
+            subprocess.run(
+                ["dvc", "repro", "-s", stage], cwd=root, env=env, check=True, capture_output=True
+            )
+            seconds[stage] = time.perf_counter() - started
+            print(f"bench: seed {seed} {stage:9s} {seconds[stage]:7.1f} s", flush=True)
+        metrics = root / "metrics"
+        result = {
+            "seconds": seconds,
+            "features": json.loads((metrics / "features.json").read_text()),
+            "tune": json.loads((metrics / "tune.json").read_text()),
+            "train": json.loads((metrics / "train.json").read_text()),
+            "families": {},
+        }
+        with inside(root):
+            from utkface.params import load_params
+
+            members = load_params().model.members
+            families = {m: (m,) for m in members}
+            if len(members) > 1:
+                families[backbone] = members
+            for family, parts in families.items():
+                result["families"][family] = score(parts)
+                if with_latency:
+                    result["families"][family]["latency_ms"] = latency(parts)
+        return result
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def mean_sd(values: list[float]) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} +- {sd:.3f}"
+
+
+def report(results: list[dict], args: argparse.Namespace) -> None:
+    print(f"\n== model families on real data (backbone={args.backbone}, seeds {args.seeds}) ==")
+    print(f"data: {args.data}; cores: {os.cpu_count()}, {cpu_description()}")
+    first = results[0]
+    print(
+        f"features: {first['features']['images']} faces, {first['features']['feature_size']} "
+        f"features, {mean_sd([r['features']['images_per_second'] for r in results])} images/s, "
+        f"{first['features']['implausible_landmarks']} with implausible landmarks"
+    )
+    print("wall time per stage (s, mean over seeds):")
+    for stage in STAGES:
+        print(f"  {stage:9s} {statistics.mean(r['seconds'][stage] for r in results):7.1f}")
+    total = [sum(r["seconds"].values()) / 60 for r in results]
+    print(f"  whole dvc repro: {mean_sd(total)} min (target < {TARGETS['minutes']:.0f} min)")
+    for family in first["families"]:
+        rows = [r["families"][family] for r in results]
+        print(f"\n-- {family} --")
+        if family in first["tune"]:
+            tune = [r["tune"][family]["seconds"] for r in results]
+            train = [r["train"].get(family, r["train"])["seconds"] for r in results]
+            print(f"tune {mean_sd(tune)} s, train {mean_sd(train)} s")
+        print(
+            f"test age MAE: {mean_sd([r['age_mae'] for r in rows])} years "
+            f"(target <= {TARGETS['age_mae']})"
+        )
+        print(
+            f"test gender accuracy: {mean_sd([r['gender_accuracy'] for r in rows])} "
+            f"(target >= {TARGETS['gender_accuracy']}); ages 20-59: "
+            f"{mean_sd([r['gender_20_59'] for r in rows])} (target >= {TARGETS['gender_20_59']})"
+        )
+        print(f"{'age band':>9s} {'age MAE':>16s} {'gender accuracy':>16s}")
+        for low, high in BANDS:
+            name = band_name(low, high)
+            mae = mean_sd([r[name][0] for r in rows])
+            acc = mean_sd([r[name][1] for r in rows])
+            print(f"{name:>9s} {mae:>16s} {acc:>16s}")
+        if "latency_ms" in rows[0]:
+            single, batch = rows[0]["latency_ms"]
+            print(
+                f"predict latency: 1 image {single:.0f} ms; 64 images {batch:.0f} ms "
+                f"({batch / 64:.1f} ms/face)"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--backbone", default="pretrained")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--set", action="append", default=[], help="params override key=value")
+    args = parser.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"bench: {args.data} not found")
+    results = [
+        run_seed(args.data, args.backbone, seed, args.set, with_latency=seed == args.seeds[0])
+        for seed in args.seeds
+    ]
+    report(results, args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()

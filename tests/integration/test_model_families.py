@@ -1,0 +1,150 @@
+"""The model families end to end on a tiny synthetic project with a throwaway MLflow store:
+every stage's `main()` for the pretrained family, then tune/train/evaluate again as an
+ensemble; the registered pyfunc predicts exactly what the stages' in-process models do."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+from tiny import AGE_MAX, REPO
+
+from utkface import paths
+from utkface.data.synthetic import synthetic_files
+from utkface.inference.pyfunc import SYNTHETIC_TRAINING, combine, model_outputs, to_base64
+from utkface.model.fitting import load_inputs
+
+pytestmark = pytest.mark.slow
+
+COUNT, SEED = 200, 5
+TINY = {
+    "seed": SEED,
+    "ingest": {"image_size": 32, "synthetic_count": COUNT},
+    "validate": {"min_rows": 50, "min_per_gender": 10, "min_per_age_bucket": 1},
+    "balance": {"min_per_age": 2, "max_per_age": 10},
+    "model": {"stem_filters": 4, "filters": [8], "convs_per_block": 1, "dense_units": 4},
+    "train": {"epochs": 3, "batch_size": 32, "precise_batchnorm_sample": 64},
+    "tune": {
+        "learning_rates": [0.01],
+        "max_trials": 1,
+        "epochs": 1,
+        "head": {"learning_rates": [0.001, 0.003], "max_trials": 2, "epochs": 2},
+    },
+    "evaluate": {"sample_grid": 2},
+    "register": {"model_name": "families"},
+}
+DAG = ["ingest", "features", "validate", "balance", "split", "tune", "train", "evaluate"]
+
+
+def write_params(root: Path, backbone: str) -> None:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, values in TINY.items():
+        params[key] = params[key] | values if isinstance(values, dict) else values
+    params["model"]["backbone"] = backbone
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def run(stages: list[str]) -> None:
+    for stage in stages:
+        importlib.import_module(f"stages.{stage}").main()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny project after the whole DAG with `model.backbone: pretrained`."""
+    root = tmp_path_factory.mktemp("families")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+        for variable in ("KERASTUNER_TUNER_ID", "DVC_EXP_NAME"):
+            patch.delenv(variable, raising=False)
+        write_params(root, "pretrained")
+        run(DAG)
+        yield root
+
+
+@pytest.fixture
+def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project}/mlflow.db")
+    return project
+
+
+def test_features_are_one_row_per_ingested_image(in_project: Path) -> None:
+    labels = pd.read_parquet(paths.LABELS)
+    features = np.load(paths.FEATURE_TABLE)
+    assert features.shape[0] == len(labels) == COUNT
+    assert np.isfinite(features).all()
+    assert pd.read_parquet(paths.LANDMARKS)["cache_index"].tolist() == list(range(COUNT))
+
+
+def test_the_pretrained_family_trains_only_its_head(in_project: Path) -> None:
+    assert sorted(p.name for p in paths.MODEL.iterdir()) == ["pretrained.keras"]
+    head = keras.saving.load_model(paths.member_model("pretrained"), compile=False)
+    assert sorted(head.output) == ["age", "gender"]
+    tuned = yaml.safe_load(paths.TUNED.read_text())
+    assert tuned["scratch"] is None and tuned["pretrained"]["lr"] in (0.001, 0.003)
+
+
+def test_the_registered_card_says_what_trained_the_model(in_project: Path) -> None:
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("families", "challenger")
+    assert version.tags["backbone"] == "pretrained"
+    assert version.tags["trained_on"] == SYNTHETIC_TRAINING
+    assert int(version.tags["training_images"]) > 0
+    assert "synthetic" in version.description and "CC0 1.0" in version.description
+    assert "Test accuracy per age band" in version.description
+    assert "Trained on UTKFace" not in client.get_registered_model("families").description
+
+
+def _test_images() -> list[str]:
+    """base64 bytes of the first test images, as the source produced them."""
+    test = pd.read_parquet(paths.split_table("test")).head(6)
+    labels = pd.read_parquet(paths.LABELS).set_index("cache_index")
+    files = dict(synthetic_files(COUNT, SEED))
+    return [to_base64(files[labels.loc[i, "file"]]) for i in test["cache_index"]]
+
+
+def _in_process(members: list[str]) -> pd.DataFrame:
+    outputs = []
+    for member in members:
+        model = keras.saving.load_model(paths.member_model(member), compile=False)
+        outputs.append(model_outputs(model, load_inputs(member, "test").images[:6]))
+    return combine(outputs, AGE_MAX)
+
+
+def _served(version: str) -> pd.DataFrame:
+    model = mlflow.pyfunc.load_model(f"models:/families/{version}")
+    return model.predict(pd.DataFrame({"image": _test_images()}))
+
+
+def test_the_served_pretrained_model_predicts_as_the_stages_do(in_project: Path) -> None:
+    registered = yaml.safe_load(paths.REGISTERED.read_text())
+    served = _served(str(registered["version"]))
+    expected = _in_process(["pretrained"])
+    np.testing.assert_allclose(served["age"], expected["age"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(served["p_female"], expected["p_female"], rtol=1e-5, atol=1e-5)
+    assert served["gender"].tolist() == expected["gender"].tolist()
+
+
+def test_an_ensemble_averages_both_families(in_project: Path) -> None:
+    write_params(in_project, "ensemble")
+    run(["tune", "train", "evaluate"])
+    assert sorted(p.name for p in paths.MODEL.iterdir()) == ["pretrained.keras", "scratch.keras"]
+    registered = yaml.safe_load(paths.REGISTERED.read_text())
+    served = _served(str(registered["version"]))
+    expected = _in_process(["pretrained", "scratch"])
+    np.testing.assert_allclose(served["age"], expected["age"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(served["p_female"], expected["p_female"], rtol=1e-5, atol=1e-5)
+    alone = [_in_process([member]) for member in ("pretrained", "scratch")]
+    averaged = np.clip((alone[0]["age"] + alone[1]["age"]) / 2, 1, AGE_MAX)
+    np.testing.assert_allclose(expected["age"], averaged, rtol=1e-6)
+    train = yaml.safe_load(paths.TRAIN_METRICS.read_text())
+    assert train["backbone"] == "ensemble" and {"pretrained", "scratch"} <= set(train)

