@@ -183,6 +183,7 @@ def main() -> None:
                 backbone=params.model.backbone,
                 trained_on=config.trained_on,
                 training_images=len(train_ages),
+                synthetic=params.ingest.is_synthetic,
                 age_bands=subgroups.get("age_bucket", []),
             ),
         )

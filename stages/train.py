@@ -26,7 +26,7 @@ from utkface.data.labels import AGE, GENDER, clamp_ages
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger, log_keras_model
 from utkface.model.batchnorm import recompute_statistics
-from utkface.model.fitting import fit, load_inputs
+from utkface.model.fitting import fit, load_inputs, stops_early
 from utkface.model.head import serving_head
 from utkface.model.network import with_test_time_flip
 from utkface.params import (
@@ -80,10 +80,11 @@ def history_table(history: dict[str, list[float]]) -> pd.DataFrame:
     return table
 
 
-def best_epoch_metrics(history: pd.DataFrame, es: EarlyStoppingParams) -> dict[str, float]:
+def best_epoch_metrics(history: pd.DataFrame, es: EarlyStoppingParams | None) -> dict[str, float]:
     """Metrics at the epoch whose weights EarlyStopping kept: the best `es.monitor` from epoch
-    `es.start_from_epoch + 1` on, or the last epoch when training ended before that."""
-    watched = history.iloc[es.start_from_epoch :]
+    `es.start_from_epoch + 1` on, or the last epoch when training ended before that (or
+    without early stopping, `es` None)."""
+    watched = history.iloc[es.start_from_epoch :] if es else history.iloc[:0]
     row = history.loc[watched[es.monitor].idxmin()] if len(watched) else history.iloc[-1]
     return {k: float(v) for k, v in row.items()} | {"epochs_run": len(history)}
 
@@ -136,17 +137,14 @@ def saved_model_metrics(
 
 
 def train_member(
-    params: Params, member: Member, tuned: TunedValues | None
+    params: Params, member: Member, tuned: TunedValues | None, lr: float, lr_source: str
 ) -> tuple[keras.Model, pd.DataFrame, dict, SplitData]:
     """Fit, finish and save `member`; its history, summary and validation data."""
-    lr, lr_source = resolve_lr(params.fixed_lr, tuned)
     cfg = member_config(params, member, tuned)
     train, val = load_inputs(member, "train"), load_inputs(member, "val")
-    mlflow.log_params(
-        tracking.flatten(
-            {member: {"lr_used": lr, "lr_source": lr_source, "train_rows": len(train.age)}}
-        )
-    )
+    prefix = f"{member}_" if len(params.model.members) > 1 else ""  # the ensemble's two
+    used = {"lr_used": lr, "lr_source": lr_source, "train_rows": len(train.age)}
+    mlflow.log_params({f"{prefix}{k}": v for k, v in used.items()})
     started = time.perf_counter()
     model, history = fit(
         cfg,
@@ -155,14 +153,15 @@ def train_member(
         train,
         val,
         params.seed,
-        params.train.epochs,
-        callbacks=[EpochLogger(prefix=f"{member}_" if len(params.model.members) > 1 else "")],
+        cfg.head.epochs if member == "pretrained" else params.train.epochs,
+        callbacks=[EpochLogger(prefix=prefix)],
         member=member,
     )
     seconds = time.perf_counter() - started
     model = inference_model(model, params, train, member)
     table = history_table(history)
-    summary = best_epoch_metrics(table, params.train.early_stopping) | {
+    early = params.train.early_stopping if stops_early(member) else None
+    summary = best_epoch_metrics(table, early) | {
         "lr": lr,
         "lr_source": lr_source,
         "train_rows": len(train.age),
@@ -179,6 +178,7 @@ def main() -> None:
     params = load_params()
     tuned = load_tuned()
     members = params.model.members
+    lrs = {m: resolve_lr(params.fixed_lr, tuned.of(m)) for m in members}  # fail before any run
     version = tracking.data_version()
     tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
     with mlflow.start_run(tags={"stage": "train", **tracking.lineage_tags(version)}) as run:
@@ -192,7 +192,7 @@ def main() -> None:
         if paths.MODEL.exists():
             for old in paths.MODEL.iterdir():
                 old.unlink()
-        trained = {m: train_member(params, m, tuned.of(m)) for m in members}
+        trained = {m: train_member(params, m, tuned.of(m), *lrs[m]) for m in members}
         val = next(iter(trained.values()))[3]
         predictions = [
             predict_val(m, v, params.validate_.age_max) for m, _, _, v in trained.values()
@@ -211,7 +211,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for member in members:
                 curves = table[table[MEMBER] == member].drop(columns=MEMBER)
-                figure = Path(tmp) / f"learning_curves_{member}.png"
+                name = f"learning_curves_{member}" if len(members) > 1 else "learning_curves"
+                figure = Path(tmp) / f"{name}.png"
                 mlflow.log_artifact(str(plot_learning_curves(curves, figure)))
         mlflow.log_artifact(str(paths.TRAIN_HISTORY))
         infos = {

@@ -1,5 +1,6 @@
 """Stage `tune`: Keras Tuner searches the learning rate (and optional model knobs) of each
 model family `model.backbone` trains, and hands the winners to `train` (`models/tuned.json`).
+`metrics/tune.json` holds the search's summary, one per family for an ensemble.
 
 Each trial is a nested MLflow run under one `tune` parent run; trials fit exactly as `train`
 does (`utkface.model.search`). The pretrained head searches on the cached face features
@@ -92,13 +93,18 @@ def _parent_run_for_worker(oracle: str, wait_s: float = 60.0) -> str | None:
 
 
 def tracked_search(
-    params: Params, member: Member, parent_run_id: str | None
-) -> tuple[kt.Tuner, SplitData]:
+    params: Params, member: Member, train: SplitData, val: SplitData, parent_run_id: str | None
+) -> kt.Tuner:
     """`member`'s search with every trial a nested MLflow run under `parent_run_id`, each epoch
-    logged; returns the tuner and the training data it searched on."""
-    train, val = load_inputs(member, "train"), load_inputs(member, "val")
+    logged."""
     wrap = functools.partial(tracked_tuner, parent_run_id=parent_run_id)
-    return search(params, train, val, wrap, callbacks=[EpochLogger()], member=member), train
+    return search(params, train, val, wrap, callbacks=[EpochLogger()], member=member)
+
+
+def search_member(params: Params, member: Member, parent_run_id: str | None) -> kt.Tuner:
+    """`tracked_search` on `member`'s training and validation inputs."""
+    train, val = load_inputs(member, "train"), load_inputs(member, "val")
+    return tracked_search(params, member, train, val, parent_run_id)
 
 
 def main() -> None:
@@ -110,7 +116,7 @@ def main() -> None:
     if is_worker():
         parent = _parent_run_for_worker(oracle)
         for member in members:
-            tracked_search(params, member, parent)
+            search_member(params, member, parent)
         print(f"tune: worker {role} finished its trials for the chief at {oracle}")
         return
     if paths.TUNER_DIR.exists():
@@ -120,26 +126,27 @@ def main() -> None:
         tags[ORACLE_TAG] = oracle
     summaries, tuned = {}, {}
     with mlflow.start_run(run_name="tune", tags=tags) as run:
-        logged = {"seed": params.seed, "backbone": params.model.backbone}
-        logged["tune"] = {m: params.tune.search(m).model_dump() for m in members}
-        mlflow.log_params(tracking.flatten(logged))
+        logged = {"seed": params.seed, "model.backbone": params.model.backbone}
+        mlflow.log_params(logged | tracking.flatten({"tune": params.tune.model_dump()}))
         for member in members:
             started = time.perf_counter()
-            tuner, _ = tracked_search(params, member, run.info.run_id)
+            tuner = search_member(params, member, run.info.run_id)
             seconds = time.perf_counter() - started
             summaries[member] = summarize(tuner, params, seconds, run.info.run_id, member)
             tuned[member] = tuned_values(summaries[member]["best"])
             best = summaries[member]
-            mlflow.log_params({f"best.{member}.{k}": v for k, v in best["best"].items()})
+            prefix = f"{member}." if len(members) > 1 else ""  # the ensemble's two searches
+            mlflow.log_params({f"best.{prefix}{k}": v for k, v in best["best"].items()})
             mlflow.log_metrics(
                 {
-                    f"{member}.{k}": v
+                    f"{prefix}{k}": v
                     for k, v in best.items()
                     if k.startswith("best_") and v is not None
                 }
             )
+        report = summaries[members[0]] if len(members) == 1 else summaries
         paths.TUNE_METRICS.parent.mkdir(parents=True, exist_ok=True)
-        paths.TUNE_METRICS.write_text(json.dumps(summaries, indent=2) + "\n")
+        paths.TUNE_METRICS.write_text(json.dumps(report, indent=2) + "\n")
         paths.TUNED.parent.mkdir(parents=True, exist_ok=True)
         paths.TUNED.write_text(Tuned(**tuned).model_dump_json(indent=2) + "\n")
         mlflow.log_artifact(str(paths.TUNE_METRICS))

@@ -106,8 +106,9 @@ Member = Literal["pretrained", "scratch"]
 class HeadParams(_Section):
     """The pretrained family's Keras head on the frozen face features."""
 
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 30
     units: PositiveInt = 256
-    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.4
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.6
     age_bins: Annotated[int, Field(ge=2, le=100)] = 12
     age_bin_loss_weight: NonNegativeFloat = 1.0  # cross-entropy over the age bins
     age_loss_weight: NonNegativeFloat = 0.05  # Huber on the expected age in years
@@ -210,10 +211,10 @@ class HeadSearchParams(SearchParams):
 
     tuner: Literal["random", "bayesian", "hyperband"] = "bayesian"
     learning_rates: LearningRates = [0.0003, 0.001, 0.003]
-    max_trials: Annotated[int, Field(ge=1)] = 12
-    epochs: Annotated[int, Field(ge=1)] = 30
+    max_trials: Annotated[int, Field(ge=1)] = 8
+    epochs: Annotated[int, Field(ge=1)] = 15
     train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
-    search_space: Knobs = {"units": [128, 256, 512], "dropout": [0.2, 0.4, 0.6]}
+    search_space: Knobs = {"units": [256, 512], "dropout": [0.5, 0.6, 0.7]}
 
     @field_validator("search_space")
     @classmethod

@@ -36,7 +36,12 @@ TINY = {
     "balance": {"min_per_age": 4, "max_per_age": 40},
     "model": {"filters": [16, 32, 64], "convs_per_block": 1, "dense_units": 32, "dropout": 0.1},
     "train": {"epochs": 25, "batch_size": 32, "warmup_epochs": 1},
-    "tune": {"learning_rates": [0.003, 0.01], "max_trials": 2, "epochs": 1},
+    "tune": {
+        "learning_rates": [0.003, 0.01],
+        "max_trials": 2,
+        "epochs": 1,
+        "head": {"max_trials": 2, "epochs": 3},
+    },
     "evaluate": {"sample_grid": 4},
 }
 
@@ -102,7 +107,9 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
         "data/balanced/plan.parquet",
         "data/split/train.parquet",
         "data/split/test.parquet",
-        "models/model.keras",
+        "data/features/features.npy",
+        "models/model/pretrained.keras",
+        "metrics/features.json",
         "metrics/ingest.json",
         "metrics/ingest_rejections.csv",
         "metrics/validation.json",

@@ -24,6 +24,7 @@ from utkface.cli import predict as predict_command
 from utkface.cli import promote as promote_command
 from utkface.data.synthetic import draw_face
 from utkface.inference import client
+from utkface.inference.pyfunc import SYNTHETIC_TRAINING, SYNTHETIC_WARNING
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +191,19 @@ def test_a_photo_without_faces_is_an_error_not_a_crash(
     out, err = capsys.readouterr()
     assert "no face found; run without --detect-faces" in out
     assert "0 predicted, 1 failed" in err
+
+
+def test_a_model_trained_on_the_synthetic_set_answers_with_a_warning(
+    logged: ModelInfo,
+    folder: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run(folder / "a.png", "--model", logged.model_uri) == 0
+    assert "synthetic" not in capsys.readouterr().err  # trained on real images: no warning
+    with pytest.MonkeyPatch.context() as patch:
+        use_tmp_store(patch, tmp_path_factory.mktemp("demo"))
+        demo = log_tiny_serving_model(Path.cwd(), trained_on=SYNTHETIC_TRAINING)
+        assert run(folder / "a.png", "--model", demo.model_uri) == 0
+    err = capsys.readouterr().err
+    assert f"predict: warning: {SYNTHETIC_WARNING}" in err

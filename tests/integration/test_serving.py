@@ -73,6 +73,8 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "utkface/data/labels.py",
         "utkface/inference/__init__.py",
         "utkface/inference/pyfunc.py",
+        "utkface/model/__init__.py",
+        "utkface/model/face_backbone.py",  # imported only when a pretrained family loads
     ]
     model = mlflow.models.Model.load(local)
     assert model.flavors["python_function"]["config"] == {
@@ -80,6 +82,9 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "max_image_bytes": MAX_IMAGE_BYTES,
         "max_pixels": MAX_PIXELS,
         "age_max": AGE_MAX,
+        "members": ["scratch"],
+        "face_size": 0,
+        "trained_on": "real images",
     }
     assert model.metadata == LINEAGE
 
@@ -119,7 +124,7 @@ def test_predicts_like_keras_on_training_preprocessing(pyfunc: PyFuncModel) -> N
     images = [image_bytes(1, size=40), image_bytes(2, size=64, fmt="JPEG")]
     result = pyfunc.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
     assert list(result.columns) == ["age", "gender", "p_female"]
-    keras_model = pyfunc.unwrap_python_model().model
+    keras_model = pyfunc.unwrap_python_model().models["scratch"]
     arrays = np.stack([load_image(i, IMAGE_SIZE, MAX_PIXELS) for i in images])
     expected = predict_images(keras_model, arrays, AGE_MAX)
     pd.testing.assert_frame_equal(result, expected)

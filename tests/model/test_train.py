@@ -19,11 +19,12 @@ from stages import train
 from utkface import paths
 from utkface.data.dataset import load_split
 from utkface.mlops import tracking
-from utkface.params import EarlyStoppingParams, ModelParams, TunedValues, parse_params
+from utkface.params import EarlyStoppingParams, ModelParams, Tuned, TunedValues, parse_params
 
 # --- learning rate ----------------------------------------------------------------------------
 
 TUNED = TunedValues(lr=0.005, model={"dropout": 0.4})
+SCRATCH = paths.member_model("scratch")  # TINY_PARAMS train the scratch CNN
 
 
 def test_a_number_in_params_wins_over_the_tuner() -> None:
@@ -133,7 +134,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 def test_main_writes_model_metrics_history_and_run_record(trained: tuple[Path, str]) -> None:
     root, _ = trained
-    for path in (paths.MODEL, paths.TRAIN_METRICS, paths.TRAIN_HISTORY, paths.TRAIN_RUN):
+    for path in (SCRATCH, paths.TRAIN_METRICS, paths.TRAIN_HISTORY, paths.TRAIN_RUN):
         assert (root / path).is_file(), path
     history = pd.read_csv(root / paths.TRAIN_HISTORY)
     assert history["epoch"].tolist() == list(range(1, len(history) + 1))
@@ -145,7 +146,9 @@ def test_main_writes_model_metrics_history_and_run_record(trained: tuple[Path, s
     assert metrics["val_loss"] == pytest.approx(history["val_loss"].min())
     assert metrics["train_rows"] == len(pd.read_parquet(root / paths.split_table("train")))
     record = json.loads((root / paths.TRAIN_RUN).read_text())
-    assert set(record) == {"run_id", "experiment_id", "model_uri", "data_version"}
+    assert set(record) == {"run_id", "experiment_id", "model_uris", "data_version"}
+    assert set(record["model_uris"]) == {"scratch"}
+    assert sorted(p.name for p in (root / paths.MODEL).iterdir()) == ["scratch.keras"]
 
 
 def test_saved_model_predicts_like_the_logged_one(
@@ -156,25 +159,25 @@ def test_saved_model_predicts_like_the_logged_one(
     mlflow.set_tracking_uri(uri)
     record = json.loads((root / paths.TRAIN_RUN).read_text())
     faces = load_split("val").images[:4]
-    saved = keras.saving.load_model(root / paths.MODEL).predict(faces, verbose=0)
-    info = mlflow.models.get_model_info(record["model_uri"])
+    saved = keras.saving.load_model(root / SCRATCH).predict(faces, verbose=0)
+    info = mlflow.models.get_model_info(record["model_uris"]["scratch"])
     assert info.signature is not None
     (image_spec,) = info.signature.inputs.to_dict()
     assert tuple(image_spec["tensor-spec"]["shape"]) == (-1, 32, 32, 3)
     assert image_spec["tensor-spec"]["dtype"] == "uint8"
     assert {spec["name"] for spec in info.signature.outputs.to_dict()} == {"age", "gender"}
-    logged = mlflow.keras.load_model(record["model_uri"]).predict(faces, verbose=0)
-    served = mlflow.pyfunc.load_model(record["model_uri"]).predict(faces)
+    logged = mlflow.keras.load_model(record["model_uris"]["scratch"]).predict(faces, verbose=0)
+    served = mlflow.pyfunc.load_model(record["model_uris"]["scratch"]).predict(faces)
     if isinstance(served, np.ndarray) and served.ndim == 0:
         served = served.item()  # MLflow's Keras pyfunc wraps a dict of outputs in a 0-d array
     for name in ("age", "gender"):
         np.testing.assert_allclose(logged[name], saved[name], rtol=1e-5)
         np.testing.assert_allclose(np.asarray(served[name]), saved[name], rtol=1e-5)
     assert np.all((saved["gender"] >= 0) & (saved["gender"] <= 1))
-    mirrored = keras.saving.load_model(root / paths.MODEL).predict(faces[:, :, ::-1], verbose=0)
+    mirrored = keras.saving.load_model(root / SCRATCH).predict(faces[:, :, ::-1], verbose=0)
     np.testing.assert_allclose(mirrored["age"], saved["age"], atol=1e-4)  # test_time_flip: true
     val = load_split("val")
-    on_val = keras.saving.load_model(root / paths.MODEL).predict(val.images, verbose=0)
+    on_val = keras.saving.load_model(root / SCRATCH).predict(val.images, verbose=0)
     metrics = json.loads((root / paths.TRAIN_METRICS).read_text())
     error = np.clip(on_val["age"].ravel(), 1, 116) - val.age
     assert metrics["saved_val_age_mae"] == pytest.approx(np.mean(np.abs(error)), rel=1e-4)
@@ -226,7 +229,7 @@ def test_main_with_null_lr_trains_with_everything_tune_handed_over(
     uri = tiny_project(tmp_path, monkeypatch)
     (tmp_path / paths.MODELS).mkdir()
     tuned = TunedValues(lr=LEARNING_RATES[1], model={"dense_units": 3})
-    (tmp_path / paths.TUNED).write_text(tuned.model_dump_json())
+    (tmp_path / paths.TUNED).write_text(Tuned(scratch=tuned).model_dump_json())
     fitted_with = []
 
     def fit(model_cfg, train_cfg, lr, *args, **kwargs):

@@ -21,6 +21,7 @@ from tiny import (
     LEARNING_RATES,
     TINY_PARAMS,
     free_port,
+    split,
     tiny_project,
     with_overrides,
 )
@@ -30,7 +31,7 @@ from utkface import paths
 from utkface.data.dataset import SplitData, load_split
 from utkface.mlops import tracking
 from utkface.model import fitting, search
-from utkface.params import TunedValues, load_params, parse_params
+from utkface.params import Tuned, TunedValues, load_params, parse_params
 
 # --- objective -------------------------------------------------------------------------------
 
@@ -106,7 +107,9 @@ def test_hypermodel_builds_the_chosen_lr_and_search_space_knobs() -> None:
     params = parse_params(
         with_overrides(TINY_PARAMS, {"tune": {"search_space": {"dense_units": [3, 5]}}})
     )
-    hypermodel = search.DualHeadHyperModel(params, image_size=32, age_prior=40.0)
+    train = split(8)
+    train.age[:] = 40.0  # the age bias starts at the training median
+    hypermodel = search.DualHeadHyperModel(params, "scratch", train)
     hp = kt.HyperParameters()
     hp.values.update({"lr": 0.01, "dense_units": 5})
     model = hypermodel.build(hp)
@@ -133,7 +136,7 @@ def test_make_tuner_picks_the_configured_tuner(
     params = parse_params(
         with_overrides(TINY_PARAMS, {"tune": {"tuner": name, "max_trials": 3, "epochs": 4}})
     )
-    hypermodel = search.DualHeadHyperModel(params, image_size=32, age_prior=30.0)
+    hypermodel = search.DualHeadHyperModel(params, "scratch", split(8))
     tuner = search.make_tuner(params, hypermodel)
     assert isinstance(tuner, expected)
     assert tuner.oracle.objective.name == search.OBJECTIVE
@@ -142,7 +145,7 @@ def test_make_tuner_picks_the_configured_tuner(
         assert tuner.oracle.max_epochs == 4
     else:
         assert tuner.oracle.max_trials == 3
-    assert Path(tuner.project_dir).resolve() == (tmp_path / paths.TUNER_DIR / "search").resolve()
+    assert Path(tuner.project_dir).resolve() == (tmp_path / paths.TUNER_DIR / "scratch").resolve()
     lr = tuner.oracle.get_space().get_config()["space"][0]["config"]
     assert lr["name"] == "lr" and lr["values"] == LEARNING_RATES
 
@@ -151,14 +154,14 @@ def test_worker_tuner_keeps_the_shared_tuner_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    running = tmp_path / paths.TUNER_DIR / "search" / "trial_00" / "checkpoint.weights.h5"
+    running = tmp_path / paths.TUNER_DIR / "scratch" / "trial_00" / "checkpoint.weights.h5"
     running.parent.mkdir(parents=True)
     running.write_bytes(b"weights another worker is writing")
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner1")
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_port()))  # nothing listens: no call
     params = parse_params(TINY_PARAMS)
-    tuner = search.make_tuner(params, search.DualHeadHyperModel(params, 32, 30.0))
+    tuner = search.make_tuner(params, search.DualHeadHyperModel(params, "scratch", split(8)))
     assert type(tuner.oracle).__name__ == "OracleClient"  # really a worker
     assert running.exists()
 
@@ -190,7 +193,7 @@ def test_trials_fit_with_the_schedule_and_callbacks_of_train(
     train = load_split("train")
     tracking.use_experiment(tracking.TUNE_EXPERIMENT)
     with mlflow.start_run() as parent:
-        tune.tracked_search(params, train, load_split("val"), parent.info.run_id)
+        tune.tracked_search(params, "scratch", train, load_split("val"), parent.info.run_id)
     client = MlflowClient(uri)
     (trial,) = _trial_runs(client, parent.info.run_id)
     history = client.get_metric_history(trial.info.run_id, "learning_rate")
@@ -217,7 +220,7 @@ def test_summarize_refuses_a_search_without_completed_trials() -> None:
     )
     tuner = SimpleNamespace(oracle=SimpleNamespace(trials={"00": failed}))
     with pytest.raises(RuntimeError, match="no trial completed") as error:
-        tune.summarize(tuner, parse_params(TINY_PARAMS), 1.0, None)
+        tune.summarize(tuner, parse_params(TINY_PARAMS), 1.0, None, "scratch")
     assert "trial 00: ValueError: boom" in str(error.value)
 
 
@@ -239,8 +242,8 @@ def test_search_runs_one_nested_mlflow_run_per_trial_and_summarizes(
     tracking.use_experiment(tracking.TUNE_EXPERIMENT)
     train, val = load_split("train"), load_split("val")
     with mlflow.start_run(run_name="tune") as parent:
-        tuner = tune.tracked_search(params, train, val, parent.info.run_id)
-        summary = tune.summarize(tuner, params, 12.34, parent.info.run_id)
+        tuner = tune.tracked_search(params, "scratch", train, val, parent.info.run_id)
+        summary = tune.summarize(tuner, params, 12.34, parent.info.run_id, "scratch")
 
     trials = summary["trials"]
     assert len(trials) == 2
@@ -300,10 +303,10 @@ def test_main_single_process_writes_tune_json_and_a_parent_run(
     assert {t["status"] for t in summary["trials"]} == {"COMPLETED"}
     assert summary["best"]["lr"] in LEARNING_RATES
     assert math.isfinite(summary["best_" + search.OBJECTIVE])
-    tuned = TunedValues.model_validate_json((tmp_path / paths.TUNED).read_text())
-    assert tuned == TunedValues(lr=summary["best"]["lr"], model={})
+    tuned = Tuned.model_validate_json((tmp_path / paths.TUNED).read_text())
+    assert tuned == Tuned(scratch=TunedValues(lr=summary["best"]["lr"], model={}))
     assert not stale.exists()  # the tuner folder starts afresh
-    assert (tmp_path / paths.TUNER_DIR / "search" / "oracle.json").is_file()
+    assert (tmp_path / paths.TUNER_DIR / "scratch" / "oracle.json").is_file()
 
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(tracking.TUNE_EXPERIMENT)

@@ -18,7 +18,6 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from utkface.inference.pyfunc import SYNTHETIC_TRAINING
 from utkface.mlops import tracking
 
 CHAMPION = "champion"
@@ -68,8 +67,9 @@ class ModelCardFacts:
     """What a version's card states besides its metrics and lineage."""
 
     backbone: str  # pretrained | scratch | ensemble
-    trained_on: str  # SYNTHETIC_TRAINING or e.g. "real images (folder)"
+    trained_on: str  # e.g. "synthetic demo set" or "real images"
     training_images: int
+    synthetic: bool = False  # trained on the synthetic demo set
     age_bands: Mapping[str, Any] = field(default_factory=dict)  # the subgroup report's
 
     def tags(self) -> dict[str, str]:
@@ -82,8 +82,8 @@ class ModelCardFacts:
     def describe(self) -> str:
         lines = [
             f"Model family: {self.backbone}, {FAMILIES.get(self.backbone, 'unknown')}.",
-            f"Trained on {self.training_images} {self.trained_on}"
-            + (" (cartoon faces: a demo, wrong on real faces)." if self.is_synthetic else "."),
+            f"Trained on {self.training_images} images: {self.trained_on}"
+            + (" (cartoon faces: a demo, wrong on real faces)." if self.synthetic else "."),
         ]
         if self.backbone != "scratch":
             lines.append(BACKBONE_NOTICE)
@@ -96,10 +96,6 @@ class ModelCardFacts:
         if bands:
             lines.append("Test accuracy per age band: " + "; ".join(bands) + ".")
         return "\n".join(lines)
-
-    @property
-    def is_synthetic(self) -> bool:
-        return self.trained_on == SYNTHETIC_TRAINING
 
 
 def registry_client() -> MlflowClient:

@@ -25,7 +25,13 @@ import keras_tuner as kt
 
 from utkface import paths
 from utkface.data.dataset import SplitData, sample_rows
-from utkface.model.fitting import build_member, fit_model, member_train_params, seed_everything
+from utkface.model.fitting import (
+    build_member,
+    fit_model,
+    member_train_params,
+    seed_everything,
+    stops_early,
+)
 from utkface.params import Member, ModelParams, Params, TunedValues
 
 OBJECTIVE = "val_objective"
@@ -111,6 +117,7 @@ class DualHeadHyperModel(kt.HyperModel):
             self.params.seed,
             epochs or self.search_cfg.epochs,
             callbacks=[ObjectiveCallback(self.params.tune.gender_weight), *(callbacks or [])],
+            early_stopping=stops_early(self.member),
             initial_epoch=initial_epoch,
             compile_fn=self.compile_fn,
         )
