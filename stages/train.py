@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -136,10 +137,21 @@ def saved_model_metrics(
     }
 
 
+@dataclass
+class TrainedMember:
+    """One model family as trained: the saved model, its history (with a `member` column),
+    its summary for metrics/train.json and the validation inputs it was judged on."""
+
+    model: keras.Model
+    history: pd.DataFrame
+    summary: dict
+    val: SplitData
+
+
 def train_member(
     params: Params, member: Member, tuned: TunedValues | None, lr: float, lr_source: str
-) -> tuple[keras.Model, pd.DataFrame, dict, SplitData]:
-    """Fit, finish and save `member`; its history, summary and validation data."""
+) -> TrainedMember:
+    """Fit, finish and save `member`."""
     cfg = member_config(params, member, tuned)
     train, val = load_inputs(member, "train"), load_inputs(member, "val")
     prefix = f"{member}_" if len(params.model.members) > 1 else ""  # the ensemble's two
@@ -171,7 +183,7 @@ def train_member(
     paths.MODEL.mkdir(parents=True, exist_ok=True)
     model.save(paths.member_model(member))
     table.insert(1, MEMBER, member)
-    return model, table, summary, val
+    return TrainedMember(model, table, summary, val)
 
 
 def main() -> None:
@@ -193,15 +205,15 @@ def main() -> None:
             for old in paths.MODEL.iterdir():
                 old.unlink()
         trained = {m: train_member(params, m, tuned.of(m), *lrs[m]) for m in members}
-        val = next(iter(trained.values()))[3]
+        val = trained[members[0]].val  # the same rows for every family
         predictions = [
-            predict_val(m, v, params.validate_.age_max) for m, _, _, v in trained.values()
+            predict_val(t.model, t.val, params.validate_.age_max) for t in trained.values()
         ]
-        per_member = {m: summary for m, (_, _, summary, _) in trained.items()}
+        per_member = {m: t.summary for m, t in trained.items()}
         summary = {"backbone": params.model.backbone}
         summary |= per_member[members[0]] if len(members) == 1 else per_member
         summary |= saved_model_metrics(predictions, val)
-        table = pd.concat([t for _, t, _, _ in trained.values()], ignore_index=True)
+        table = pd.concat([t.history for t in trained.values()], ignore_index=True)
         paths.METRICS.mkdir(parents=True, exist_ok=True)
         table.to_csv(paths.TRAIN_HISTORY, index=False)
         paths.TRAIN_METRICS.write_text(json.dumps(summary, indent=2) + "\n")
@@ -216,8 +228,8 @@ def main() -> None:
                 mlflow.log_artifact(str(plot_learning_curves(curves, figure)))
         mlflow.log_artifact(str(paths.TRAIN_HISTORY))
         infos = {
-            m: log_keras_model(model, v.images[:2], name=f"{m}_model")
-            for m, (model, _, _, v) in trained.items()
+            m: log_keras_model(t.model, t.val.images[:2], name=f"{m}_model")
+            for m, t in trained.items()
         }
         paths.TRAIN_RUN.write_text(
             json.dumps(
