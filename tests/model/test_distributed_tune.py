@@ -100,7 +100,7 @@ def test_chief_and_worker_share_one_search(tmp_path: Path) -> None:
     logs = _logs(processes)
     assert all(p.returncode == 0 for p, _ in processes.values()), logs
     assert f"worker tuner0 finished its trials for the chief at {oracle}" in logs
-    assert "tune: best" in processes["chief"][1].read_text(), logs
+    assert "tune: scratch: best" in processes["chief"][1].read_text(), logs
 
     summary = json.loads((root / paths.TUNE_METRICS).read_text())
     trials = summary["trials"]

@@ -21,6 +21,11 @@ import tensorflow as tf
 from utkface.model.network import PIXELS
 
 
+def has_batchnorm(model: keras.Model) -> bool:
+    """Whether `model` has top-level BatchNormalization layers (the pretrained head has none)."""
+    return any(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers)
+
+
 class BatchStatistics:
     """The per-batch mean and variance at the input of each top-level BatchNormalization layer
     of `model`, for images fed past the augmentation layers (into the `PIXELS` layer) with

@@ -20,7 +20,7 @@ import tensorflow as tf
 from utkface import paths
 from utkface.data.dataset import SplitData, load_split, sample_rows
 from utkface.data.labels import AGE, GENDER
-from utkface.model.batchnorm import CleanStatisticsForValidation
+from utkface.model.batchnorm import CleanStatisticsForValidation, has_batchnorm
 from utkface.model.head import AGE_BINS, build_head, compile_head
 from utkface.model.network import build_model, compile_model
 from utkface.params import Member, ModelParams, TrainParams
@@ -108,14 +108,19 @@ def learning_rate(
 
 
 def fit_callbacks(
-    cfg: TrainParams, train: SplitData, seed: int, early_stopping: bool = True
+    cfg: TrainParams,
+    train: SplitData,
+    seed: int,
+    early_stopping: bool = True,
+    batchnorm: bool = True,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of every fit, tune's trials included: the learning rate in the logs,
-    clean BatchNorm statistics before each validation, and (with `early_stopping`)
-    EarlyStopping and, for the `plateau` schedule, ReduceLROnPlateau."""
+    clean BatchNorm statistics before each validation (for a model with `batchnorm` layers),
+    and (with `early_stopping`) EarlyStopping and, for the `plateau` schedule,
+    ReduceLROnPlateau."""
     callbacks: list[keras.callbacks.Callback] = [
         LearningRateInLogs(),
-        *clean_batchnorm_callbacks(cfg, train, seed),
+        *(clean_batchnorm_callbacks(cfg, train, seed) if batchnorm else []),
     ]
     if not early_stopping:
         return callbacks
@@ -171,7 +176,10 @@ def fit_model(
         epochs=epochs,
         initial_epoch=initial_epoch,
         shuffle=False,  # make_dataset shuffles; Keras cannot shuffle a tf.data.Dataset
-        callbacks=[*fit_callbacks(cfg, train, seed, early_stopping), *(callbacks or [])],
+        callbacks=[
+            *fit_callbacks(cfg, train, seed, early_stopping, batchnorm=has_batchnorm(model)),
+            *(callbacks or []),
+        ],
         verbose=progress_verbosity(),
     )
 
@@ -181,11 +189,6 @@ def stops_early(member: Member) -> bool:
     age bins (and so `val_loss`) rises within a few epochs while its validation MAE and
     accuracy still improve, so it fits `model.head.epochs` of cosine decay and keeps the last."""
     return member == "scratch"
-
-
-def member_train_params(member: Member, cfg: TrainParams) -> TrainParams:
-    """`train` as `member` uses it: the head has no BatchNorm to re-average."""
-    return cfg.model_copy(update={"precise_batchnorm": False}) if member == "pretrained" else cfg
 
 
 def build_member(
@@ -215,7 +218,6 @@ def fit(
     """Build a fresh model of `member` and `fit_model` it; return it with its per-epoch
     history."""
     seed_everything(seed)
-    train_cfg = member_train_params(member, train_cfg)
     model, compile_fn = build_member(member, model_cfg, train_cfg, train, seed)
     history = fit_model(
         model,

@@ -28,7 +28,6 @@ from utkface.data.dataset import SplitData, sample_rows
 from utkface.model.fitting import (
     build_member,
     fit_model,
-    member_train_params,
     seed_everything,
     stops_early,
 )
@@ -82,7 +81,6 @@ class DualHeadHyperModel(kt.HyperModel):
     def __init__(self, params: Params, member: Member, train: SplitData) -> None:
         super().__init__(name=f"dual_head_{member}")
         self.params, self.member, self.train = params, member, train
-        self.train_cfg = member_train_params(member, params.train)
         self.search_cfg = params.tune.search(member)
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
@@ -91,7 +89,7 @@ class DualHeadHyperModel(kt.HyperModel):
         keras.utils.set_random_seed(self.params.seed)  # every trial starts from the same init
         cfg = member_params(self.params, self.member, knobs)
         model, self.compile_fn = build_member(
-            self.member, cfg, self.train_cfg, self.train, self.params.seed
+            self.member, cfg, self.params.train, self.train, self.params.seed
         )
         return model
 
@@ -110,7 +108,7 @@ class DualHeadHyperModel(kt.HyperModel):
         `epochs`."""
         return fit_model(
             model,
-            self.train_cfg,
+            self.params.train,
             hp.get("lr"),
             train,
             val,
