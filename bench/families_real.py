@@ -35,6 +35,7 @@ from predict_latency import _frame, _median_ms
 
 STAGES = ["ingest", "features", "validate", "balance", "split", "tune", "train", "evaluate"]
 BANDS = [(0, 3), (3, 10), (10, 20), (20, 40), (40, 60), (60, 200)]
+RESULTS = REPO / "bench" / "results"  # git-ignored
 TARGETS = {"age_mae": 5.2, "gender_accuracy": 0.88, "gender_20_59": 0.95, "minutes": 15.0}
 
 
@@ -167,8 +168,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     for family in first["families"]:
         rows = [r["families"][family] for r in results]
         print(f"\n-- {family} --")
-        if family in first["tune"]:
-            tune = [r["tune"][family]["seconds"] for r in results]
+        if family in ("pretrained", "scratch"):  # metrics/*.json nest the ensemble's two
+            tune = [r["tune"].get(family, r["tune"])["seconds"] for r in results]
             train = [r["train"].get(family, r["train"])["seconds"] for r in results]
             print(f"tune {mean_sd(tune)} s, train {mean_sd(train)} s")
         print(
@@ -203,10 +204,14 @@ def main() -> None:
     args = parser.parse_args()
     if not args.data.is_dir():
         sys.exit(f"bench: {args.data} not found")
-    results = [
-        run_seed(args.data, args.backbone, seed, args.set, with_latency=seed == args.seeds[0])
-        for seed in args.seeds
-    ]
+    RESULTS.mkdir(exist_ok=True)
+    results = []
+    for seed in args.seeds:
+        results.append(
+            run_seed(args.data, args.backbone, seed, args.set, with_latency=seed == args.seeds[0])
+        )
+        saved = RESULTS / f"families-{args.backbone}-seed{seed}.json"
+        saved.write_text(json.dumps(results[-1], indent=2))  # figures, never UTKFace data
     report(results, args)
 
 

@@ -6,6 +6,8 @@ order with `dvc repro -s`, and prints wall time per stage, training throughput a
 test-split age MAE and gender accuracy against the performance targets.
 
     python bench/pipeline_real.py [--data ../shared/utkface/crop_part1_dev] [--set key=value ...]
+
+For one model family; `bench/families_real.py` compares the families over several seeds.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "utkface" / "crop_part1_dev"
-STAGES = ["ingest", "validate", "balance", "split", "tune", "train", "evaluate"]
+STAGES = ["ingest", "features", "validate", "balance", "split", "tune", "train", "evaluate"]
 PROJECT_FILES = [
     "stages",
     "utkface",
