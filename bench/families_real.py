@@ -65,19 +65,20 @@ def score(members: tuple[str, ...]) -> dict:
 
     from stages.evaluate import predict_split
     from utkface import paths
+    from utkface.data.labels import gender_labels
     from utkface.model.fitting import load_inputs
     from utkface.params import load_params
 
     age_max = load_params().validate_.age_max
     models = {m: keras.saving.load_model(paths.member_model(m), compile=False) for m in members}
     frame = predict_split(models, {m: load_inputs(m, "test") for m in members}, age_max)
-    correct = (frame["p_female"] >= 0.5).astype(int) == frame["gender"]
-    error = (frame["pred_age"] - frame["age"]).abs()
+    correct = gender_labels(frame["p_female"].to_numpy()) == frame["gender"].to_numpy()
+    error = (frame["pred_age"] - frame["age"]).abs().to_numpy()
     result = {"age_mae": float(error.mean()), "gender_accuracy": float(correct.mean())}
     for low, high in BANDS:
-        rows = frame["age"].between(low, high - 1)
+        rows = frame["age"].between(low, high - 1).to_numpy()
         result[band_name(low, high)] = (float(error[rows].mean()), float(correct[rows].mean()))
-    adults = frame["age"].between(20, 59)
+    adults = frame["age"].between(20, 59).to_numpy()
     result["gender_20_59"] = float(correct[adults].mean())
     return result
 

@@ -57,11 +57,12 @@ def predict_split(
 
 def serving_config(params: Params, models: dict[Member, keras.Model]) -> ServingConfig:
     """The served model's config; clients crop faces to the largest input of its families."""
-    sizes = {m: input_size(model) for m, model in models.items() if m == "scratch"}
-    if "pretrained" in models:
-        sizes["pretrained"] = params.features.image_size
+    sizes = [
+        params.features.image_size if m == "pretrained" else input_size(model)
+        for m, model in models.items()
+    ]
     return ServingConfig(
-        image_size=max(sizes.values()),
+        image_size=max(sizes),
         max_image_bytes=params.register_.max_image_bytes,
         max_pixels=params.ingest.max_image_pixels,
         age_max=params.validate_.age_max,

@@ -70,6 +70,27 @@ TINY_PARAMS: dict[str, Any] = {
         "train_fraction": 1.0,
     },
 }
+# Overrides of the repository's params.yaml that run the whole DAG in seconds per stage.
+TINY_DAG: dict[str, Any] = {
+    "ingest": {"image_size": 32, "synthetic_count": 160},
+    "validate": {"min_rows": 50, "min_per_gender": 10, "min_per_age_bucket": 1},
+    "balance": {"min_per_age": 2, "max_per_age": 10},
+    "model": {
+        "stem_filters": 4,
+        "filters": [8],
+        "convs_per_block": 1,
+        "dense_units": 4,
+        "head": {"epochs": 3},
+    },
+    "train": {"epochs": 1, "batch_size": 32, "precise_batchnorm_sample": 64},
+    "tune": {
+        "learning_rates": [0.01],
+        "max_trials": 1,
+        "epochs": 1,
+        "head": {"learning_rates": [0.01], "max_trials": 1, "epochs": 1},
+    },
+    "evaluate": {"sample_grid": 2},
+}
 KERASTUNER_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 
 
@@ -92,6 +113,12 @@ def synthetic_faces(count: int, size: int = 32, seed: int = 0) -> tuple[np.ndarr
     images_array = np.stack(images)
     images_array.setflags(write=False)
     return images_array, pd.DataFrame(rows)
+
+
+def dag_params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The repository's params.yaml with `TINY_DAG` and then `overrides` applied."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    return with_overrides(with_overrides(params, TINY_DAG), overrides or {})
 
 
 def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

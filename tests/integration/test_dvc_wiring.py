@@ -12,27 +12,13 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel
-from tiny import REPO
+from tiny import REPO, dag_params
 
 from utkface.mlops.code import code_files
 from utkface.params import load_params
 
 DVC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 STAGES = list(DVC)
-TINY = {
-    "ingest": {"image_size": 32, "synthetic_count": 160},
-    "validate": {"min_rows": 50, "min_per_gender": 10, "min_per_age_bucket": 1},
-    "balance": {"min_per_age": 2, "max_per_age": 10},
-    "model": {"stem_filters": 4, "filters": [8], "convs_per_block": 1, "dense_units": 4},
-    "train": {"epochs": 1, "batch_size": 32, "precise_batchnorm_sample": 64},
-    "tune": {
-        "learning_rates": [0.01],
-        "max_trials": 1,
-        "epochs": 1,
-        "head": {"learning_rates": [0.01], "max_trials": 1, "epochs": 1, "search_space": {}},
-    },
-    "evaluate": {"sample_grid": 2},
-}
 
 
 def test_the_stages_are_the_pipeline() -> None:
@@ -91,10 +77,7 @@ def reads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[st
     the default params (a key read only under other settings, e.g. `train.reduce_lr` for the
     plateau schedule, is listed in dvc.yaml all the same)."""
     root = tmp_path_factory.mktemp("wiring")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, values in TINY.items():
-        params[section] |= values
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    (root / "params.yaml").write_text(yaml.safe_dump(dag_params()))
     recorded: dict[str, set[str]] = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)

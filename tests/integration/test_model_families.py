@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 from mlflow import MlflowClient
-from tiny import AGE_MAX, REPO
+from tiny import AGE_MAX, dag_params, with_overrides
 
 from utkface import paths
 from utkface.data.synthetic import synthetic_files
@@ -24,30 +24,18 @@ from utkface.model.fitting import load_inputs
 pytestmark = pytest.mark.slow
 
 COUNT, SEED = 200, 5
-TINY = {
+FAMILIES = {
     "seed": SEED,
-    "ingest": {"image_size": 32, "synthetic_count": COUNT},
-    "validate": {"min_rows": 50, "min_per_gender": 10, "min_per_age_bucket": 1},
-    "balance": {"min_per_age": 2, "max_per_age": 10},
-    "model": {"stem_filters": 4, "filters": [8], "convs_per_block": 1, "dense_units": 4},
-    "train": {"epochs": 3, "batch_size": 32, "precise_batchnorm_sample": 64},
-    "tune": {
-        "learning_rates": [0.01],
-        "max_trials": 1,
-        "epochs": 1,
-        "head": {"learning_rates": [0.001, 0.003], "max_trials": 2, "epochs": 2},
-    },
-    "evaluate": {"sample_grid": 2},
+    "ingest": {"synthetic_count": COUNT},
+    "train": {"epochs": 3},
+    "tune": {"head": {"learning_rates": [0.001, 0.003], "max_trials": 2, "epochs": 2}},
     "register": {"model_name": "families"},
 }
 DAG = ["ingest", "features", "validate", "balance", "split", "tune", "train", "evaluate"]
 
 
 def write_params(root: Path, backbone: str) -> None:
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    for key, values in TINY.items():
-        params[key] = params[key] | values if isinstance(values, dict) else values
-    params["model"]["backbone"] = backbone
+    params = dag_params(with_overrides(FAMILIES, {"model": {"backbone": backbone}}))
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 

@@ -35,7 +35,7 @@ from model_fixtures import (
 )
 
 from utkface.data.imaging import load_image
-from utkface.inference.pyfunc import predict_images
+from utkface.inference.pyfunc import combine, model_outputs
 from utkface.mlops import registry
 
 NOT_AN_IMAGE = base64.b64encode(b"hello, I am plain text").decode()
@@ -126,19 +126,19 @@ def test_predicts_like_keras_on_training_preprocessing(pyfunc: PyFuncModel) -> N
     assert list(result.columns) == ["age", "gender", "p_female"]
     keras_model = pyfunc.unwrap_python_model().models["scratch"]
     arrays = np.stack([load_image(i, IMAGE_SIZE, MAX_PIXELS) for i in images])
-    expected = predict_images(keras_model, arrays, AGE_MAX)
+    expected = combine([model_outputs(keras_model, arrays)], AGE_MAX)
     pd.testing.assert_frame_equal(result, expected)
     assert set(result["gender"]) <= {"male", "female"}
     assert ((result["p_female"] > 0.5) == (result["gender"] == "female")).all()
 
 
-def test_predict_images_clamps_age() -> None:
+def test_predictions_clamp_age() -> None:
     class Constant:
         def predict_on_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
             n = len(batch)
             return {"age": np.array([[-3.0], [200.0]])[:n], "gender": np.full((n, 1), 0.7)}
 
-    frame = predict_images(Constant(), np.zeros((2, 4, 4, 3), dtype=np.uint8), age_max=100)
+    frame = combine([model_outputs(Constant(), np.zeros((2, 4, 4, 3), np.uint8))], age_max=100)
     assert frame["age"].tolist() == [1.0, 100.0]
     assert frame["gender"].tolist() == ["female", "female"]
 

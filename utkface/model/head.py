@@ -15,6 +15,8 @@ anywhere without custom objects.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import keras
 import numpy as np
 from keras import layers
@@ -39,10 +41,10 @@ class AgeBinCrossentropy(keras.losses.Loss):
     def __init__(self, centres: list[float], name: str = "age_bin_crossentropy") -> None:
         super().__init__(name=name)
         self.centres = list(centres)
+        self.midpoints = [(a + b) / 2 for a, b in pairwise(self.centres)]
 
     def call(self, y_true: keras.KerasTensor, y_pred: keras.KerasTensor) -> keras.KerasTensor:
-        midpoints = [(a + b) / 2 for a, b in zip(self.centres, self.centres[1:], strict=False)]
-        target = keras.ops.digitize(keras.ops.reshape(y_true, (-1,)), midpoints)
+        target = keras.ops.digitize(keras.ops.reshape(y_true, (-1,)), self.midpoints)
         return keras.losses.sparse_categorical_crossentropy(target, y_pred)
 
     def get_config(self) -> dict:
