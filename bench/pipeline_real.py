@@ -127,27 +127,25 @@ def main() -> None:
     print(f"ingest..train: {to_train:.1f} min (target < {TARGETS['minutes_ingest_to_train']:.0f})")
     print(
         f"training: {train['epochs_run']} epochs, {train['images_per_second']} images/s, "
-        f"lr={train['lr']} ({train['lr_source']})"
+        f"lr={train['lr_used']} ({train['lr_source']})"
     )
     print(
-        f"test age MAE: {evaluate['age_mae']:.2f} years (target <= {TARGETS['age_mae']}; "
-        f"median baseline {evaluate['baseline_age_mae']:.2f})"
+        f"test age MAE: {evaluate['test_age_mae']:.2f} years (target <= {TARGETS['age_mae']}; "
+        f"median baseline {evaluate['test_baseline_age_mae']:.2f})"
     )
     print(
-        f"test gender accuracy: {evaluate['gender_accuracy']:.3f} "
+        f"test gender accuracy: {evaluate['test_gender_accuracy']:.3f} "
         f"(target >= {TARGETS['gender_accuracy']})"
     )
-    print(f"worst groups: {json.dumps(evaluate['worst_groups'])}")
+    print(f"worst groups: {json.dumps(metrics['subgroups']['worst'])}")
     print_subgroups(metrics["subgroups"])
 
 
 def print_subgroups(subgroups: dict) -> None:
     """Test-split size, age MAE and gender accuracy of every age bucket, gender and race."""
     print(f"{'group':>16s} {'n':>5s} {'age MAE':>8s} {'gender acc':>10s}")
-    for grouping, report in subgroups.items():
-        if grouping == "worst":
-            continue
-        for group, m in report["groups"].items():
+    for grouping in ("age_bucket", "gender", "race"):
+        for group, m in subgroups[grouping]["groups"].items():
             name = f"{grouping}={group}"
             print(f"{name:>16s} {m['n']:5d} {m['age_mae']:8.2f} {m['gender_accuracy']:10.3f}")
 

@@ -10,6 +10,8 @@ figures. The model is then registered as a new version aliased `challenger`.
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import keras
 import mlflow
@@ -29,14 +31,15 @@ from utkface.inference.pyfunc import (
 )
 from utkface.mlops import registry, tracking
 from utkface.mlops.pyfunc_logging import log_serving_model
+from utkface.mlops.runs import stage_run
 from utkface.model.fitting import load_inputs
 from utkface.params import Member, Params, load_params, run_main
 from utkface.scoring import figures
 from utkface.scoring.metrics import (
     age_scatter_table,
+    by_bucket_table,
     confusion_table,
     evaluation_report,
-    mae_by_bucket_table,
     median_baseline_mae,
 )
 
@@ -79,23 +82,14 @@ def trained_on(params: Params) -> str:
     return "real images"
 
 
-def write_plots(frame: pd.DataFrame, report: dict, data: SplitData, params: Params) -> None:
-    """DVC plot tables (drawn by dvc plots / dvc exp show) and PNG figures (for MLflow too)."""
-    out = paths.EVALUATE_PLOTS
-    out.mkdir(parents=True, exist_ok=True)
+def write_plot_tables(frame: pd.DataFrame, report: dict, data: SplitData, params: Params) -> None:
+    """What `dvc plots` draws: per-face predictions, the confusion table, the per-bucket table
+    and a grid of sample test faces with their predictions."""
+    paths.EVALUATE_PLOTS.mkdir(parents=True, exist_ok=True)
     age_scatter_table(frame).to_csv(paths.AGE_PREDICTIONS, index=False)
     predicted = gender_labels(frame["p_female"].to_numpy())
     confusion_table(frame["gender"], predicted).to_csv(paths.GENDER_CONFUSION, index=False)
-    by_bucket = mae_by_bucket_table(report)
-    by_bucket.to_csv(paths.MAE_BY_AGE_BUCKET, index=False)
-    figures.plot_age_scatter(frame["age"], frame["pred_age"], out / "age_scatter.png")
-    figures.plot_confusion(np.asarray(report["confusion_matrix"]), out / "gender_confusion.png")
-    figures.plot_mae_by_bucket(
-        by_bucket["age_bucket"].tolist(),
-        by_bucket["age_mae"].tolist(),
-        by_bucket["n"].tolist(),
-        out / "mae_by_age_bucket.png",
-    )
+    by_bucket_table(report).to_csv(paths.BY_AGE_BUCKET, index=False)
     rng = np.random.default_rng(params.seed)
     pick = np.sort(
         rng.choice(len(frame), size=min(params.evaluate.sample_grid, len(frame)), replace=False)
@@ -110,24 +104,29 @@ def write_plots(frame: pd.DataFrame, report: dict, data: SplitData, params: Para
     )
 
 
-def scalar_metrics(report: dict) -> dict[str, float]:
+def write_figures(frame: pd.DataFrame, report: dict, folder: Path) -> None:
+    """The same views as PNG figures, for the MLflow run."""
+    figures.plot_age_scatter(frame["age"], frame["pred_age"], folder / "age_scatter.png")
+    figures.plot_confusion(np.asarray(report["confusion_matrix"]), folder / "gender_confusion.png")
+    by_bucket = by_bucket_table(report)
+    for metric in figures.BUCKET_METRICS:
+        figures.plot_by_bucket(by_bucket, metric, folder / f"{metric}_by_age_bucket.png")
+
+
+def headline_metrics(report: dict) -> dict[str, float]:
+    """The overall scalar metrics, named `test_*` as in MLflow: metrics/evaluate.json."""
     return {
-        k: float(v)
+        f"test_{k}": float(v)
         for k, v in report.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
 
 
-def split_report(report: dict) -> tuple[dict, dict]:
-    """(metrics for metrics/evaluate.json, subgroup detail for metrics/subgroups.json).
-
-    The DVC metrics file keeps the overall figures and the worst groups, so `dvc exp show`
-    stays readable; the per-group tables go to their own file (and to MLflow).
-    """
-    subgroups = report["subgroups"]
-    headline = {k: v for k, v in report.items() if k != "subgroups"}
-    headline["worst_groups"] = subgroups["worst"]
-    return headline, subgroups
+def detail_report(report: dict) -> dict:
+    """metrics/subgroups.json: per age bucket, gender and race, the worst groups, and the
+    gender classifier's per-class figures and confusion matrix (kept out of the DVC metrics
+    file so that `dvc exp show` stays readable)."""
+    return report["subgroups"] | {k: report[k] for k in ("per_class", "confusion_matrix")}
 
 
 def worst_groups(worst: dict) -> str:
@@ -142,6 +141,11 @@ def worst_groups(worst: dict) -> str:
     return ", ".join(parts) or "no group large enough to name the worst"
 
 
+def promote_command() -> str:
+    experiment = tracking.dvc_experiment()
+    return f"utkface promote --exp {experiment}" if experiment else "utkface promote"
+
+
 def main() -> None:
     params = load_params()
     members = params.model.members
@@ -153,19 +157,22 @@ def main() -> None:
     frame = predict_split(models, inputs, params.validate_.age_max)
     report = evaluation_report(frame, params.age_buckets)
     report["baseline_age_mae"] = median_baseline_mae(train_ages, frame["age"].to_numpy())
-    headline, subgroups = split_report(report)
+    metrics, detail = headline_metrics(report), detail_report(report)
     paths.EVALUATE_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    paths.EVALUATE_METRICS.write_text(json.dumps(headline, indent=2) + "\n")
-    paths.SUBGROUPS.write_text(json.dumps(subgroups, indent=2) + "\n")
-    write_plots(frame, report, test, params)
+    paths.EVALUATE_METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
+    paths.SUBGROUPS.write_text(json.dumps(detail, indent=2) + "\n")
+    write_plot_tables(frame, report, test, params)
 
     lineage = json.loads(paths.TRAIN_RUN.read_text())
-    tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
-    with mlflow.start_run(run_id=lineage["run_id"]):
-        mlflow.log_metrics({f"test_{k}": v for k, v in scalar_metrics(report).items()})
-        mlflow.log_dict(headline, "evaluation/evaluate.json")
-        mlflow.log_dict(subgroups, "evaluation/subgroups.json")
+    experiment_id = tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
+    with stage_run("evaluate", experiment_id, run_id=lineage["run_id"]):
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict(metrics, "evaluation/evaluate.json")
+        mlflow.log_dict(detail, "evaluation/subgroups.json")
         mlflow.log_artifacts(str(paths.EVALUATE_PLOTS), "evaluation")
+        with tempfile.TemporaryDirectory() as folder:
+            write_figures(frame, report, Path(folder))
+            mlflow.log_artifacts(folder, "evaluation")
         tags = tracking.lineage_tags(lineage["data_version"])
         config = serving_config(params, models)
         info = log_serving_model(
@@ -178,14 +185,14 @@ def main() -> None:
             run_id=lineage["run_id"],
             model_uri=info.model_uri,
             model_name=params.register_.model_name,
-            metrics={f"test_{k}": v for k, v in scalar_metrics(report).items()},
+            metrics=metrics,
             lineage=tags,
             card=registry.ModelCardFacts(
                 backbone=params.model.backbone,
                 trained_on=config.trained_on,
                 training_images=len(train_ages),
                 synthetic=params.ingest.is_synthetic,
-                age_bands=subgroups.get("age_bucket", []),
+                age_bands=detail["age_bucket"],
             ),
         )
     paths.REGISTERED.write_text(
@@ -203,8 +210,8 @@ def main() -> None:
     print(
         f"evaluate: test age MAE {report['age_mae']:.2f} years (predicting the median: "
         f"{report['baseline_age_mae']:.2f}), gender accuracy {report['gender_accuracy']:.3f}; "
-        f"{worst_groups(subgroups['worst'])}; registered {params.register_.model_name} "
-        f"v{version.version} as challenger (promote with: utkface promote)"
+        f"{worst_groups(detail['worst'])}; registered {params.register_.model_name} "
+        f"v{version.version} as challenger (promote with: {promote_command()})"
     )
 
 

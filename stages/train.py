@@ -26,6 +26,7 @@ from utkface.data.dataset import SplitData
 from utkface.data.labels import AGE, GENDER, clamp_ages
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger, log_keras_model
+from utkface.mlops.runs import stage_run
 from utkface.model.batchnorm import recompute_statistics
 from utkface.model.fitting import fit, load_inputs, stops_early
 from utkface.model.head import serving_head
@@ -173,13 +174,11 @@ def train_member(
     model = inference_model(model, params, train, member)
     table = history_table(history)
     early = params.train.early_stopping if stops_early(member) else None
-    summary = best_epoch_metrics(table, early) | {
-        "lr": lr,
-        "lr_source": lr_source,
-        "train_rows": len(train.age),
+    speed = {
         "seconds": round(seconds, 1),
         "images_per_second": round(len(train.age) * len(table) / seconds, 1),
     }
+    summary = best_epoch_metrics(table, early) | used | speed
     paths.MODEL.mkdir(parents=True, exist_ok=True)
     model.save(paths.member_model(member))
     table.insert(1, MEMBER, member)
@@ -192,8 +191,13 @@ def main() -> None:
     members = params.model.members
     lrs = {m: resolve_lr(params.fixed_lr, tuned.of(m)) for m in members}  # fail before any run
     version = tracking.data_version()
-    tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
-    with mlflow.start_run(tags={"stage": "train", **tracking.lineage_tags(version)}) as run:
+    experiment_id = tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
+    with stage_run(
+        "train",
+        experiment_id,
+        run_name=tracking.run_name("train"),
+        tags={"stage": "train", **tracking.lineage_tags(version)},
+    ) as run:
         logged = {
             "seed": params.seed,
             "lr": params.lr,
@@ -245,8 +249,9 @@ def main() -> None:
         )
     for member, result in per_member.items():
         print(
-            f"train: {member}: lr={result['lr']} ({result['lr_source']}), {result['epochs_run']} "
-            f"epochs in {result['seconds']:.0f}s ({result['images_per_second']} rows/s): "
+            f"train: {member}: lr={result['lr_used']} ({result['lr_source']}), "
+            f"{result['epochs_run']} epochs in {result['seconds']:.0f}s "
+            f"({result['images_per_second']} rows/s): "
             f"val_age_mae={result['val_age_mae']:.2f} "
             f"val_gender_accuracy={result['val_gender_accuracy']:.3f}"
         )

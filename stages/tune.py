@@ -28,6 +28,7 @@ from utkface import paths
 from utkface.data.dataset import SplitData
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger, tracked_tuner
+from utkface.mlops.runs import stage_run
 from utkface.model.fitting import load_inputs
 from utkface.model.search import OBJECTIVE, is_worker, search, tuned_values
 from utkface.params import Member, Params, Tuned, load_params, run_main
@@ -112,7 +113,7 @@ def main() -> None:
     members = params.model.members
     role = os.environ.get("KERASTUNER_TUNER_ID", "single")
     oracle = f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}"
-    tracking.use_experiment(tracking.TUNE_EXPERIMENT)
+    experiment_id = tracking.use_experiment(tracking.TUNE_EXPERIMENT)
     if is_worker():
         parent = _parent_run_for_worker(oracle)
         for member in members:
@@ -125,7 +126,7 @@ def main() -> None:
     if role == "chief":
         tags[ORACLE_TAG] = oracle
     summaries, tuned = {}, {}
-    with mlflow.start_run(run_name="tune", tags=tags) as run:
+    with stage_run("tune", experiment_id, run_name=tracking.run_name("tune"), tags=tags) as run:
         logged = {"seed": params.seed, "model.backbone": params.model.backbone}
         mlflow.log_params(logged | tracking.flatten({"tune": params.tune.model_dump()}))
         for member in members:

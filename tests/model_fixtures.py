@@ -26,7 +26,12 @@ IMAGE_SIZE = 32
 MAX_IMAGE_BYTES = 20_000  # small, so that a 200x200 noise PNG is "too large"
 GATE = {"max_age_mae_increase": 0.1, "max_gender_accuracy_decrease": 0.005}
 MODEL_NAME = "test-age-gender"
-LINEAGE = {"git_commit": "abc123", "dvc_exp_name": "test", "data_version": "data-v1"}
+LINEAGE = {
+    "git_commit": "abc123",
+    "git_changes": "none",
+    "dvc_exp_name": "test",
+    "data_version": "data-v1",
+}
 CARD = registry.ModelCardFacts(backbone="scratch", trained_on="real images", training_images=10)
 
 
@@ -81,6 +86,7 @@ def register_version(
     age_mae: float = 8.0,
     gender_accuracy: float = 0.8,
     data_version: str = "data-v1",
+    experiment: str = "test",
 ) -> ModelVersion:
     """A new `challenger` version of `name` with the given test metrics."""
     return registry.register(
@@ -88,6 +94,6 @@ def register_version(
         model_uri=info.model_uri,
         model_name=name,
         metrics={registry.AGE_MAE: age_mae, registry.GENDER_ACCURACY: gender_accuracy},
-        lineage=LINEAGE | {"data_version": data_version},
+        lineage=LINEAGE | {"data_version": data_version, "dvc_exp_name": experiment},
         card=CARD,
     )

@@ -115,10 +115,16 @@ def synthetic_faces(count: int, size: int = 32, seed: int = 0) -> tuple[np.ndarr
     return images_array, pd.DataFrame(rows)
 
 
+def default_params() -> dict[str, Any]:
+    """The code's defaults as a params.yaml mapping: what the committed params.yaml says for the
+    embedded synthetic set. Never the workspace's params.yaml, which `dvc exp run -S ...`
+    rewrites and `utkface use-data` points at real data."""
+    return DEFAULTS.model_dump(mode="json", by_alias=True)
+
+
 def dag_params(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The repository's params.yaml with `TINY_DAG` and then `overrides` applied."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    return with_overrides(with_overrides(params, TINY_DAG), overrides or {})
+    """The default params with `TINY_DAG` and then `overrides` applied."""
+    return with_overrides(with_overrides(default_params(), TINY_DAG), overrides or {})
 
 
 def with_overrides(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

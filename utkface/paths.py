@@ -51,7 +51,7 @@ SUBGROUPS = METRICS / "subgroups.json"
 EVALUATE_PLOTS = METRICS / "evaluate_plots"
 AGE_PREDICTIONS = EVALUATE_PLOTS / "age_predictions.csv"
 GENDER_CONFUSION = EVALUATE_PLOTS / "gender_confusion.csv"
-MAE_BY_AGE_BUCKET = EVALUATE_PLOTS / "mae_by_age_bucket.csv"
+BY_AGE_BUCKET = EVALUATE_PLOTS / "by_age_bucket.csv"  # age MAE and gender accuracy per bucket
 SAMPLE_GRID = EVALUATE_PLOTS / "sample_faces.png"
 
 MODELS = Path("models")
@@ -63,6 +63,8 @@ def member_model(member: str, folder: Path = MODEL) -> Path:
     return folder / f"{member}.keras"
 
 
+# Keras Tuner's working state during a search, cleared by the next one. Not a DVC output:
+# DVC could not restore `tune` from its cache in a queued experiment if it were.
 TUNER_DIR = MODELS / "tuner"
 TUNED = MODELS / "tuned.json"  # what tune hands to train
 TRAIN_RUN = MODELS / "train_run.json"

@@ -91,24 +91,25 @@ def params_file(tmp_path) -> Path:
     return path
 
 
-def test_set_ingest_source_changes_only_that_value(params_file):
+def test_set_ingest_source_changes_only_that_value(params_file, tmp_path):
+    source = str(tmp_path / "UTKFace.tar.gz")  # never what the workspace's params.yaml says
     before_text = params_file.read_text()
     before = load_params(params_file)
-    set_ingest_source("data/raw/UTKFace.tar.gz", params_file)
+    set_ingest_source(source, params_file)
     after_text = params_file.read_text()
     after = load_params(params_file)
 
-    assert after.ingest.source == "data/raw/UTKFace.tar.gz"
+    assert after.ingest.source == source
     assert after.model_dump() == {
         **before.model_dump(),
-        "ingest": {**before.ingest.model_dump(), "source": "data/raw/UTKFace.tar.gz"},
+        "ingest": {**before.ingest.model_dump(), "source": source},
     }
     old_lines, new_lines = before_text.splitlines(), after_text.splitlines()
     assert len(old_lines) == len(new_lines)
     changed = [(o, n) for o, n in zip(old_lines, new_lines, strict=True) if o != n]
     assert len(changed) == 1
     old, new = changed[0]
-    assert new.lstrip().startswith("source: data/raw/UTKFace.tar.gz")
+    assert new.lstrip().startswith(f"source: {source}")
     # the line's comment and indentation survive; so does every other comment in the file
     assert old.partition("#")[2] == new.partition("#")[2]
     assert old[: len(old) - len(old.lstrip())] == new[: len(new) - len(new.lstrip())]

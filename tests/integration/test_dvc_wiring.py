@@ -110,3 +110,36 @@ def test_the_recorder_sees_what_a_stage_reads(tmp_path: Path) -> None:
     assert params.fixed_lr == 0.01 and params.validate_.age_max == 116
     params.model.model_dump()
     assert seen == {"lr", "validate.age_max", "model"}
+
+
+def _outputs() -> dict[str, dict]:
+    """Every declared output and metrics file: path -> its options."""
+    found: dict[str, dict] = {}
+    for entry in DVC.values():
+        for item in entry.get("outs", []) + entry.get("metrics", []):
+            path, options = next(iter(item.items())) if isinstance(item, dict) else (item, {})
+            found[path] = options or {}
+    return found
+
+
+def test_metrics_and_plot_tables_are_git_files_and_nothing_is_auto_plotted() -> None:
+    """`cache: false` files are committed with dvc.lock (so `dvc exp show` and `dvc plots diff`
+    read them from any commit or experiment); images and Data Docs stay in the cache; plots
+    are only the top-level definitions, never a stage's whole files."""
+    outputs = _outputs()
+    assert not [stage for stage, entry in DVC.items() if "plots" in entry]
+    top = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    plotted = set()
+    for definition in top:
+        if isinstance(definition, str):  # an image
+            plotted.add(definition)
+            continue
+        (props,) = definition.values()
+        plotted |= set(props["y"])
+    for path in plotted:
+        assert path in outputs, path
+        committed = outputs[path].get("cache", True) is False
+        assert committed == (not path.endswith(".png")), path
+    metrics = {p for e in DVC.values() for i in e.get("metrics", []) for p in i}
+    assert metrics == {"metrics/tune.json", "metrics/train.json", "metrics/evaluate.json"}
+    assert all(outputs[p]["cache"] is False for p in metrics)

@@ -1,19 +1,28 @@
-"""Smoke test: the real DAG (`dvc repro`) on a tiny synthetic set in a temporary copy of the
-project, with its own git repo and a throwaway MLflow store at that copy's root."""
+"""Smoke test: the real DAG (`dvc repro`) and the experiment loop (`dvc exp run`, the queue,
+`dvc exp show`, `dvc plots diff`) on a tiny synthetic set, in a temporary copy of the project
+with its own git repository, DVC cache and throwaway MLflow store.
+
+The tests share one project and run in file order: each leaves it as the next expects.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
+from tiny import default_params, with_overrides
+
+from utkface.mlops.runs import ENDED_BY_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +37,7 @@ PROJECT_FILES = [
     ".dvcignore",
     ".dvc/config",
     ".dvc/.gitignore",
+    ".dvc/plots",
     "data/raw/README.md",
 ]
 TINY = {
@@ -44,21 +54,32 @@ TINY = {
     },
     "evaluate": {"sample_grid": 4},
 }
+BEFORE_TRAIN = {"ingest", "features", "validate", "balance", "split", "tune"}
+QUEUED = {
+    "exp-lr-002": "lr=0.002",
+    "exp-lr-004": "lr=0.004",
+    "exp-balance": "balance.max_per_age=30",
+}
+# README, "Experiments": the params that vary and the headline test metrics
+COMPACT = [
+    "dvc", "exp", "show", "--no-pager", "--only-changed",
+    "--drop", r"^(?!Experiment|seed$|lr$|test_(age_mae|gender_accuracy)$|[a-z_]+\.)",
+]  # fmt: skip
 
 
-def _merge(base: dict, override: dict) -> dict:
-    merged = dict(base)
-    for key, value in override.items():
-        merged[key] = _merge(base[key], value) if isinstance(value, dict) else value
-    return merged
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], cwd: Path, env: dict[str, str], check: bool = True
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, (
-        f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    )
+    if check:
+        assert done.returncode == 0, (
+            f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
     return done
+
+
+def _stages_run(output: str) -> set[str]:
+    return {line.split("'")[1] for line in output.splitlines() if "Running stage" in line}
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +98,9 @@ def env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
+    """The code of this checkout with the default params (never the workspace's params.yaml,
+    which `dvc exp run` rewrites) plus `TINY`; `dvc repro`, then dvc.lock and the metrics
+    committed, as the README's contributing notes say."""
     root = tmp_path_factory.mktemp("project")
     for name in PROJECT_FILES:
         source, target = REPO / name, root / name
@@ -85,12 +109,14 @@ def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Pa
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         elif source.exists():
             shutil.copy2(source, target)
-    params = _merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    params = with_overrides(default_params(), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q"], root, env)
+    _run(["git", "init", "-q", "-b", "main"], root, env)
     _run(["git", "add", "-A"], root, env)
     _run(["git", "commit", "-q", "-m", "tiny project"], root, env)
     _run(["dvc", "repro"], root, env)
+    _run(["git", "add", "-A"], root, env)
+    _run(["git", "commit", "-q", "-m", "dvc repro"], root, env)
     return root
 
 
@@ -98,6 +124,12 @@ def _client(root: Path) -> MlflowClient:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     return MlflowClient(uri)
+
+
+def _train_runs(root: Path) -> list[mlflow.entities.Run]:
+    client = _client(root)
+    experiment = client.get_experiment_by_name("utkface-age-gender")
+    return client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
 
 
 def test_repro_writes_every_stage_output(project: Path) -> None:
@@ -109,6 +141,7 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
         "data/split/test.parquet",
         "data/features/features.npy",
         "models/model/pretrained.keras",
+        "models/registered.json",
         "metrics/features.json",
         "metrics/ingest.json",
         "metrics/ingest_rejections.csv",
@@ -120,6 +153,7 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
         "metrics/train.json",
         "metrics/train_history.csv",
         "metrics/evaluate.json",
+        "metrics/evaluate_plots/by_age_bucket.csv",
         "metrics/evaluate_plots/sample_faces.png",
     ]:
         assert (project / path).is_file(), path
@@ -128,13 +162,29 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
     assert json.loads((project / "metrics/validation.json").read_text())["success"] is True
 
 
+def test_metrics_and_plot_tables_are_committed_with_the_lock(
+    project: Path, env: dict[str, str]
+) -> None:
+    assert _run(["git", "status", "--porcelain"], project, env).stdout == ""
+    tracked = set(_run(["git", "ls-files", "metrics"], project, env).stdout.split())
+    assert {
+        "metrics/evaluate.json",
+        "metrics/train.json",
+        "metrics/tune.json",
+        "metrics/train_history.csv",
+        "metrics/evaluate_plots/by_age_bucket.csv",
+    } <= tracked
+    # images and the Data Docs site stay in DVC's cache
+    assert not any(name.endswith((".png", ".html")) for name in tracked), tracked
+
+
 def test_trained_model_beats_median_baseline(project: Path) -> None:
     report = json.loads((project / "metrics/evaluate.json").read_text())
-    assert report["age_mae"] < 0.8 * report["baseline_age_mae"], report
-    assert report["gender_accuracy"] > 0.7, report
+    assert report["test_age_mae"] < 0.8 * report["test_baseline_age_mae"], report
+    assert report["test_gender_accuracy"] > 0.7, report
     subgroups = json.loads((project / "metrics/subgroups.json").read_text())
-    assert {"age_bucket", "gender", "race"} <= set(subgroups)
-    assert report["worst_groups"]["age"]["group"]
+    assert {"age_bucket", "gender", "race", "per_class", "confusion_matrix"} <= set(subgroups)
+    assert subgroups["worst"]["age"]["group"]
 
 
 def test_second_repro_does_nothing(project: Path, env: dict[str, str]) -> None:
@@ -157,7 +207,9 @@ def test_image_size_change_reruns_ingest_and_validate(project: Path, env: dict[s
         params_file.write_text(original)
 
 
-def test_mlflow_has_tuning_trials_training_run_and_challenger(project: Path) -> None:
+def test_mlflow_has_tuning_trials_training_run_and_challenger(
+    project: Path, env: dict[str, str]
+) -> None:
     client = _client(project)
     tune = client.get_experiment_by_name("utkface-age-gender-tuning")
     runs = client.search_runs([tune.experiment_id])
@@ -166,15 +218,47 @@ def test_mlflow_has_tuning_trials_training_run_and_challenger(project: Path) -> 
     assert len(parents) == 1 and len(trials) == 2
     assert all("lr" in t.data.params and "val_objective" in t.data.metrics for t in trials)
 
-    train = client.get_experiment_by_name("utkface-age-gender")
-    (run,) = client.search_runs([train.experiment_id])
+    (run,) = _train_runs(project)
     assert {"test_age_mae", "test_gender_accuracy", "val_age_mae"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "val_age_mae")) >= 2
-    assert {"git_commit", "dvc_exp_name", "data_version"} <= set(run.data.tags)
+    head = _run(["git", "rev-parse", "HEAD~1"], project, env).stdout.strip()  # before the lock
+    assert run.data.tags["git_commit"] == head
+    assert run.data.tags["git_changes"] == "none"
+    assert run.data.tags["dvc_exp_name"] == "workspace"
+    assert run.info.run_name == f"train @{head[:7]}"
     assert run.data.params["train.epochs"] == str(TINY["train"]["epochs"])
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {
+        "evaluation/age_scatter.png",
+        "evaluation/gender_confusion.png",
+        "evaluation/age_mae_by_age_bucket.png",
+        "evaluation/gender_accuracy_by_age_bucket.png",
+        "evaluation/sample_faces.png",
+    } <= artifacts
     version = client.get_model_version_by_alias("utkface-age-gender", "challenger")
     assert version.run_id == run.info.run_id
     assert version.tags["data_version"] == run.data.tags["data_version"]
+
+
+def test_plots_show_draws_the_declared_plots_only(project: Path, env: dict[str, str]) -> None:
+    shown = json.loads(_run(["dvc", "plots", "show", "--json"], project, env).stdout)
+    titles = set(shown["data"])
+    assert titles == {
+        "Images per age, before / after balance",
+        "Loss",
+        "Age MAE (years)",
+        "Gender accuracy",
+        "Predicted vs actual age (test)",
+        "Gender confusion matrix (test)",
+        "Age MAE per age bucket (test)",
+        "Gender accuracy per age bucket (test)",
+        "metrics/evaluate_plots/sample_faces.png",
+    }, titles
+    (bars,) = shown["data"]["Gender accuracy per age bucket (test)"]
+    spec = bars["content"]
+    assert spec["encoding"]["y"]["sort"] is None  # the table's order: youngest first
+    buckets = [row["age_bucket"] for row in spec["data"]["values"]]
+    assert buckets == sorted(buckets, key=lambda name: int(name.split("-")[0].rstrip("+")))
 
 
 def test_promote_then_predict_with_the_champion(project: Path, env: dict[str, str]) -> None:
@@ -188,21 +272,124 @@ def test_promote_then_predict_with_the_champion(project: Path, env: dict[str, st
 
 
 def test_lr_override_retrains_without_tuning(project: Path, env: dict[str, str]) -> None:
-    done = _run(["dvc", "exp", "run", "-S", "lr=0.0005"], project, env)
-    ran = {line.split("'")[1] for line in done.stdout.splitlines() if "Running stage" in line}
-    assert ran == {"train", "evaluate"}
-    client = _client(project)
-    experiment = client.get_experiment_by_name("utkface-age-gender")
-    latest = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])[0]
+    done = _run(["dvc", "exp", "run", "-n", "exp-lr-0005", "-S", "lr=0.0005"], project, env)
+    assert _stages_run(done.stdout) == {"train", "evaluate"}
+    latest = _train_runs(project)[0]
     assert float(latest.data.params["lr_used"]) == 0.0005
     assert latest.data.params["lr_source"] == "params"
+    assert latest.info.run_name == latest.data.tags["dvc_exp_name"] == "exp-lr-0005"
+    assert latest.data.tags["git_changes"] == "params: lr=0.0005"
 
 
-def test_queued_experiments_land_in_the_repo_root_store(project: Path, env: dict[str, str]) -> None:
-    for lr in ("0.002", "0.004"):
-        _run(["dvc", "exp", "run", "--queue", "-S", f"lr={lr}"], project, env)
+def test_queued_experiments_restore_every_stage_they_do_not_change(
+    project: Path, env: dict[str, str]
+) -> None:
+    _run(["git", "checkout", "--", "."], project, env)  # back to the committed baseline ...
+    _run(["dvc", "checkout"], project, env)  # ... and its cached outputs
+    for name, change in QUEUED.items():
+        _run(["dvc", "exp", "run", "--queue", "-n", name, "-S", change], project, env)
     _run(["dvc", "exp", "run", "--run-all", "-j", "1"], project, env)
+    for name in QUEUED:
+        log = _run(["dvc", "queue", "logs", name], project, env).stdout
+        ran = _stages_run(log)
+        expected = {"train", "evaluate"} if name.startswith("exp-lr") else {"balance", "split"}
+        assert expected <= ran, (name, log[-3000:])
+        skipped = {"ingest", "features", "validate"} | (BEFORE_TRAIN if "lr" in name else set())
+        assert not ran & skipped, (name, ran)
+    runs = {r.info.run_name: r for r in _train_runs(project)}
+    assert set(QUEUED) <= set(runs)  # MLflow run names are the DVC experiment names
+    assert {runs[n].data.params["lr_used"] for n in ("exp-lr-002", "exp-lr-004")} == {
+        "0.002",
+        "0.004",
+    }
+    assert runs["exp-balance"].data.tags["git_changes"] == "params: balance.max_per_age=30"
+
+
+def test_exp_show_lists_params_and_test_metrics_of_main_and_each_experiment(
+    project: Path, env: dict[str, str]
+) -> None:
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], project, env).stdout)
+    baseline = next(entry for entry in shown if entry["rev"] != "workspace")
+    rows = {"main": baseline["data"]}
+    rows |= {e["name"]: e["revs"][0]["data"] for e in baseline.get("experiments") or []}
+    assert set(QUEUED) | {"main"} <= set(rows), list(rows)
+    for name in set(QUEUED) | {"main"}:
+        data = rows[name]
+        metrics = data["metrics"]
+        assert metrics["metrics/evaluate.json"]["data"]["test_age_mae"] > 0, name
+        assert "test_gender_accuracy" in metrics["metrics/evaluate.json"]["data"], name
+        assert "best_val_objective" in metrics["metrics/tune.json"]["data"], name
+        assert "lr" in data["params"]["params.yaml"]["data"], name
+    markdown = _run([*COMPACT, "--md"], project, env).stdout
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header == [
+        "Experiment",
+        "test_age_mae",
+        "test_gender_accuracy",
+        "lr",
+        "balance.max_per_age",
+    ], table[0]
+    rows = {row.split("|")[1].split("[")[-1].strip(" ]"): row for row in table[2:]}
+    assert "| 0.002 " in rows["exp-lr-002"] and "| 30 " in rows["exp-balance"], table
+    terminal = _run(COMPACT, project, env | {"COLUMNS": "80"}).stdout
+    assert all(len(line) <= 80 for line in terminal.splitlines()), terminal
+    assert "exp-lr-002" in terminal and "test_gender_accuracy" in terminal, terminal
+    diff = _run(["dvc", "exp", "diff", "exp-lr-002", "exp-lr-004", "--json"], project, env)
+    assert "test_age_mae" in json.loads(diff.stdout)["metrics"]["metrics/evaluate.json"]
+
+
+def test_plots_diff_draws_both_experiments(project: Path, env: dict[str, str]) -> None:
+    args = ["dvc", "plots", "diff", "exp-lr-002", "exp-lr-004", "--json"]
+    shown = json.loads(_run(args, project, env).stdout)["data"]
+    for title in ("Loss", "Predicted vs actual age (test)", "Age MAE per age bucket (test)"):
+        (plot,) = shown[title]
+        revs = {row["rev"] for row in plot["content"]["data"]["values"]}
+        assert revs == {"exp-lr-002", "exp-lr-004"}, (title, revs)
+
+
+def _wait_for_epochs(root: Path, process: subprocess.Popen[str]) -> str:
+    """The id of the RUNNING train run of `process` once it has logged an epoch."""
+    client = _client(root)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        for run in _train_runs(root):
+            mine = run.info.status == "RUNNING" and run.data.tags.get("pid") == str(process.pid)
+            if mine and client.get_metric_history(run.info.run_id, "val_age_mae"):
+                return run.info.run_id
+        time.sleep(0.25)
+    raise AssertionError(f"train (pid {process.pid}) logged no epoch: {process.communicate()}")
+
+
+def test_a_stopped_or_killed_training_is_never_left_running(
+    project: Path, env: dict[str, str]
+) -> None:
+    """SIGTERM ends the run as KILLED at once; after SIGKILL the next train closes it."""
+    params_file = project / "params.yaml"
+    committed = params_file.read_text()
+    endless = with_overrides(yaml.safe_load(committed), {"model": {"head": {"epochs": 1000}}})
+    params_file.write_text(yaml.safe_dump(endless, sort_keys=False))
     client = _client(project)
-    experiment = client.get_experiment_by_name("utkface-age-gender")
-    lrs = {r.data.params.get("lr_used") for r in client.search_runs([experiment.experiment_id])}
-    assert {"0.002", "0.004"} <= lrs
+    try:
+        outcome = {}
+        for stop in (signal.SIGTERM, signal.SIGKILL):
+            process = subprocess.Popen(
+                [sys.executable, "-m", "stages.train"], cwd=project, env=env, text=True,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            run_id = _wait_for_epochs(project, process)
+            process.send_signal(stop)
+            process.wait(timeout=60)
+            outcome[stop] = run_id, process.returncode
+        terminated, returncode = outcome[signal.SIGTERM]
+        assert returncode == 128 + signal.SIGTERM
+        assert client.get_run(terminated).info.status == "KILLED"
+        killed, _ = outcome[signal.SIGKILL]
+        assert client.get_run(killed).info.status == "RUNNING"  # nobody could close it
+    finally:
+        params_file.write_text(committed)
+    _run(["dvc", "repro", "--force", "--single-item", "train"], project, env)
+    run = client.get_run(killed)
+    assert run.info.status == "KILLED"
+    assert "marked KILLED by the next train run" in run.data.tags[ENDED_BY_TAG]
+    assert not [r for r in _train_runs(project) if r.info.status == "RUNNING"]

@@ -171,7 +171,7 @@ def test_register_refuses_missing_metrics(logged: ModelInfo, name: str) -> None:
             logged.model_uri,
             name,
             {registry.AGE_MAE: 1.0},
-            {"git_commit": "c", "dvc_exp_name": "e", "data_version": "d"},
+            {"git_commit": "c", "git_changes": "none", "dvc_exp_name": "e", "data_version": "d"},
             CARD,
         )
 
@@ -188,6 +188,19 @@ def test_first_model_becomes_champion(
     assert recorded["promoted_by"]
     assert datetime.fromisoformat(recorded["promoted_at"]).utcoffset().total_seconds() == 0
     assert "is now champion" in capsys.readouterr().out
+
+
+def test_promote_the_version_a_dvc_experiment_registered(
+    logged: ModelInfo, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register_version(logged, name, age_mae=5.0, experiment="lucky-lion")
+    register_version(logged, name, age_mae=6.0, experiment="sunny-lark")  # the challenger
+    assert run_promote("--model-name", name, "--exp", "lucky-lion") == 0
+    assert champion_version(name) == "1"
+    assert run_promote("--model-name", name, "--exp", "no-such-exp") == 2
+    assert "no version of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # --exp and --version name the version twice
+        run_promote("--model-name", name, "--exp", "lucky-lion", "--version", "1")
 
 
 def test_worse_challenger_is_refused(

@@ -4,6 +4,7 @@ experiment (artifacts beside a SQLite store), lineage tags, flattened params, pe
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 
 import keras
@@ -158,12 +159,73 @@ def test_lineage_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tags = tracking.lineage_tags("abc")
     assert tags["data_version"] == "abc"
     assert tags["dvc_exp_name"] == "workspace"
-    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", tags["git_commit"])
+    assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"])
+    assert tags["git_changes"]
     monkeypatch.setenv("DVC_EXP_NAME", "sunny-lark")
     monkeypatch.chdir(tmp_path)  # not a git repository
     tags = tracking.lineage_tags("abc")
     assert tags["dvc_exp_name"] == "sunny-lark"
     assert tags["git_commit"] == "unknown"
+    assert tags["git_changes"] == "none"
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+
+
+@pytest.fixture
+def committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git repository with params.yaml, a module and a metrics file committed."""
+    (tmp_path / "params.yaml").write_text("seed: 42\nlr: null\ntrain: {epochs: 60}\n")
+    (tmp_path / "stage.py").write_text("x = 1\n")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "evaluate.json").write_text("{}\n")
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-q", "-m", "base")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    return tmp_path
+
+
+def test_a_clean_checkout_has_no_changes(committed: Path) -> None:
+    assert tracking.changed_params() == {}
+    assert tracking.workspace_changes() == "none"
+    assert tracking.run_name("train") == f"train @{tracking.git_commit()[:7]}"
+
+
+def test_changes_name_the_params_dvc_exp_run_set_not_the_files_dvc_rewrites(
+    committed: Path,
+) -> None:
+    """`dvc exp run -S` rewrites params.yaml, and the stages rewrite dvc.lock and metrics/: a
+    run says which params differ, not a bare '-dirty'."""
+    (committed / "params.yaml").write_text("seed: 3\nlr: 0.0005\ntrain: {epochs: 60}\n")
+    (committed / "metrics" / "evaluate.json").write_text('{"test_age_mae": 5.0}\n')
+    assert tracking.changed_params() == {"lr": 0.0005, "seed": 3}
+    assert tracking.workspace_changes() == "params: lr=0.0005, seed=3"
+    assert tracking.run_name("train") == "train lr=0.0005, seed=3"
+    (committed / "stage.py").write_text("x = 2\n")
+    assert tracking.workspace_changes() == "params: lr=0.0005, seed=3; files: stage.py"
+
+
+def test_a_dvc_experiment_names_the_run(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (committed / "params.yaml").write_text("seed: 42\nlr: 0.002\ntrain: {epochs: 60}\n")
+    monkeypatch.setenv("DVC_EXP_NAME", "bulky-tick")
+    assert tracking.run_name("train") == "bulky-tick"
+    assert tracking.lineage_tags("v")["dvc_exp_name"] == "bulky-tick"
+    assert tracking.lineage_tags("v")["git_changes"] == "params: lr=0.002"
+
+
+def test_long_lists_of_changes_are_shortened(committed: Path) -> None:
+    keys = "\n".join(f"k{i}: {i}" for i in range(6))
+    (committed / "params.yaml").write_text(f"seed: 42\nlr: null\ntrain: {{epochs: 60}}\n{keys}\n")
+    assert tracking.run_name("train") == "train k0=0, k1=1, k2=2 (+3 more)"
+    assert tracking.workspace_changes() == "params: k0=0, k1=1, k2=2, k3=3 (+2 more)"
 
 
 def test_flatten_uses_dotted_keys() -> None:

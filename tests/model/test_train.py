@@ -141,7 +141,7 @@ def test_main_writes_model_metrics_history_and_run_record(trained: tuple[Path, s
     assert 1 <= len(history) <= 3
     assert {"loss", "val_loss", "age_mae", "val_age_mae", "val_gender_accuracy"} <= set(history)
     metrics = json.loads((root / paths.TRAIN_METRICS).read_text())
-    assert metrics["lr"] == 0.003 and metrics["lr_source"] == "params"
+    assert metrics["lr_used"] == 0.003 and metrics["lr_source"] == "params"
     assert metrics["epochs_run"] == len(history)
     assert metrics["val_loss"] == pytest.approx(history["val_loss"].min())
     assert metrics["train_rows"] == len(pd.read_parquet(root / paths.split_table("train")))

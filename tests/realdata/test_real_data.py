@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from tiny import default_params
 
 from stages.ingest import main as ingest_main
 from stages.validate import validate
@@ -35,7 +36,7 @@ pytestmark = [
 def ingested(tmp_path_factory) -> dict:
     """Run the ingest stage on the real folder in a scratch directory, as DVC would."""
     work = tmp_path_factory.mktemp("real")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw = default_params()
     raw["ingest"] = {**raw["ingest"], "source": str(REAL), "image_size": SIZE}
     (work / "params.yaml").write_text(yaml.safe_dump(raw))
     with pytest.MonkeyPatch.context() as patch:

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from utkface.scoring.figures import (
     _caption,
     plot_age_scatter,
+    plot_by_bucket,
     plot_confusion,
     plot_learning_curves,
-    plot_mae_by_bucket,
     plot_sample_grid,
 )
 
@@ -38,9 +39,18 @@ def test_confusion_creates_missing_folders(tmp_path):
     assert_png(plot_confusion([[40, 10], [5, 45]], path), path)
 
 
-def test_mae_by_bucket(tmp_path):
-    path = tmp_path / "mae.png"
-    assert_png(plot_mae_by_bucket(["0-2", "3-9", "70+"], [1.5, 3.2, 9.8], [12, 40, 3], path), path)
+@pytest.mark.parametrize("metric", ["age_mae", "gender_accuracy"])
+def test_by_bucket(tmp_path, metric):
+    table = pd.DataFrame(
+        {
+            "age_bucket": ["0-2", "3-9", "70+"],
+            "age_mae": [1.5, 3.2, 9.8],
+            "gender_accuracy": [0.55, 0.7, 0.9],
+            "n": [12, 40, 3],
+        }
+    )
+    path = tmp_path / f"{metric}.png"
+    assert_png(plot_by_bucket(table, metric, path), path)
 
 
 def test_sample_grid_with_a_partial_last_row(tmp_path):

@@ -13,12 +13,12 @@ from utkface.data.labels import clamp_ages
 from utkface.scoring.metrics import (
     age_metrics,
     age_scatter_table,
+    by_bucket_table,
     confusion_table,
     evaluation_report,
     expected_calibration_error,
     gender_labels,
     gender_metrics,
-    mae_by_bucket_table,
     median_baseline_mae,
     subgroup_report,
 )
@@ -230,9 +230,12 @@ def test_plot_tables():
         "predicted": ["male", "male", "female"],
     }
 
-    table = mae_by_bucket_table(evaluation_report(frame, EDGES))
+    report = evaluation_report(frame, EDGES)
+    table = by_bucket_table(report)
+    groups = report["subgroups"]["age_bucket"]["groups"]
     assert table.to_dict("list") == {
-        "age_bucket": ["20-29", "30-39", "70+"],
+        "age_bucket": ["20-29", "30-39", "70+"],  # youngest first, empty buckets left out
         "age_mae": [0.0, 10.0, 50.0],
+        "gender_accuracy": [groups[b]["gender_accuracy"] for b in ("20-29", "30-39", "70+")],
         "n": [10, 10, 3],
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from utkface.mlops import registry
@@ -14,8 +15,12 @@ from utkface.params import ParamsError, load_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--version", type=int, help=f"version to promote (default: the {registry.CHALLENGER})"
+    )
+    which.add_argument(
+        "--exp", metavar="NAME", help="the version DVC experiment NAME registered (dvc exp show)"
     )
     parser.add_argument(
         "--force",
@@ -27,14 +32,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def experiment_version(client: MlflowClient, name: str, experiment: str) -> int:
+    found = registry.experiment_version(client, name, experiment)
+    if found is None:
+        raise PromotionError(
+            f"no version of {name!r} was registered by DVC experiment {experiment!r} "
+            f"in {client.tracking_uri}"
+        )
+    return int(found.version)
+
+
 def run(args: argparse.Namespace) -> int:
     """0: promoted (or already champion); 1: refused by the gate; 2: nothing to decide on."""
     try:
         params = load_params()
         name = args.model_name or params.register_.model_name
-        outcome = promote(
-            registry.registry_client(), name, args.version, params.promote, args.force
-        )
+        client = registry.registry_client()
+        version = args.version if args.exp is None else experiment_version(client, name, args.exp)
+        outcome = promote(client, name, version, params.promote, args.force)
     except (ParamsError, PromotionError, MlflowException) as error:
         print(f"promote: {error}", file=sys.stderr)
         return 2

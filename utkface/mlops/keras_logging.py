@@ -14,6 +14,7 @@ import numpy as np
 from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
 
+from utkface.mlops.runs import process_tags
 from utkface.model.search import OBJECTIVE
 
 
@@ -66,7 +67,12 @@ def tracked_tuner(base: type[kt.Tuner], parent_run_id: str | None) -> type[kt.Tu
                 run_name=f"trial-{trial.trial_id}",
                 nested=True,
                 parent_run_id=parent_run_id,
-                tags={"stage": "tune", "trial_id": trial.trial_id, "tuner_id": self.tuner_id},
+                tags={
+                    "stage": "tune",
+                    "trial_id": trial.trial_id,
+                    "tuner_id": self.tuner_id,
+                    **process_tags(),
+                },
             ):
                 mlflow.log_params(trial.hyperparameters.values)
                 results = super().run_trial(trial, *args, **kwargs)

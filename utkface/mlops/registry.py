@@ -23,7 +23,7 @@ from utkface.mlops import tracking
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 AGE_MAE, GENDER_ACCURACY = "test_age_mae", "test_gender_accuracy"
-LINEAGE_KEYS = ("git_commit", "dvc_exp_name", "data_version")
+LINEAGE_KEYS = ("git_commit", "git_changes", "dvc_exp_name", "data_version")
 
 BACKBONE, TRAINED_ON, TRAINING_IMAGES = "backbone", "trained_on", "training_images"
 FAMILIES = {
@@ -120,6 +120,15 @@ def get_alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersi
     return None if version is None else client.get_model_version(name, str(version))
 
 
+def experiment_version(client: MlflowClient, name: str, experiment: str) -> ModelVersion | None:
+    """The newest version of `name` that DVC experiment `experiment` registered (its
+    `dvc_exp_name` tag); None when it registered none."""
+    versions = client.search_model_versions(
+        f"name = '{name}' and tags.dvc_exp_name = '{experiment}'"
+    )
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
 def version_tags(metrics: Mapping[str, float], lineage: Mapping[str, str]) -> dict[str, str]:
     """Tags of a new version: lineage plus every metric (keys as given, e.g. `test_age_mae`)."""
     missing = [k for k in (AGE_MAE, GENDER_ACCURACY) if k not in metrics]
@@ -135,8 +144,8 @@ def version_description(
     return (
         f"Test age MAE {float(metrics[AGE_MAE]):.2f} years, gender accuracy "
         f"{float(metrics[GENDER_ACCURACY]):.3f} on data version {lineage['data_version']}. "
-        f"Trained and evaluated in MLflow run {run_id} (git {lineage['git_commit']}, "
-        f"DVC experiment {lineage['dvc_exp_name']})."
+        f"Trained and evaluated in MLflow run {run_id} (git {lineage['git_commit']}, changes: "
+        f"{lineage['git_changes']}; DVC experiment {lineage['dvc_exp_name']})."
     )
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
@@ -68,21 +69,79 @@ def use_experiment(name: str) -> str:
     return experiment_id
 
 
-def git_commit() -> str:
-    """HEAD's commit, suffixed with -dirty when tracked files have uncommitted changes."""
+def _git(*args: str) -> str | None:
+    """A git command's output in the current directory; None outside a repository."""
     try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        done = subprocess.run(["git", *args], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{commit}-dirty" if dirty else commit
+        return None
+    return done.stdout
+
+
+def git_commit() -> str:
+    """HEAD's commit ('unknown' outside a git repository). What the workspace changes on top
+    of it is `workspace_changes`."""
+    head = _git("rev-parse", "HEAD")
+    return head.strip() if head else "unknown"
+
+
+def changed_params() -> dict[str, Any]:
+    """The params.yaml keys (dotted) whose values differ from HEAD's, with the workspace
+    values: what `dvc exp run -S ...` set. Empty outside a git repository."""
+    committed = _git("show", f"HEAD:{paths.PARAMS.as_posix()}")
+    if committed is None or not paths.PARAMS.exists():
+        return {}
+    before = flatten(yaml.safe_load(committed) or {})
+    after = flatten(yaml.safe_load(paths.PARAMS.read_text()) or {})
+    return {
+        k: after.get(k)
+        for k in sorted(before.keys() | after.keys())
+        if before.get(k) != after.get(k)
+    }
+
+
+def changed_files() -> list[str]:
+    """Tracked files that differ from HEAD, other than those DVC itself rewrites during a run
+    (params.yaml under `dvc exp run -S`, dvc.lock, the metrics files)."""
+    listed = _git("diff", "--name-only", "HEAD", "--") or ""
+    rewritten = (paths.PARAMS.as_posix(), paths.DVC_LOCK.as_posix())
+    return [
+        name
+        for name in listed.splitlines()
+        if name not in rewritten and not name.startswith(f"{paths.METRICS.as_posix()}/")
+    ]
+
+
+def _listed(changes: Mapping[str, Any] | list[str], most: int = 4) -> str:
+    items = [f"{k}={v}" for k, v in changes.items()] if isinstance(changes, Mapping) else changes
+    shown = ", ".join(items[:most])
+    return shown + (f" (+{len(items) - most} more)" if len(items) > most else "")
+
+
+def workspace_changes() -> str:
+    """What this run's workspace changes on top of `git_commit`, e.g. 'params: lr=0.0005' or
+    'params: seed=3; files: utkface/model/head.py'; 'none' for a clean checkout."""
+    parts = []
+    if params := changed_params():
+        parts.append(f"params: {_listed(params)}")
+    if files := changed_files():
+        parts.append(f"files: {_listed(files)}")
+    return "; ".join(parts) or "none"
+
+
+def dvc_experiment() -> str | None:
+    """The DVC experiment this process runs in (DVC sets DVC_EXP_NAME for `dvc exp run`)."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+def run_name(stage: str) -> str:
+    """The MLflow run name: the DVC experiment's name, so both UIs list a run by the same name;
+    outside an experiment the stage and what differs from HEAD ('train lr=0.0005') or the
+    commit ('train @43cdba5')."""
+    if experiment := dvc_experiment():
+        return experiment
+    params = changed_params()
+    return f"{stage} {_listed(params, most=3)}" if params else f"{stage} @{git_commit()[:7]}"
 
 
 def data_version(
@@ -101,7 +160,8 @@ def data_version(
 def lineage_tags(version: str) -> dict[str, str]:
     return {
         "git_commit": git_commit(),
-        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace"),
+        "git_changes": workspace_changes(),
+        "dvc_exp_name": dvc_experiment() or "workspace",
         "data_version": version,
     }
 

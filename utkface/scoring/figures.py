@@ -65,16 +65,19 @@ def plot_confusion(
     return _save(fig, path)
 
 
-def plot_mae_by_bucket(
-    bucket_names: Sequence[str], maes: Sequence[float], counts: Sequence[int], path: str | Path
-) -> Path:
-    """Age MAE per true-age bucket as bars, each labelled with its number of test faces."""
+BUCKET_METRICS = {"age_mae": "age MAE (years)", "gender_accuracy": "gender accuracy"}
+
+
+def plot_by_bucket(table: pd.DataFrame, metric: str, path: str | Path) -> Path:
+    """`metric` ('age_mae' or 'gender_accuracy') per true-age bucket of a `by_bucket_table`,
+    one bar per bucket labelled with its number of test faces."""
+    label = BUCKET_METRICS[metric]
     fig = Figure(figsize=(7, 4), dpi=DPI)
     ax = fig.add_subplot()
-    bars = ax.bar(list(bucket_names), np.asarray(maes, dtype=float))
-    ax.bar_label(bars, labels=[f"n={n}" for n in counts], fontsize=8)
+    bars = ax.bar(table["age_bucket"].tolist(), table[metric].to_numpy(dtype=float))
+    ax.bar_label(bars, labels=[f"n={n}" for n in table["n"]], fontsize=8)
     ax.margins(y=0.12)
-    ax.set(xlabel="true age bucket (years)", ylabel="MAE (years)", title="Age MAE by age bucket")
+    ax.set(xlabel="true age bucket (years)", ylabel=label, title=f"{label} by age bucket")
     return _save(fig, path)
 
 

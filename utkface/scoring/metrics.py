@@ -216,14 +216,12 @@ def confusion_table(y_true: ArrayLike, y_pred_label: ArrayLike) -> pd.DataFrame:
     )
 
 
-def mae_by_bucket_table(report: dict[str, Any]) -> pd.DataFrame:
-    """`age_bucket`, `age_mae`, `n` per non-empty age bucket of an `evaluation_report`."""
+def by_bucket_table(report: dict[str, Any]) -> pd.DataFrame:
+    """`age_bucket`, `age_mae`, `gender_accuracy` and `n` per non-empty age bucket of an
+    `evaluation_report`, youngest first (DVC's bar template keeps this order)."""
     groups = report["subgroups"]["age_bucket"]["groups"]
+    columns = ["age_bucket", "age_mae", "gender_accuracy", "n"]
     return pd.DataFrame(
-        [
-            {"age_bucket": name, "age_mae": group["age_mae"], "n": group["n"]}
-            for name, group in groups.items()
-            if group["n"]
-        ],
-        columns=["age_bucket", "age_mae", "n"],
-    )
+        [{"age_bucket": name} | group for name, group in groups.items() if group["n"]],
+        columns=columns,
+    )[columns]
