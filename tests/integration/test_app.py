@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import requests
 from model_fixtures import (
+    MAX_IMAGE_BYTES,
     MODEL_NAME,
     image_bytes,
     log_tiny_serving_model,
@@ -162,6 +163,8 @@ def test_upload_shows_age_and_gender_and_refuses_a_text_file(
     expect(page.get_by_test_id("stImage")).to_be_visible()
     screenshot(page, "app.png")
 
+    limit = f"at most {MAX_IMAGE_BYTES:,} bytes"  # the model's limit, said before any upload
+    expect(page.get_by_text(limit, exact=False)).to_be_visible()
     text = tmp_path / "notes.jpg"
     text.write_text("this is a text file, not a photo\n")
     page.locator("input[type=file]").set_input_files(text)

@@ -18,7 +18,7 @@ from model_fixtures import (
 )
 
 from utkface.app import logic
-from utkface.inference.client import PredictError
+from utkface.inference.client import InputLimits, PredictError
 from utkface.mlops import registry
 
 
@@ -65,3 +65,14 @@ def test_faces_then_the_whole_image(champion: ModelInfo) -> None:
     assert whole.box == (40, 0, 120, 120)  # the centre square the model sees
     assert whole.face is None
     assert whole.gender in ("male", "female")
+
+
+def test_the_upload_limit_is_the_models() -> None:
+    limits = InputLimits(image_size=200, max_image_bytes=5_000_000, max_pixels=25_000_000)
+    assert logic.upload_limit(limits) == (
+        5,
+        "JPEG or PNG, at most 5,000,000 bytes and 25,000,000 pixels: the model refuses larger "
+        "images.",
+    )
+    assert logic.upload_limit(InputLimits(64, 5_000_001, 10_000))[0] == 6  # never below it
+    assert logic.upload_limit(InputLimits(64, 1_000, 10_000))[0] == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -259,3 +260,44 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.mark.slow
+def test_sigterm_to_utkface_serve_stops_the_server_and_frees_the_port(
+    logged: ModelInfo, tmp_path: Path
+) -> None:
+    """What a process manager, `timeout` or a container stop does: SIGTERM to the command,
+    not to its process group."""
+    register_version(logged, MODEL_NAME)
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    command = [str(bin_dir / "utkface"), "serve", "--port", str(port)]
+    command += ["--model", f"models:/{MODEL_NAME}@{registry.CHALLENGER}"]
+    server = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        wait_until_up(server, f"http://127.0.0.1:{port}")
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while not port_is_free(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert port_is_free(port), f"port {port} still held after SIGTERM to utkface serve"
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the whole group, whatever the outcome
+            os.killpg(server.pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ and draw the boxes with their labels.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -99,6 +100,17 @@ def model_card(uri: str) -> ModelCard:
 
 def _float(value: str | None) -> float | None:
     return None if value is None else float(value)
+
+
+def upload_limit(limits: InputLimits) -> tuple[int, str]:
+    """The uploader's limit in whole megabytes (Streamlit's unit, rounded up: the model's exact
+    byte limit is checked when the upload is decoded) and the sentence the page shows before
+    anything is uploaded."""
+    megabytes = max(1, math.ceil(limits.max_image_bytes / 1_000_000))
+    return megabytes, (
+        f"JPEG or PNG, at most {limits.max_image_bytes:,} bytes and {limits.max_pixels:,} pixels: "
+        "the model refuses larger images."
+    )
 
 
 def load_model(uri: str) -> tuple[PyFuncModel, InputLimits]:

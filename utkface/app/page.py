@@ -57,7 +57,11 @@ def _image(limits: InputLimits) -> tuple[str, np.ndarray] | None:
         samples = _samples()
         name = st.selectbox("Sample", list(samples))
         return name, samples[name]
-    upload = st.file_uploader("A JPEG or PNG photo", type=["jpg", "jpeg", "png"])
+    megabytes, limit = logic.upload_limit(limits)
+    st.caption(limit)
+    upload = st.file_uploader(
+        "A JPEG or PNG photo", type=["jpg", "jpeg", "png"], max_upload_size=megabytes, help=limit
+    )
     if upload is None:
         st.info("Upload a photo, or try a sample image.")
         return None

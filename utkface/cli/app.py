@@ -2,14 +2,14 @@
 
 The page gets the model URI in `UTKFACE_APP_MODEL` and the tracking store in
 `MLFLOW_TRACKING_URI`; Streamlit is bound to 127.0.0.1 by default, headless, sends no usage
-statistics and never shows tracebacks in the browser.
+statistics and never shows tracebacks in the browser. The command replaces itself with
+Streamlit (exec), so a SIGTERM or Ctrl-C to it stops the server and frees the port.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Streamlit's exit status, once it stops (Ctrl-C)."""
+    """1 for bad params; otherwise this process becomes Streamlit and never returns."""
     try:
         uri = args.model or champion_uri(load_params().register_.model_name)
     except ParamsError as error:
@@ -47,7 +47,4 @@ def run(args: argparse.Namespace) -> int:
         *("--client.toolbarMode", "minimal"),
     ]
     print(f"app: serving {uri} on http://{args.host}:{args.port}", flush=True)
-    try:
-        return subprocess.call(command, env=env)
-    except KeyboardInterrupt:  # Streamlit got the Ctrl-C too and has stopped
-        return 130
+    os.execve(sys.executable, command, env)
