@@ -53,6 +53,7 @@ def _category(reason: str) -> str:
         ("race ", "label_out_of_range"),
         ("duplicate", "duplicate"),
         ("unsafe archive member", "unsafe_path"),
+        ("unsafe path", "unsafe_path"),
         ("file too large", "too_large"),
         ("decompression bomb", "decompression_bomb"),
         ("empty file", "empty"),

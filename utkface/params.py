@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
 import yaml
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
@@ -29,6 +30,7 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+PILLOW_MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow warns above it and refuses twice it
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeFloat = Annotated[float, Field(ge=0.0)]
@@ -38,7 +40,8 @@ class IngestParams(_Section):
     source: str = "synthetic"
     image_size: Annotated[int, Field(ge=32, le=256)] = 64
     synthetic_count: Annotated[int, Field(ge=10, le=200_000)] = 1200
-    max_image_pixels: Annotated[int, Field(ge=10_000)] = 25_000_000
+    # At most Pillow's own guard, which the project leaves as it is: decode_image's limit rules.
+    max_image_pixels: Annotated[int, Field(ge=10_000, le=PILLOW_MAX_PIXELS)] = 25_000_000
     max_file_bytes: Annotated[int, Field(ge=1_000)] = 20_000_000
 
     @property

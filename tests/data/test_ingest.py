@@ -235,13 +235,15 @@ def test_non_square_images_are_centre_cropped():
     np.testing.assert_allclose(array[:, 2:-2].reshape(-1, 3).mean(axis=0), (0, 255, 0), atol=2)
 
 
-def test_max_pixels_above_pillows_default_is_honoured():
+def test_max_pixels_is_the_callers_limit_and_pillows_guard_stays():
     big = encode(Image.new("1", (6000, 5000), 1), "PNG")  # 30 Mpx, a few KB
-    result = ingest(
-        [RawFile(utk(30, 0, 0, 1), lambda: big)], SIZE, 50_000_000, AGE_MAX, progress=False
-    )
+    file = RawFile(utk(30, 0, 0, 1), lambda: big)
+    result = ingest([file], SIZE, 50_000_000, AGE_MAX, progress=False)
     assert result.rejections.empty, result.rejections.to_dict("records")
     assert result.images.shape == (1, SIZE, SIZE, 3)
+    refused = ingest([file], SIZE, 25_000_000, AGE_MAX, progress=False)
+    assert list(refused.rejections["category"]) == ["decompression_bomb"]
+    assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's guard is not switched off process-wide
 
 
 def test_corrupt_archive_member_is_rejected_not_fatal(tmp_path):

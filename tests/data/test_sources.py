@@ -135,6 +135,33 @@ def test_tar_with_dot_slash_names_and_directory_entries(tmp_path):
     assert result.files_seen == 1  # the directory entry is not a file
 
 
+def test_links_out_of_the_source_folder_are_refused_unread(tmp_path):
+    """A link to a system file, to an image elsewhere or to a folder elsewhere is refused and
+    listed; a link inside the folder, and a source folder that is itself a link, are read."""
+    root = write_folder(tmp_path / "data", {utk(25, 0, 0, 1): face(1), "store/a.bin": face(6)})
+    elsewhere = write_folder(tmp_path / "elsewhere", {utk(30, 1, 0, 2): face(2)})
+    (root / utk(31, 0, 0, 3)).symlink_to(elsewhere / utk(30, 1, 0, 2))
+    (root / utk(32, 0, 0, 4)).symlink_to("/etc/passwd")
+    (root / "more").symlink_to(elsewhere, target_is_directory=True)
+    (root / utk(33, 0, 0, 5)).symlink_to(tmp_path / "gone.jpg")
+    (root / utk(34, 1, 0, 6)).symlink_to(root / "store" / "a.bin")  # inside: fine
+    linked_root = tmp_path / "linked"
+    linked_root.symlink_to(root, target_is_directory=True)
+    for source in (root, linked_root):
+        read: list[str] = []
+        result = run_ingest(source, read)
+        reasons = dict(zip(result.rejections["file"], result.rejections["reason"], strict=True))
+        outside = [utk(31, 0, 0, 3), utk(32, 0, 0, 4), "more"]
+        for name in outside:
+            assert reasons[name].startswith("unsafe path: link out of the source folder"), name
+        assert reasons[utk(33, 0, 0, 5)] == "unsafe path: broken link refused"
+        assert "/etc/passwd" in reasons[utk(32, 0, 0, 4)]
+        assert not set(read) & {*outside, utk(33, 0, 0, 5)}  # never opened
+        ingested = set(result.labels["image_id"])
+        assert ingested == {utk(n[0], n[1], 0, n[2]).removesuffix(".jpg.chip.jpg")
+                            for n in ((25, 0, 1), (34, 1, 6))}  # fmt: skip
+
+
 # ------------------------------------------------------------------------- unsafe archive members
 
 EVIL = {

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utkface.params import Params, ParamsError, load_params, parse_params
+from utkface.params import PILLOW_MAX_PIXELS, Params, ParamsError, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -85,7 +85,12 @@ def test_params_are_frozen():
         ),
         (
             {"ingest": {"max_image_pixels": 99}},
-            "ingest.max_image_pixels must be an int of at least 10000, got 99",
+            f"ingest.max_image_pixels must be an int between 10000 and {PILLOW_MAX_PIXELS}, got 99",
+        ),
+        (
+            {"ingest": {"max_image_pixels": PILLOW_MAX_PIXELS + 1}},  # Pillow would refuse first
+            f"ingest.max_image_pixels must be an int between 10000 and {PILLOW_MAX_PIXELS}, "
+            f"got {PILLOW_MAX_PIXELS + 1}",
         ),
         ({"seed": -1}, "seed must be an int between 0 and 2147483647, got -1"),
         ({"split": {"val": 0.5}}, "split.val must be a number between 0.0 and 0.5, got 0.5"),

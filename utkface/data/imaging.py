@@ -12,9 +12,6 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-# Pillow's global check would cap every caller at its own limit; decode_image checks instead.
-Image.MAX_IMAGE_PIXELS = None
-
 
 class ImageError(ValueError):
     """Bytes that are not a usable image; the message says why."""
@@ -22,6 +19,11 @@ class ImageError(ValueError):
 
 def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -> Image.Image:
     """Decode image bytes fully, refusing empty, corrupt, truncated and oversized images.
+
+    Every path that decodes an image (ingest, features, predict, the served model, the app)
+    comes here. `max_pixels` is checked from the header, before any pixel is decoded; Pillow's
+    process-wide guard (`Image.MAX_IMAGE_PIXELS`) is left as it is, and params keep
+    `ingest.max_image_pixels` below it, so this limit is the one that refuses.
 
     With `target_size`, JPEGs are decoded by libjpeg at the smallest scale that is still at
     least that size (much faster than a full decode followed by a resize).

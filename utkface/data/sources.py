@@ -3,7 +3,8 @@
 Each source yields `RawFile`s: a name relative to the source plus a way to read its bytes, or a
 refusal (unsafe archive member, oversized file) that ingest reports instead of reading.
 Archives are read member by member in memory; nothing is extracted to disk, so a member named
-``../../etc/passwd`` can never be written anywhere.
+``../../etc/passwd`` can never be written anywhere. In a folder, a file or link whose real path
+lies outside the folder is refused unread.
 """
 
 from __future__ import annotations
@@ -56,10 +57,27 @@ def _too_big(size: int, max_bytes: int) -> str | None:
     return None
 
 
+def _outside(path: Path, real_root: Path) -> str | None:
+    """Why a folder entry must not be read: a link that leads out of the source folder (or
+    nowhere). Links inside it, and a source folder that is itself a link, are fine."""
+    if not path.exists():
+        return "unsafe path: broken link refused"
+    real = path.resolve()
+    if not real.is_relative_to(real_root):
+        return f"unsafe path: link out of the source folder refused (it leads to {real})"
+    return None
+
+
 def _folder_files(root: Path, max_bytes: int) -> Iterator[RawFile]:
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+    real_root = root.resolve()
+    for path in sorted(p for p in root.rglob("*") if p.is_symlink() or p.is_file()):
         name = path.relative_to(root).as_posix()
-        yield RawFile(name, path.read_bytes, _too_big(path.stat().st_size, max_bytes))
+        refusal = _outside(path, real_root)
+        if path.is_dir():  # a link to a folder, which rglob does not enter
+            if refusal:
+                yield RawFile(name, path.read_bytes, refusal)
+            continue
+        yield RawFile(name, path.read_bytes, refusal or _too_big(path.stat().st_size, max_bytes))
 
 
 def _unreadable(archive: Path, error: BaseException) -> SourceError:
