@@ -207,3 +207,39 @@ def test_a_model_trained_on_the_synthetic_set_answers_with_a_warning(
         assert run(folder / "a.png", "--model", demo.model_uri) == 0
     err = capsys.readouterr().err
     assert f"predict: warning: {SYNTHETIC_WARNING}" in err
+
+
+def test_an_oversized_file_is_refused_from_its_size_without_being_read(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.jpg"
+    with huge.open("wb") as handle:
+        handle.truncate(4 * 1024**3)  # 4 GiB, sparse: reading it would take minutes and memory
+    small = tmp_path / "small.png"
+    small.write_bytes(image_bytes(1))
+    refused = client.read_input(huge, max_bytes=10_000)
+    assert refused == client.Prediction(
+        str(huge), error=f"image of {4 * 1024**3} bytes exceeds the limit of 10000"
+    )
+    assert client.read_input(small, max_bytes=10_000) == client.Input(str(small), image_bytes(1))
+    assert client.read_input(tmp_path / "gone.png", 10_000).error.startswith("cannot read")
+
+
+def test_files_are_read_one_batch_at_a_time(
+    logged: ModelInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = []
+    for i in range(client.BATCH + 3):
+        files.append(tmp_path / f"{i:03d}.png")
+        files[-1].write_bytes(image_bytes(i % 3))
+    held: list[int] = []  # images in memory at each prediction
+    predict_inputs = client.predict_inputs
+
+    def counted_predict(model, inputs):
+        held.append(len(inputs))
+        return predict_inputs(model, inputs)
+
+    monkeypatch.setattr(client, "predict_inputs", counted_predict)
+    model = client.load_model(logged.model_uri, None)
+    predictions = client.predict_files(model, files, client.InputLimits.of(model))
+    assert held == [client.BATCH, 3]
+    assert [p.path for p in predictions] == [str(f) for f in files]
+    assert all(p.error is None for p in predictions)

@@ -14,13 +14,10 @@ from utkface.data.labels import IMAGE_SUFFIXES
 from utkface.inference.client import (
     InputLimits,
     PredictError,
-    Prediction,
-    detect_face_inputs,
     find_images,
     format_table,
     load_model,
-    predict_inputs,
-    read_inputs,
+    predict_files,
     synthetic_warning,
 )
 from utkface.params import ParamsError
@@ -60,25 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """0 when at least one image was predicted, 1 otherwise (or when there is no model)."""
     files, missing = find_images(args.paths)
-    inputs, unreadable = read_inputs(files)
-    if not inputs:
-        for entry in [*missing, *unreadable]:
+    if not files:
+        for entry in missing:
             print(f"predict: {entry.path}: {entry.error}", file=sys.stderr)
         print(f"predict: no {'/'.join(IMAGE_SUFFIXES)} image to predict", file=sys.stderr)
         return 1
-    undetected: list[Prediction] = []
     try:
         model = load_model(args.model, args.model_name)
         limits = InputLimits.of(model)
         if warning := synthetic_warning(limits):
             print(f"predict: warning: {warning}", file=sys.stderr)
-        if args.detect_faces:
-            inputs, undetected = detect_face_inputs(inputs, limits)
-        predicted = predict_inputs(model, inputs)
+        predicted = predict_files(model, files, limits, detect=args.detect_faces)
     except (PredictError, ParamsError, MlflowException) as error:
         print(f"predict: {error}", file=sys.stderr)
         return 1
-    predictions = sorted([*missing, *unreadable, *undetected, *predicted], key=lambda p: p.path)
+    predictions = sorted([*missing, *predicted], key=lambda p: p.path)
     if args.json:
         hidden = () if args.detect_faces else ("face", "box")
         entries = [{k: v for k, v in asdict(p).items() if k not in hidden} for p in predictions]

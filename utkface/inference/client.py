@@ -34,6 +34,7 @@ from utkface.inference.pyfunc import (
     SYNTHETIC_WARNING,
     encode_png,
     to_base64,
+    too_large,
 )
 from utkface.mlops import registry, tracking
 from utkface.params import load_params
@@ -116,23 +117,44 @@ def find_images(paths: Iterable[Path]) -> tuple[list[Path], list[Prediction]]:
     return files, missing
 
 
-def read_inputs(files: Iterable[Path]) -> tuple[list[Input], list[Prediction]]:
-    """An input for each readable file, and an error entry for each unreadable one."""
-    inputs, errors = [], []
-    for path in files:
-        try:
-            inputs.append(Input(str(path), path.read_bytes()))
-        except OSError as error:
-            errors.append(Prediction(str(path), error=f"cannot read: {error.strerror or error}"))
-    return inputs, errors
+def read_input(path: Path, max_bytes: int) -> Input | Prediction:
+    """The file's bytes as an input, or an error entry: unreadable, or larger than `max_bytes`
+    (seen by `stat` before reading, and never more than `max_bytes` + 1 bytes read, should the
+    file grow meanwhile)."""
+    try:
+        size = path.stat().st_size
+        if size <= max_bytes:
+            with path.open("rb") as handle:
+                data = handle.read(max_bytes + 1)
+            if len(data) <= max_bytes:
+                return Input(str(path), data)
+            size = len(data)
+    except OSError as error:
+        return Prediction(str(path), error=f"cannot read: {error.strerror or error}")
+    return Prediction(str(path), error=too_large(size, max_bytes))
+
+
+def predict_files(
+    model: PyFuncModel, files: Sequence[Path], limits: InputLimits, detect: bool = False
+) -> list[Prediction]:
+    """Every file predicted (each detected face with `detect`), reading `BATCH` files at a
+    time, so memory holds one batch of images whatever the number of files."""
+    predictions: list[Prediction] = []
+    for start in range(0, len(files), BATCH):
+        read = [read_input(path, limits.max_image_bytes) for path in files[start : start + BATCH]]
+        inputs = [item for item in read if isinstance(item, Input)]
+        predictions += [item for item in read if isinstance(item, Prediction)]
+        if detect:
+            inputs, undetected = detect_face_inputs(inputs, limits)
+            predictions += undetected
+        predictions += predict_inputs(model, inputs)
+    return predictions
 
 
 def decode_rgb(data: bytes, limits: InputLimits) -> np.ndarray:
     """The RGB uint8 pixels of image bytes, refused (`ImageError`) where the model would."""
     if len(data) > limits.max_image_bytes:
-        raise ImageError(
-            f"image of {len(data)} bytes exceeds the limit of {limits.max_image_bytes}"
-        )
+        raise ImageError(too_large(len(data), limits.max_image_bytes))
     return np.asarray(decode_image(data, limits.max_pixels).convert("RGB"))
 
 

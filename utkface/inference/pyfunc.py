@@ -73,6 +73,12 @@ SIGNATURE = ModelSignature(
 )
 
 
+def too_large(size: int, max_bytes: int) -> str:
+    """The refusal of an image over the byte limit, in the served model's and the client's
+    words."""
+    return f"image of {size} bytes exceeds the limit of {max_bytes}"
+
+
 def model_artifact(member: str) -> str:
     """The artifact name of one model family's Keras model."""
     return f"{member}_model"
@@ -117,7 +123,7 @@ def decode_row(value: Any, max_image_bytes: int) -> bytes:
     except (binascii.Error, ValueError):
         raise ImageError("not valid base64") from None
     if len(data) > max_image_bytes:
-        raise ImageError(f"image of {len(data)} bytes exceeds the limit of {max_image_bytes}")
+        raise ImageError(too_large(len(data), max_image_bytes))
     return data
 
 
