@@ -249,6 +249,19 @@ class RegisterParams(_Section):
         "utkface-age-gender"
     )
     max_image_bytes: Annotated[int, Field(ge=1_000)] = 5_000_000
+    # `utkface serve` refuses larger requests (413) before reading them: room for two images
+    # at the byte limit, base64-encoded in JSON
+    max_request_bytes: Annotated[int, Field(ge=2_000)] = 14_000_000
+
+    @model_validator(mode="after")
+    def _one_image_fits(self) -> RegisterParams:
+        one = -(-self.max_image_bytes * 4 // 3) + 1_000  # base64 of one image, and the JSON
+        if self.max_request_bytes < one:
+            raise ValueError(
+                f"register.max_request_bytes ({self.max_request_bytes}) must hold one image of "
+                f"register.max_image_bytes base64-encoded: at least {one}"
+            )
+        return self
 
 
 class PromoteParams(_Section):

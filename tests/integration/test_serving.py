@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import requests
 from mlflow.exceptions import MlflowException
@@ -37,7 +40,9 @@ from model_fixtures import (
 
 from utkface.data.imaging import load_image
 from utkface.inference.pyfunc import combine, model_outputs
+from utkface.inference.server import too_large_message
 from utkface.mlops import registry
+from utkface.params import Params
 
 NOT_AN_IMAGE = base64.b64encode(b"hello, I am plain text").decode()
 TOO_LARGE = rf"image of (about )?\d+ bytes exceeds the limit of {MAX_IMAGE_BYTES}"
@@ -263,7 +268,10 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
 
 
 def port_is_free(port: int) -> bool:
+    """Nothing listens on it (a closed connection's TIME_WAIT does not count; servers reuse
+    the address)."""
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -271,13 +279,43 @@ def port_is_free(port: int) -> bool:
     return True
 
 
+def raw_post(port: int, headers: list[str], body: Iterator[bytes]) -> tuple[int, dict]:
+    """POST /invocations with `headers`, the body sent from a thread (the server may stop
+    reading it); the response's status and JSON."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        head = ["POST /invocations HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *headers]
+        head += ["", ""]
+        sock.sendall("\r\n".join(head).encode())
+
+        def send_body() -> None:
+            with contextlib.suppress(OSError):  # the server answered and closed
+                for chunk in body:
+                    sock.sendall(chunk)
+
+        sender = threading.Thread(target=send_body, daemon=True)
+        sender.start()
+        response = b""
+        with contextlib.suppress(ConnectionResetError):  # closed with the body still coming
+            while data := sock.recv(65536):
+                response += data
+    head, _, content = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(content)
+
+
+def rss(pid: int) -> int:
+    return psutil.Process(pid).memory_info().rss
+
+
 @pytest.mark.slow
-def test_sigterm_to_utkface_serve_stops_the_server_and_frees_the_port(
+def test_utkface_serve_refuses_large_requests_unread_and_stops_on_sigterm(
     logged: ModelInfo, tmp_path: Path
 ) -> None:
-    """What a process manager, `timeout` or a container stop does: SIGTERM to the command,
-    not to its process group."""
+    """A 20 MB request gets 413 before its body is read; SIGTERM to the command (what a
+    process manager, `timeout` or a container stop sends, not to its process group) stops the
+    server and frees the port."""
     register_version(logged, MODEL_NAME)
+    (tmp_path / "params.yaml").write_text("# the defaults: register.max_request_bytes 14 MB\n")
+    limit = Params().register_.max_request_bytes
     port = free_port()
     bin_dir = Path(sys.executable).parent
     command = [str(bin_dir / "utkface"), "serve", "--port", str(port)]
@@ -291,7 +329,32 @@ def test_sigterm_to_utkface_serve_stops_the_server_and_frees_the_port(
         start_new_session=True,
     )
     try:
-        wait_until_up(server, f"http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(server, url)
+        ok = invoke(url, b64(image_bytes(1)))
+        assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1, ok.text
+        size, chunk = 20_000_000, b"x" * 1_000_000
+        before = rss(server.pid)
+        declared = [f"Content-Length: {size}", "Content-Type: application/json"]
+        status, error = raw_post(port, declared, iter([chunk] * (size // len(chunk))))
+        assert status == 413, error
+        assert error == {
+            "error_code": "REQUEST_LIMIT_EXCEEDED",
+            "message": too_large_message(size, limit),
+        }
+        assert rss(server.pid) - before < 5_000_000  # nothing of the body was kept
+        chunked = ["Transfer-Encoding: chunked", "Content-Type: application/json"]
+        pieces = (b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(size // len(chunk)))
+        status, error = raw_post(port, chunked, pieces)
+        assert status == 413 and error["message"] == too_large_message(None, limit), error
+        small = json.dumps(
+            {"dataframe_split": {"columns": ["image"], "data": [[b64(image_bytes(2))]]}}
+        )
+        status, answer = raw_post(
+            port, chunked, iter([b"%x\r\n%s\r\n0\r\n\r\n" % (len(small), small.encode())])
+        )
+        assert status == 200 and len(answer["predictions"]) == 1, answer  # within the limit
+
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
         deadline = time.monotonic() + 10

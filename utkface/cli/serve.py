@@ -1,8 +1,9 @@
-"""`utkface serve`: the champion as a REST endpoint, via `mlflow models serve`.
+"""`utkface serve`: the champion as a REST endpoint: MLflow's scoring server (the one
+`mlflow models serve` runs, same routes and answers) behind a request-size limit
+(`utkface.inference.server`).
 
-The command replaces itself with `mlflow models serve` (exec), so a SIGTERM or Ctrl-C to it (a
-process manager, `timeout`, a container stop) reaches the server: MLflow then stops its
-uvicorn child, which it started to receive SIGTERM when its parent dies, and the port is free.
+The command replaces itself with the server (exec), so a SIGTERM or Ctrl-C to it (a process
+manager, `timeout`, a container stop) stops the server and frees the port.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import NoReturn
 
+from utkface.inference import server
 from utkface.mlops import tracking
 from utkface.mlops.registry import champion_uri
 from utkface.params import load_params
@@ -25,26 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> NoReturn:
-    uri = args.model or champion_uri(load_params().register_.model_name)
-    # mlflow starts uvicorn from PATH: put this environment's scripts first
-    bin_dir = str(Path(sys.executable).parent)
+    params = load_params()
+    uri = args.model or champion_uri(params.register_.model_name)
+    limit = params.register_.max_request_bytes
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        server.MODEL_ENV: uri,
+        server.LIMIT_ENV: str(limit),
     }
-    command = [
-        str(Path(bin_dir) / "mlflow"),
-        "models",
-        "serve",
-        "-m",
-        uri,
-        "--env-manager",
-        "local",
-        "--host",
-        args.host,
-        "--port",
-        str(args.port),
-    ]
-    print("serve:", " ".join(command), flush=True)
-    os.execve(command[0], command, env)
+    command = [sys.executable, "-m", "uvicorn", "--factory", f"{server.__name__}:create_app"]
+    command += ["--host", args.host, "--port", str(args.port)]
+    print(f"serve: {uri} on http://{args.host}:{args.port}, requests up to {limit} bytes")
+    sys.stdout.flush()
+    os.execve(sys.executable, command, env)
