@@ -83,6 +83,12 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "utkface/model/face_backbone.py",  # imported only when a pretrained family loads
     ]
     model = mlflow.models.Model.load(local)
+    # models from code: loading runs the carried code, and the model holds no pickle at all
+    assert model.flavors["python_function"]["model_code_path"].endswith("served_model.py")
+    assert (local / Path(model.flavors["python_function"]["model_code_path"]).name).is_file()
+    logged_files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+    pickles = [f for f in logged_files if f.endswith((".pkl", ".pickle", ".cloudpickle"))]
+    assert pickles == [], pickles
     assert model.flavors["python_function"]["config"] == {
         "image_size": IMAGE_SIZE,
         "max_image_bytes": MAX_IMAGE_BYTES,

@@ -18,6 +18,7 @@ import pandas as pd
 from mlflow.models.model import ModelInfo
 
 from utkface import paths
+from utkface.inference import served_model
 from utkface.inference.pyfunc import (
     BACKBONE_ARTIFACT,
     IMAGE,
@@ -64,7 +65,8 @@ def log_serving_model(
     active MLflow run.
 
     `input_example_images` are a few uint8 (S, S, 3) arrays; they are sent as base64 PNGs, and
-    MLflow checks that the example serves. The model carries `config` (its `model_config`),
+    MLflow checks that the example serves. The model is logged as code (`served_model.py`),
+    not as a pickled object. It carries `config` (its `model_config`),
     `lineage` (its metadata: git commit, data version, params...) and, as `code_paths`, only
     the modules the pyfunc imports, so it loads from any working directory.
     """
@@ -79,7 +81,7 @@ def log_serving_model(
             artifacts[BACKBONE_ARTIFACT] = str(backbone.folder)
         return mlflow.pyfunc.log_model(
             name=name,
-            python_model=AgeGenderModel(),
+            python_model=served_model.__file__,  # models from code: no pickle
             artifacts=artifacts,
             model_config=dataclasses.asdict(config),
             metadata=dict(lineage),
