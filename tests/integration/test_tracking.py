@@ -3,7 +3,9 @@ experiment (artifacts beside a SQLite store), lineage tags, flattened params, pe
 
 from __future__ import annotations
 
+import argparse
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from utkface.cli import predict as predict_command
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger
 from utkface.model.fitting import LearningRateInLogs
@@ -289,3 +292,42 @@ def test_epoch_logger_can_target_a_run_that_is_not_active(store: str) -> None:
     (logged,) = MlflowClient(store).get_metric_history(run.info.run_id, "val_loss")
     assert (logged.step, logged.value) == (4, 2.5)
     assert mlflow.active_run() is None
+
+
+# --- a store that moves with its clone ----------------------------------------------------------
+
+
+def test_a_copied_clone_refuses_the_store_that_points_at_the_original(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    (original / "params.yaml").write_text("# the defaults\n")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(original)
+    tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
+    with mlflow.start_run():
+        mlflow.log_text("hello", "note.txt")
+    tracking.check_store()  # the original is fine
+    shutil.copytree(original, copy)
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it
+    with pytest.raises(tracking.StoreMovedError) as moved:
+        tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
+    message = str(moved.value)
+    assert f"{copy / 'mlflow.db'}" in message and f"{original / 'mlartifacts'}" in message
+    assert f"{copy / 'mlartifacts'}" in message
+    (copy / "face.png").write_bytes(b"not read: the store is refused first")
+    parser = argparse.ArgumentParser()
+    predict_command.add_arguments(parser)
+    assert predict_command.run(parser.parse_args(["face.png"])) == 1
+    assert "was copied or moved from another clone" in capsys.readouterr().err
+
+
+def test_a_remote_or_new_store_is_not_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    tracking.check_store("http://127.0.0.1:1")  # a server decides where artifacts go
+    tracking.check_store(f"sqlite:///{tmp_path}/none-yet.db")
+    assert not (tmp_path / "none-yet.db").exists()

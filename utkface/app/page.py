@@ -11,6 +11,7 @@ from mlflow.pyfunc import PyFuncModel
 from utkface.app import logic
 from utkface.data.imaging import ImageError
 from utkface.inference.client import InputLimits, PredictError, decode_rgb, synthetic_warning
+from utkface.mlops.tracking import StoreMovedError
 from utkface.params import ParamsError
 
 RESPONSIBLE_USE = (
@@ -79,7 +80,7 @@ def main() -> None:
     try:
         card = logic.model_card(logic.default_model_uri())
         model, limits = _load(card.uri)
-    except (PredictError, ParamsError) as error:
+    except (PredictError, ParamsError, StoreMovedError) as error:
         st.error(str(error))
         st.stop()
     _model_card(card)

@@ -32,10 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """1 for bad params; otherwise this process becomes Streamlit and never returns."""
+    """1 for bad params or a store copied from another clone; otherwise this process becomes
+    Streamlit and never returns."""
     try:
         uri = args.model or champion_uri(load_params().register_.model_name)
-    except ParamsError as error:
+        tracking.check_store()
+    except (ParamsError, tracking.StoreMovedError) as error:
         print(f"app: {error}", file=sys.stderr)
         return 1
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), app.MODEL_ENV: uri}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
 
 from utkface.inference import server
 from utkface.mlops import tracking
@@ -25,8 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=5001)
 
 
-def run(args: argparse.Namespace) -> NoReturn:
+def run(args: argparse.Namespace) -> int:
+    """1 when the store was copied from another clone; otherwise this process becomes the
+    server and never returns."""
     params = load_params()
+    try:
+        tracking.check_store()
+    except tracking.StoreMovedError as error:
+        print(f"serve: {error}", file=sys.stderr)
+        return 1
     uri = args.model or champion_uri(params.register_.model_name)
     limit = params.register_.max_request_bytes
     env = {

@@ -206,6 +206,7 @@ def predict_inputs(model: PyFuncModel, inputs: Sequence[Input]) -> list[Predicti
 
 def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
     """The pyfunc at `uri`, by default the champion of `model_name` (params' when None)."""
+    tracking.check_store()
     mlflow.set_tracking_uri(tracking.tracking_uri())
     if uri is None:
         name = model_name or load_params().register_.model_name

@@ -101,6 +101,7 @@ class ModelCardFacts:
 def registry_client() -> MlflowClient:
     """A client on the project's store, which also holds the registry."""
     uri = tracking.tracking_uri()
+    tracking.check_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import mlflow
 import yaml
@@ -49,9 +50,48 @@ def _artifact_location(uri: str) -> str | None:
     return None
 
 
+class StoreMovedError(MlflowException):
+    """A SQLite store whose artifacts are not beside it: copied or moved from another clone."""
+
+
+def _local_path(location: str) -> Path | None:
+    """The folder of a local artifact location; None for a remote one (s3://, http://...)."""
+    parsed = urlparse(location)
+    if parsed.scheme in ("", "file"):
+        return Path(unquote(parsed.path)).absolute()
+    return None
+
+
+def check_store(uri: str | None = None) -> None:
+    """Refuse a SQLite store whose project experiments keep their artifacts anywhere but in
+    `mlartifacts/` beside it. MLflow records artifact locations as absolute paths, so a
+    copied or moved clone's `mlflow.db` would otherwise read and write the original clone's
+    artifacts without a word."""
+    uri = uri or tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return
+    store = Path(uri.removeprefix("sqlite:///")).absolute()
+    if not store.exists():
+        return
+    beside = store.parent / paths.MLFLOW_ARTIFACTS
+    client = MlflowClient(uri)
+    for name in (TRAIN_EXPERIMENT, TUNE_EXPERIMENT):
+        experiment = client.get_experiment_by_name(name)
+        where = experiment and _local_path(experiment.artifact_location)
+        if where is not None and not where.is_relative_to(beside):
+            raise StoreMovedError(
+                f"the tracking store {store} keeps the artifacts of experiment {name!r} in "
+                f"{where}, not beside it in {beside}: it was copied or moved from another "
+                f"clone. Use that clone's store (export MLFLOW_TRACKING_URI=sqlite:///"
+                f"{where.parent / paths.MLFLOW_DB}), or start a new one here (move {store} "
+                f"and {beside} out of the way)."
+            )
+
+
 def use_experiment(name: str) -> str:
     """Point MLflow at the project's store and experiment (created on first use)."""
     uri = tracking_uri()
+    check_store(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
