@@ -51,7 +51,7 @@ class RequestSizeLimit:
             else:
                 await self.app(scope, receive, send)
             return
-        body, more = b"", True  # chunked: read here, never more than limit + one chunk
+        body, more = bytearray(), True  # chunked: read here, never more than limit + a chunk
         while more:
             message = await receive()
             if message["type"] != "http.request":  # the client went away
@@ -68,7 +68,7 @@ class RequestSizeLimit:
             if replayed:
                 return await receive()
             replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
 
         await self.app(scope, replay, send)
 
