@@ -348,6 +348,35 @@ def test_plots_diff_draws_both_experiments(project: Path, env: dict[str, str]) -
         assert revs == {"exp-lr-002", "exp-lr-004"}, (title, revs)
 
 
+def _experiment_metrics(root: Path, env: dict[str, str], name: str) -> dict:
+    """metrics/evaluate.json of experiment `name` as `dvc exp show` lists it in `root`."""
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], root, env).stdout)
+    baseline = next(entry for entry in shown if entry["rev"] != "workspace")
+    (experiment,) = [e for e in baseline.get("experiments") or [] if e["name"] == name]
+    return experiment["revs"][0]["data"]["metrics"]["metrics/evaluate.json"]["data"]
+
+
+def test_an_experiment_pushed_from_one_clone_shows_in_another(
+    project: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """DVC's way across machines: a shared git remote and a shared DVC remote."""
+    shared = tmp_path_factory.mktemp("shared")
+    git_remote, dvc_remote = shared / "project.git", shared / "dvc-storage"
+    _run(["git", "init", "-q", "--bare", "-b", "main", str(git_remote)], shared, env)
+    _run(["git", "push", "-q", str(git_remote), "main"], project, env)
+    _run(["dvc", "remote", "add", "--local", "-f", "-d", "shared", str(dvc_remote)], project, env)
+    _run(["dvc", "exp", "push", str(git_remote), "exp-lr-002"], project, env)
+    other = tmp_path_factory.mktemp("other") / "clone"
+    _run(["git", "clone", "-q", str(git_remote), str(other)], shared, env)
+    _run(["dvc", "remote", "add", "--local", "-f", "-d", "shared", str(dvc_remote)], other, env)
+    _run(["dvc", "exp", "pull", str(git_remote), "exp-lr-002"], other, env)
+    pulled, here = (_experiment_metrics(root, env, "exp-lr-002") for root in (other, project))
+    assert pulled["test_age_mae"] == here["test_age_mae"]
+    _run(["dvc", "exp", "apply", "exp-lr-002"], other, env)  # its models came with it
+    assert (other / "models/model/pretrained.keras").is_file()
+    assert json.loads((other / "metrics/train.json").read_text())["lr_used"] == 0.002
+
+
 def _wait_for_epochs(root: Path, process: subprocess.Popen[str]) -> str:
     """The id of the RUNNING train run of `process` once it has logged an epoch."""
     client = _client(root)
