@@ -199,6 +199,8 @@ def test_promote_the_version_a_dvc_experiment_registered(
     assert champion_version(name) == "1"
     assert run_promote("--model-name", name, "--exp", "no-such-exp") == 2
     assert "no version of" in capsys.readouterr().err
+    assert run_promote("--model-name", name, "--exp", "it's") == 2  # never a filter to parse
+    assert "no version of" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # --exp and --version name the version twice
         run_promote("--model-name", name, "--exp", "lucky-lion", "--version", "1")
 

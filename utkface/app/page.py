@@ -61,7 +61,7 @@ def _image(limits: InputLimits) -> tuple[str, np.ndarray] | None:
     megabytes, limit = logic.upload_limit(limits)
     st.caption(limit)
     upload = st.file_uploader(
-        "A JPEG or PNG photo", type=["jpg", "jpeg", "png"], max_upload_size=megabytes, help=limit
+        "A JPEG or PNG photo", type=["jpg", "jpeg", "png"], max_upload_size=megabytes
     )
     if upload is None:
         st.info("Upload a photo, or try a sample image.")

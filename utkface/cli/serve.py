@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", f"{server.__name__}:create_app"]
     command += ["--host", args.host, "--port", str(args.port)]
-    print(f"serve: {uri} on http://{args.host}:{args.port}, requests up to {limit} bytes")
-    sys.stdout.flush()
+    print(
+        f"serve: {uri} on http://{args.host}:{args.port}, requests up to {limit} bytes", flush=True
+    )
     os.execve(sys.executable, command, env)

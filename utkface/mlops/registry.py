@@ -123,7 +123,10 @@ def get_alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersi
 
 def experiment_version(client: MlflowClient, name: str, experiment: str) -> ModelVersion | None:
     """The newest version of `name` that DVC experiment `experiment` registered (its
-    `dvc_exp_name` tag); None when it registered none."""
+    `dvc_exp_name` tag); None when it registered none (or the name could not be one: DVC
+    experiment names are git ref names, which MLflow's filter could not quote)."""
+    if "'" in experiment or "'" in name:
+        return None
     versions = client.search_model_versions(
         f"name = '{name}' and tags.dvc_exp_name = '{experiment}'"
     )

@@ -8,6 +8,7 @@ resolved to the repository that holds that copy: their runs land in the store th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import subprocess
@@ -66,8 +67,13 @@ def check_store(uri: str | None = None) -> None:
     """Refuse a SQLite store whose project experiments keep their artifacts anywhere but in
     `mlartifacts/` beside it. MLflow records artifact locations as absolute paths, so a
     copied or moved clone's `mlflow.db` would otherwise read and write the original clone's
-    artifacts without a word."""
-    uri = uri or tracking_uri()
+    artifacts without a word. Checked once per store and process (a store does not move
+    under a running process; the app looks the model up on every page run)."""
+    _check_store(uri or tracking_uri())
+
+
+@functools.cache
+def _check_store(uri: str) -> None:
     if not uri.startswith("sqlite:///"):
         return
     store = Path(uri.removeprefix("sqlite:///")).absolute()
