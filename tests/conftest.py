@@ -12,8 +12,16 @@ Helpers imported by name live beside this file: `tiny` (tiny configs, data and p
 
 from __future__ import annotations
 
-import pytest
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
+from tiny import free_port
+
+from utkface.mlops import tracking_server
+from utkface.mlops.tracking_server import ServerConfig, TrackingServerError
 from utkface.model.fitting import seed_everything
 
 
@@ -22,3 +30,24 @@ def seeded() -> None:
     """Initialisers draw from Keras' global generator: unseeded, a tiny ReLU head can start dead
     (constant outputs) and make a test pass or fail by chance."""
     seed_everything(0)
+
+
+@pytest.fixture(scope="session")
+def tracking_server_config() -> Iterator[ServerConfig]:
+    """A team tracking server (`utkface tracking-server start`: PostgreSQL on loopback, MLflow
+    with proxied artifacts) in a throwaway home, for the whole session; stopped and deleted
+    after it. Skipped where PostgreSQL is not installed (`.ci/run` installs it)."""
+    try:
+        tracking_server.postgres_bin("initdb")
+    except TrackingServerError as error:
+        pytest.skip(str(error))
+    # Under /tmp itself: as root, PostgreSQL runs as the postgres user, who cannot enter
+    # pytest's per-user temp folder.
+    home = Path(tempfile.mkdtemp(prefix="utkface-tracking-", dir="/tmp"))
+    config = ServerConfig(home, port=free_port(), db_port=free_port())
+    try:
+        tracking_server.start(config)
+        yield config
+    finally:
+        tracking_server.stop(config)
+        shutil.rmtree(home, ignore_errors=True)

@@ -8,8 +8,6 @@ The tests share one project and run in file order: each leaves it as the next ex
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +17,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import yaml
+from dvc_project import clean_env, reproduced_project
+from dvc_project import run as _run
+from dvc_project import stages_run as _stages_run
 from mlflow import MlflowClient
 from tiny import default_params, with_overrides
 
@@ -26,20 +27,6 @@ from utkface.mlops.runs import ENDED_BY_TAG
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
-PROJECT_FILES = [
-    "stages",
-    "utkface",
-    "dvc.yaml",
-    "params.yaml",
-    "pyproject.toml",
-    ".gitignore",
-    ".dvcignore",
-    ".dvc/config",
-    ".dvc/.gitignore",
-    ".dvc/plots",
-    "data/raw/README.md",
-]
 TINY = {
     "ingest": {"image_size": 48, "synthetic_count": 800},
     "validate": {"min_rows": 100, "min_per_gender": 20, "min_per_age_bucket": 3},
@@ -67,57 +54,16 @@ COMPACT = [
 ]  # fmt: skip
 
 
-def _run(
-    args: list[str], cwd: Path, env: dict[str, str], check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
-    if check:
-        assert done.returncode == 0, (
-            f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-        )
-    return done
-
-
-def _stages_run(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if "Running stage" in line}
-
-
 @pytest.fixture(scope="module")
 def env() -> dict[str, str]:
-    bin_dir = str(Path(sys.executable).parent)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    return clean | {
-        "PATH": f"{bin_dir}{os.pathsep}{clean.get('PATH', '')}",
-        "GIT_AUTHOR_NAME": "ci",
-        "GIT_AUTHOR_EMAIL": "ci@example.com",
-        "GIT_COMMITTER_NAME": "ci",
-        "GIT_COMMITTER_EMAIL": "ci@example.com",
-        "DVC_NO_ANALYTICS": "1",
-    }
+    return clean_env()
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
-    """The code of this checkout with the default params (never the workspace's params.yaml,
-    which `dvc exp run` rewrites) plus `TINY`; `dvc repro`, then dvc.lock and the metrics
-    committed, as the README's contributing notes say."""
-    root = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        source, target = REPO / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            shutil.copy2(source, target)
-    params = with_overrides(default_params(), TINY)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _run(["git", "init", "-q", "-b", "main"], root, env)
-    _run(["git", "add", "-A"], root, env)
-    _run(["git", "commit", "-q", "-m", "tiny project"], root, env)
-    _run(["dvc", "repro"], root, env)
-    _run(["git", "add", "-A"], root, env)
-    _run(["git", "commit", "-q", "-m", "dvc repro"], root, env)
-    return root
+    return reproduced_project(
+        tmp_path_factory.mktemp("project"), env, with_overrides(default_params(), TINY)
+    )
 
 
 def _client(root: Path) -> MlflowClient:

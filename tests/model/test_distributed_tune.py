@@ -1,9 +1,10 @@
-"""Distributed tuning on localhost: `python -m stages.tune` as Keras Tuner's chief and as one
-worker, in a tiny project that holds a copy of `stages/`, with a throwaway MLflow store.
+"""Distributed tuning on localhost: `python -m stages.tune` as Keras Tuner's chief and as
+workers, in a tiny project that holds a copy of `stages/`, with a throwaway MLflow store (an
+SQLite file, or the session's tracking server on PostgreSQL).
 
-The chief serves the oracle and owns the `tune` parent run (tagged with the oracle address); the
+The chief serves the oracle and owns the `tune` parent run (tagged with the oracle address); each
 worker finds that run by the tag and logs each trial it runs as a nested run under it; the chief
-writes metrics/tune.json once the worker has been told to stop.
+writes metrics/tune.json once the workers have been told to stop.
 """
 
 from __future__ import annotations
@@ -79,27 +80,45 @@ def _logs(processes: dict[str, tuple[subprocess.Popen, Path]]) -> str:
     )
 
 
-def test_chief_and_worker_share_one_search(tmp_path: Path) -> None:
+def _sqlite_store(root: Path) -> str:
+    uri = f"sqlite:///{root}/mlflow.db"
+    # The store and experiment exist before the processes start: two processes creating a fresh
+    # SQLite store (or the experiment) at once race (see test_tracking.py).
+    MlflowClient(uri).create_experiment(
+        tracking.TUNE_EXPERIMENT, artifact_location=(root / paths.MLFLOW_ARTIFACTS).as_uri()
+    )
+    return uri
+
+
+@pytest.mark.parametrize(
+    ("store", "workers"),
+    [("sqlite", ["tuner0"]), ("postgres server", ["tuner0", "tuner1"])],
+)
+def test_chief_and_workers_share_one_search(
+    tmp_path: Path, request: pytest.FixtureRequest, store: str, workers: list[str]
+) -> None:
+    """The chief and its workers log into one store: the project's SQLite file, or the team's
+    tracking server on PostgreSQL (`utkface tracking-server`, shared by the test session)."""
     root = tmp_path / "project"
     root.mkdir()
     shutil.copytree(REPO / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
     write_tiny_project(root)
-    uri = f"sqlite:///{root}/mlflow.db"
+    if store == "sqlite":
+        uri = _sqlite_store(root)
+    else:
+        uri = request.getfixturevalue("tracking_server_config").tracking_uri
     client = MlflowClient(uri)
-    # The store and experiment exist before the processes start: two processes creating a fresh
-    # SQLite store (or the experiment) at once race (see test_tracking.py).
-    client.create_experiment(
-        tracking.TUNE_EXPERIMENT, artifact_location=(root / paths.MLFLOW_ARTIFACTS).as_uri()
-    )
     port = free_port()
     oracle = f"127.0.0.1:{port}"
 
     processes = {"chief": _start(root, _env(uri, "chief", port), "chief")}
-    processes["worker"] = _start(root, _env(uri, "tuner0", port), "worker")
+    for worker in workers:
+        processes[worker] = _start(root, _env(uri, worker, port), worker)
     _wait(processes, TIMEOUT_S)
     logs = _logs(processes)
     assert all(p.returncode == 0 for p, _ in processes.values()), logs
-    assert f"worker tuner0 finished its trials for the chief at {oracle}" in logs
+    for worker in workers:
+        assert f"worker {worker} finished its trials for the chief at {oracle}" in logs
     assert "tune: scratch: best" in processes["chief"][1].read_text(), logs
 
     summary = json.loads((root / paths.TUNE_METRICS).read_text())
@@ -111,19 +130,22 @@ def test_chief_and_worker_share_one_search(tmp_path: Path) -> None:
     assert summary["best"]["lr"] in LEARNING_RATES
     assert summary["best_" + tune.OBJECTIVE] == min(t[tune.OBJECTIVE] for t in trials)
 
+    # A shared server holds other searches too: this one is the chief's run and its children.
     experiment = client.get_experiment_by_name(tracking.TUNE_EXPERIMENT)
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1, [r.data.tags for r in runs]
-    (parent,) = parents
-    assert parent.info.run_id == summary["mlflow_run_id"]
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert "mlflow.parentRunId" not in parent.data.tags
     assert parent.data.tags[tune.ORACLE_TAG] == oracle
     assert parent.info.status == "FINISHED"
     assert float(parent.data.params["best.lr"]) == summary["best"]["lr"]
-
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 2 and len(runs) == 3
-    assert {r.data.tags["tuner_id"] for r in children} == {"tuner0"}  # logged by the worker
+    mine = f"tags.{tune.ORACLE_TAG} = '{oracle}'"
+    assert [r.info.run_id for r in client.search_runs([experiment.experiment_id], mine)] == [
+        parent.info.run_id
+    ]
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert len(children) == 2
+    assert {r.data.tags["tuner_id"] for r in children} <= set(workers)  # logged by the workers
     assert sorted(float(r.data.params["lr"]) for r in children) == LEARNING_RATES
     by_trial = {t["trial_id"]: t for t in trials}
     for child in children:

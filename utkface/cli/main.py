@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "predict age and gender for image files or folders"),
     "serve": ("serve", "serve the champion over REST (mlflow models serve)"),
     "app": ("app", "web app: upload a photo, see each face's age and gender (Streamlit)"),
+    "tracking-server": (
+        "tracking_server",
+        "start/stop a shared MLflow tracking server on PostgreSQL (loopback by default)",
+    ),
 }
 
 

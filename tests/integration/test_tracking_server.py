@@ -1,0 +1,138 @@
+"""The team's tracking server (`utkface tracking-server`): PostgreSQL on loopback, MLflow with
+proxied artifacts; two queued experiments run at once (`dvc queue start -j 2`) into it and one is
+promoted through it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from dvc_project import clean_env, reproduced_project, run
+from mlflow import MlflowClient
+from tiny import dag_params
+
+from utkface.mlops import registry, tracking_server
+from utkface.mlops.tracking_server import ServerConfig, TrackingServerError
+
+QUEUED = {"team-lr-002": "lr=0.002", "team-lr-004": "lr=0.004"}
+QUEUE_TIMEOUT_S = 900
+
+
+def _utkface(*args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "utkface.cli.main", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_start_refuses_a_non_loopback_address_before_touching_anything(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    done = _utkface("tracking-server", "start", "--home", str(home), "--host", "0.0.0.0")
+    assert done.returncode == 1
+    assert "refusing to listen on 0.0.0.0" in done.stderr
+    assert "no authentication" in done.stderr
+    assert done.stdout == "" and not home.exists()
+
+
+def test_remote_listening_is_allowed_when_asked() -> None:
+    tracking_server.check_host("0.0.0.0", allow_remote=True)
+    config = ServerConfig(Path("/srv/x"), host="0.0.0.0", port=5100)
+    assert config.tracking_uri == "http://127.0.0.1:5100"  # what this machine's clients export
+
+
+def test_database_names_must_be_plain_identifiers() -> None:
+    with pytest.raises(TrackingServerError, match="plain PostgreSQL name"):
+        ServerConfig(Path("/srv/x"), db_name="mlflow; DROP DATABASE postgres")
+
+
+@pytest.mark.slow
+def test_start_is_idempotent_and_runs_survive_a_restart(
+    tracking_server_config: ServerConfig, tmp_path: Path
+) -> None:
+    config = tracking_server_config
+    again = _utkface(
+        "tracking-server", "start", "--home", str(config.home),
+        "--port", str(config.port), "--db-port", str(config.db_port),
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == f"export MLFLOW_TRACKING_URI={config.tracking_uri}\n"
+    assert "already running" in again.stderr
+    assert (config.home / "db-password").stat().st_mode & 0o077 == 0
+
+    client = MlflowClient(config.tracking_uri)
+    experiment_id = client.create_experiment("restart-check")
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_metric(run_id, "m", 1.5)
+    note = tmp_path / "note.txt"
+    note.write_text("kept")
+    client.log_artifact(run_id, str(note))  # through the server's artifact proxy
+    client.set_terminated(run_id)
+    assert list((config.home / "artifacts").rglob("note.txt")), "not in the artifact store"
+
+    stopped = tracking_server.stop(config)
+    assert stopped == ["MLflow server stopped", "PostgreSQL stopped"]
+    assert tracking_server.status(config)[0] is False
+    tracking_server.start(config)
+    assert tracking_server.status(config)[0] is True
+    assert client.get_run(run_id).data.metrics == {"m": 1.5}
+    fetched = client.download_artifacts(run_id, "note.txt", str(tmp_path / "back"))
+    assert Path(fetched).read_text() == "kept"
+
+
+def _wait_for_queue(root: Path, env: dict[str, str]) -> str:
+    deadline = time.monotonic() + QUEUE_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], root, env).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        time.sleep(3)
+    run(["dvc", "queue", "kill", *QUEUED], root, env, check=False)
+    raise AssertionError(f"the queue did not finish in {QUEUE_TIMEOUT_S}s:\n{status}")
+
+
+@pytest.mark.slow
+def test_two_queued_experiments_run_at_once_into_the_server_and_one_is_promoted(
+    tracking_server_config: ServerConfig, tmp_path: Path
+) -> None:
+    uri = tracking_server_config.tracking_uri
+    env = clean_env(MLFLOW_TRACKING_URI=uri)
+    root = reproduced_project(tmp_path / "project", env, dag_params())
+    assert not (root / "mlflow.db").exists()  # every run went to the server
+    for name, change in QUEUED.items():
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", change], root, env)
+    run(["dvc", "queue", "start", "-j", "2"], root, env)
+    status = _wait_for_queue(root, env)
+    assert status.count("Success") == len(QUEUED), status
+    for name in QUEUED:
+        log = run(["dvc", "queue", "logs", name], root, env).stdout
+        assert "database is locked" not in log and "Traceback" not in log, log[-3000:]
+
+    client = MlflowClient(uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name("utkface-age-gender")
+    runs = {
+        name: client.search_runs([experiment.experiment_id], f"tags.dvc_exp_name = '{name}'")
+        for name in QUEUED
+    }
+    assert all(len(found) == 1 for found in runs.values()), runs
+    for name, (found,) in runs.items():
+        assert found.info.status == "FINISHED"
+        assert found.info.artifact_uri.startswith("mlflow-artifacts:/")  # proxied
+        assert float(found.data.params["lr_used"]) == float(QUEUED[name].split("=")[1])
+        assert "test_age_mae" in found.data.metrics
+    model_name = dag_params()["register"]["model_name"]
+    versions = {v.run_id: v for v in client.search_model_versions(f"name = '{model_name}'")}
+    registered = {name: versions[found.info.run_id] for name, (found,) in runs.items()}
+    assert all(v.status == "READY" for v in registered.values())
+    assert "Traceback" not in tracking_server_config.log.read_text(errors="replace")
+
+    first, second = QUEUED
+    promoted = run(["utkface", "promote", "--exp", first], root, env)
+    assert client.get_model_version_by_alias(model_name, registry.CHAMPION).version == (
+        registered[first].version
+    ), promoted.stdout
+    gated = run(["utkface", "promote", "--exp", second], root, env, check=False)
+    assert "test_age_mae" in gated.stdout + gated.stderr  # the gate compared through the server
+    champion = client.get_model_version_by_alias(model_name, registry.CHAMPION).version
+    expected = registered[second if gated.returncode == 0 else first].version
+    assert champion == expected, (gated.returncode, gated.stdout, gated.stderr)
