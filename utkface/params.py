@@ -173,6 +173,7 @@ class TrainParams(_Section):
     reduce_lr: ReduceLrParams = ReduceLrParams()
     precise_batchnorm: bool = True
     precise_batchnorm_sample: Annotated[int, Field(ge=1)] = 1024
+    mixed_precision: bool = False  # the scratch CNN in float16 with float32 variables (GPUs)
 
 
 Knobs = dict[str, list[float | int | bool | str]]

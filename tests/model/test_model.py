@@ -264,3 +264,18 @@ def test_trained_model_is_nearly_flip_invariant() -> None:
     assert predicted.std() > 1.0, "the model ignores the image: nothing to compare"
     assert flip_change < 0.1 * mae, (flip_change, mae)
     assert flip_change < 0.25 * face_change, (flip_change, face_change)
+
+
+def test_mixed_precision_builds_the_cnn_in_float16_with_float32_heads_and_loss_scaling() -> None:
+    train_cfg = TrainParams(mixed_precision=True, epochs=1, batch_size=16, warmup_epochs=0)
+    data = split(32)
+    model, compile_fn = fitting.build_member("scratch", TINY_MODEL, train_cfg, data, seed=0)
+    assert keras.config.dtype_policy().name == "float32"  # restored for what is built next
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == "float16" for layer in convs)
+    assert all(layer.variable_dtype == "float32" for layer in convs)
+    outputs = model(data.images[:4])
+    assert {keras.backend.standardize_dtype(o.dtype) for o in outputs.values()} == {"float32"}
+    history = fitting.fit_model(model, train_cfg, 0.01, data, data, 0, 1, compile_fn=compile_fn)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert np.isfinite(history.history["loss"]).all()

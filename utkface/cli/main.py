@@ -1,7 +1,7 @@
 """The `utkface` console script: user commands around the pipeline and the model registry.
 
 Each command's module is imported only when that command runs, so `utkface --help` and the
-light commands (`promote`, `serve`, `use-data`) never load TensorFlow.
+light commands (`promote`, `serve`, `use-data`, `tracking-server`) never load TensorFlow.
 """
 
 from __future__ import annotations

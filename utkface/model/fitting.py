@@ -6,12 +6,13 @@ cached face features; both are `SplitData` (`load_inputs`) and go through `fit_m
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
@@ -191,6 +192,21 @@ def stops_early(member: Member) -> bool:
     return member == "scratch"
 
 
+MIXED_PRECISION = "mixed_float16"  # Keras wraps the optimizer in loss scaling when compiling
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Keras' global dtype policy set to `name` while layers are built (each layer keeps the
+    policy it was built with), then restored: the wrappers built later stay float32."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def build_member(
     member: Member, cfg: ModelParams, train_cfg: TrainParams, train: SplitData, seed: int
 ) -> tuple[keras.Model, Compile]:
@@ -199,7 +215,8 @@ def build_member(
         head = build_head(cfg.head, train.images, train.age, seed)
         return head, functools.partial(compile_head, cfg=cfg.head, train=train_cfg)
     image_size = train.images.shape[1]
-    model = build_model(cfg, image_size, seed, age_prior=float(np.median(train.age)))
+    with dtype_policy(MIXED_PRECISION if train_cfg.mixed_precision else "float32"):
+        model = build_model(cfg, image_size, seed, age_prior=float(np.median(train.age)))
     return model, functools.partial(compile_model, train=train_cfg)
 
 

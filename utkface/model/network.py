@@ -88,8 +88,11 @@ def build_model(
     x = layers.Dropout(cfg.dropout, seed=seed)(x)
     x = layers.Dense(cfg.dense_units, activation="relu")(x)
     x = layers.Dropout(cfg.dropout, seed=seed + 1)(x)
-    age = layers.Dense(1, name=AGE, bias_initializer=keras.initializers.Constant(age_prior))(x)
-    gender = layers.Dense(1, activation="sigmoid", name=GENDER)(x)
+    # The heads stay float32 under mixed precision (`train.mixed_precision`): a float16
+    # sigmoid and loss lose the small differences the gradients are made of.
+    prior = keras.initializers.Constant(age_prior)
+    age = layers.Dense(1, name=AGE, bias_initializer=prior, dtype="float32")(x)
+    gender = layers.Dense(1, activation="sigmoid", name=GENDER, dtype="float32")(x)
     return keras.Model(inputs, {AGE: age, GENDER: gender}, name="utkface_age_gender")
 
 
