@@ -30,7 +30,7 @@ from datetime import date
 from pathlib import Path
 
 import yaml
-from pipeline_real import REPO, _override, cpu_description
+from pipeline_real import REPO, cpu_description, override
 
 from utkface.params import Params
 
@@ -58,7 +58,7 @@ def prepare(root: Path, count: int, overrides: list[str]) -> dict:
     params = Params().model_dump(mode="json", by_alias=True)
     params["ingest"]["synthetic_count"] = count
     for assignment in overrides:
-        _override(params, assignment)
+        override(params, assignment)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 
@@ -166,10 +166,15 @@ def main() -> None:
     print(f"{'total':8s} {total:7.1f} {sum(r['cpu_seconds'] for r in results.values()):7.1f}")
     rate = ingest["images"] / results["ingest"]["seconds"]
     decode = results["ingest"]["seconds"] - results["generate"]["seconds"]
+    # Under a few seconds the difference is start-up noise.
+    without = (
+        f"without drawing ~{decode:.0f} s, {ingest['images'] / decode:.0f} images/s"
+        if decode >= 1
+        else "too few images to tell drawing from decoding"
+    )
     print(
         f"ingest: {ingest['images']} images ({ingest['rejected']} rejected) at {rate:.0f} "
-        f"images/s including drawing them; without drawing ~{decode:.0f} s, "
-        f"{ingest['images'] / max(decode, 1e-9):.0f} images/s"
+        f"images/s including drawing them; {without}"
     )
     print(
         f"image cache: {cache_mib:.1f} MiB ({size}x{size}x3 uint8 per image); generate's output "

@@ -41,7 +41,7 @@ PROJECT_FILES = [
 TARGETS = {"minutes_ingest_to_train": 30.0, "age_mae": 6.0, "gender_accuracy": 0.87}
 
 
-def _override(params: dict, assignment: str) -> None:
+def override(params: dict, assignment: str) -> None:
     key, value = assignment.split("=", 1)
     *parents, leaf = key.split(".")
     node = params
@@ -61,7 +61,7 @@ def prepare(root: Path, data: Path, overrides: list[str]) -> None:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["ingest"]["source"] = str(data.resolve())
     for assignment in overrides:
-        _override(params, assignment)
+        override(params, assignment)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "bench"]):

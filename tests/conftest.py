@@ -7,7 +7,8 @@
 - realdata/: ../shared/utkface when it exists (skipped otherwise).
 
 Helpers imported by name live beside this file: `tiny` (tiny configs, data and projects),
-`model_fixtures` (a throwaway MLflow store and registered tiny models), `raw_files`.
+`model_fixtures` (a throwaway MLflow store and registered tiny models), `raw_files`,
+`dvc_project` (a copy of the pipeline as its own git and DVC repository, for `dvc` itself).
 """
 
 from __future__ import annotations
