@@ -13,7 +13,15 @@ first draws the same JPEGs in a process of its own and throws them away: `ingest
 Prints, per step: wall time, CPU time, peak RSS of its process (`ru_maxrss` from `os.wait4`)
 and the size of what it writes (its `outs` in dvc.yaml), with the CPU it ran on.
 
-    python bench/fullsize_synthetic.py [--count 23708] [--set key=value ...] [--keep]
+`--train` then runs `train` too (after `features` unless `model.backbone` is scratch), with a
+learning rate from `lr` instead of `tune`, into an MLflow store in the temporary project, and
+prints its epochs, seconds per epoch and training images per second with the GPU TensorFlow
+sees, if any: how long the full set takes to train on this machine, e.g.
+
+    python bench/fullsize_synthetic.py --train --set model.backbone=scratch --set lr=0.001 \
+        --set train.epochs=2 [--set train.batch_size=256 --set train.mixed_precision=true]
+
+    python bench/fullsize_synthetic.py [--count 23708] [--set key=value ...] [--train] [--keep]
 """
 
 from __future__ import annotations
@@ -96,10 +104,34 @@ def stage_outs(root: Path, stage: str) -> list[Path]:
     return [root / (out if isinstance(out, str) else next(iter(out))) for out in outs]
 
 
+def train_stages(params: dict) -> list[str]:
+    """The stages `--train` adds: `features` when the model family reads face features."""
+    return (["features"] if params["model"]["backbone"] != "scratch" else []) + ["train"]
+
+
+GPUS = """
+import tensorflow as tf
+gpus = tf.config.list_physical_devices("GPU")
+names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+print(", ".join(names))
+"""
+
+
+def gpu_description(env: dict[str, str]) -> str:
+    """The GPUs TensorFlow sees (what `train` runs on), or that there are none. Asked in a
+    process of its own: a child forked from a bench holding TensorFlow would report the bench's
+    memory as its own peak RSS."""
+    names = subprocess.run(
+        [sys.executable, "-c", GPUS], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return f"GPU: {names}" if names else "no GPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=FULL_SIZE, help="synthetic faces")
     parser.add_argument("--set", action="append", default=[], help="params override key=value")
+    parser.add_argument("--train", action="store_true", help="run train too (lr from params)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary project")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="utkface-fullsize-"))
@@ -109,11 +141,16 @@ def main() -> None:
         if not k.startswith(("MLFLOW_", "DVC_")) and k != "PYTHONPATH"
     }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
     cpu = f"cores: {os.cpu_count()}, {cpu_description()}"
+    if args.train:
+        cpu += f"; {gpu_description(env)}"
     load_before = os.getloadavg()
     results: dict[str, dict] = {}
     try:
         params = prepare(root, args.count, args.set)
+        if args.train and params["model"]["backbone"] == "ensemble":
+            sys.exit("bench: --train times one family: set model.backbone=scratch or pretrained")
         generate, output = run_measured(
             [sys.executable, "-c", GENERATE, str(args.count), str(params["seed"])],
             root,
@@ -128,7 +165,8 @@ def main() -> None:
         generate["output_mib"] = drawn["bytes"] / 2**20
         results["generate"] = generate
         print(f"bench: generate {generate['seconds']:7.1f} s ({cpu})", flush=True)
-        for stage in STAGES:
+        stages = STAGES + (train_stages(params) if args.train else [])
+        for stage in stages:
             result, _ = run_measured([sys.executable, "-m", f"stages.{stage}"], root, env)
             if result["returncode"]:
                 sys.exit(f"bench: stage {stage} failed ({result['returncode']}); see {root}")
@@ -137,7 +175,7 @@ def main() -> None:
             print(f"bench: {stage:8s} {result['seconds']:7.1f} s ({cpu})", flush=True)
         metrics = {
             n: json.loads((root / "metrics" / f"{n}.json").read_text())
-            for n in ("ingest", "balance", "split")
+            for n in ("ingest", "balance", "split", *(["train"] if args.train else []))
         }
         cache = root / "data" / "ingested" / "images.npy"
         cache_mib = _bytes(cache) / 2**20
@@ -185,6 +223,16 @@ def main() -> None:
         f"(removed {balance['removed']}, added {balance['added']}); split: train "
         f"{split['train']['rows']} rows, val {split['val']['rows']}, test {split['test']['rows']}"
     )
+    if args.train:
+        train = metrics["train"]
+        print(
+            f"train ({params['model']['backbone']}, batch {params['train']['batch_size']}, "
+            f"mixed precision {params['train']['mixed_precision']}): {train['epochs_run']} "
+            f"epochs on {train['train_rows']} rows: fit {train['seconds']:.0f} s, "
+            f"{train['seconds'] / train['epochs_run']:.1f} s per epoch with validation, "
+            f"{train['images_per_second']:.0f} training images/s; the stage "
+            f"{results['train']['seconds']:.0f} s with loading, saving and logging"
+        )
     print(f"total: {total / 60:.1f} min ({cpu})")
 
 

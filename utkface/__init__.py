@@ -2,9 +2,10 @@
 
 Layers, each importing only from those below it (see docs/architecture.md):
 `cli`, `app` -> `inference`, `mlops` -> `model`, `scoring`, `checks` -> `data` ->
-`params`, `paths`, `console`.
+`params`, `paths`, `console`, `tensorflow_build`.
 """
 
-from utkface import console
+from utkface import console, tensorflow_build
 
 console.quiet_libraries()
+tensorflow_build.require_tensorflow()

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -38,6 +39,7 @@ from model_fixtures import (
     use_tmp_store,
 )
 
+from utkface import tensorflow_build
 from utkface.data.imaging import load_image
 from utkface.inference.pyfunc import combine, model_outputs
 from utkface.inference.server import too_large_message
@@ -81,7 +83,11 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "utkface/inference/pyfunc.py",
         "utkface/model/__init__.py",
         "utkface/model/face_backbone.py",  # imported only when a pretrained family loads
+        "utkface/tensorflow_build.py",
     ]
+    requirements = (local / "requirements.txt").read_text().split()
+    build = tensorflow_build.distribution()  # tensorflow-cpu here, tensorflow on a GPU install
+    assert f"{build}=={metadata.version(build)}" in requirements
     model = mlflow.models.Model.load(local)
     # models from code: loading runs the carried code, and the model holds no pickle at all
     assert model.flavors["python_function"]["model_code_path"].endswith("served_model.py")
@@ -129,6 +135,7 @@ def test_the_model_loads_with_only_the_code_it_carries(logged: ModelInfo, tmp_pa
         "utkface.data.labels",
         "utkface.inference",
         "utkface.inference.pyfunc",
+        "utkface.tensorflow_build",
     ]
 
 

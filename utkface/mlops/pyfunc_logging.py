@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from mlflow.models.model import ModelInfo
 
-from utkface import paths
+from utkface import paths, tensorflow_build
 from utkface.inference import served_model
 from utkface.inference.pyfunc import (
     BACKBONE_ARTIFACT,
@@ -42,16 +42,8 @@ def _pip_requirements(members: Sequence[str]) -> list[str]:
     names = ["mlflow", "keras", "pillow", "numpy", "pandas"]
     if "pretrained" in members:
         names += ["onnxruntime", "dlib-bin"]
-    names.append("tensorflow-cpu" if _installed("tensorflow-cpu") else "tensorflow")
+    names.append(tensorflow_build.distribution())
     return [f"{name}=={metadata.version(name)}" for name in names]
-
-
-def _installed(name: str) -> bool:
-    try:
-        metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def log_serving_model(
