@@ -71,28 +71,32 @@ def covered(key: str, listed: list[str]) -> bool:
     return any(key == entry or key.startswith(f"{entry}.") for entry in listed)
 
 
+# The default family, then the ensemble, which runs both families' code (the scratch CNN's too)
+FAMILIES = ({}, {"model": {"backbone": "ensemble"}})
+
+
 @pytest.fixture(scope="module")
 def reads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[str]]]:
-    """The params keys each stage's main() reads, running the whole DAG on a tiny project with
-    the default params (a key read only under other settings, e.g. `train.reduce_lr` for the
-    plateau schedule, is listed in dvc.yaml all the same)."""
-    root = tmp_path_factory.mktemp("wiring")
-    (root / "params.yaml").write_text(yaml.safe_dump(dag_params()))
-    recorded: dict[str, set[str]] = {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        for variable in ("KERASTUNER_TUNER_ID", "DVC_EXP_NAME"):
-            patch.delenv(variable, raising=False)
-        for stage in STAGES:
-            module = importlib.import_module(f"stages.{stage}")
-            recorded[stage] = set()
-            stage_reads = recorded[stage]
-            patch.setattr(
-                module, "load_params", lambda r=stage_reads: Recorder(load_params(), "", r)
-            )
-            module.main()
-        yield recorded
+    """The params keys each stage's main() reads, running the whole DAG on a tiny project once
+    per entry of `FAMILIES` (a key read only under other settings, e.g. `train.reduce_lr` for
+    the plateau schedule, is listed in dvc.yaml all the same)."""
+    recorded: dict[str, set[str]] = {stage: set() for stage in STAGES}
+    for family in FAMILIES:
+        root = tmp_path_factory.mktemp("wiring")
+        (root / "params.yaml").write_text(yaml.safe_dump(dag_params(family)))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(root)
+            patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
+            for variable in ("KERASTUNER_TUNER_ID", "DVC_EXP_NAME"):
+                patch.delenv(variable, raising=False)
+            for stage in STAGES:
+                module = importlib.import_module(f"stages.{stage}")
+                stage_reads = recorded[stage]
+                patch.setattr(
+                    module, "load_params", lambda r=stage_reads: Recorder(load_params(), "", r)
+                )
+                module.main()
+    yield recorded
 
 
 @pytest.mark.slow
