@@ -11,6 +11,7 @@ and leaves running servers as they are):
     db-password    the `mlflow` role's password (mode 0600; only the MLflow server reads it)
     artifacts/     the artifact store the server proxies
     server.log, server.pid
+    lock           held by a `start` or `stop` while it runs: a second one waits for it
 
 Clients only ever see the server's http URI, never the database. PostgreSQL refuses to run as
 root, so as root (a container, a server box) it runs as Debian's `postgres` user, and the home
@@ -19,6 +20,8 @@ folder defaults to /var/lib (a folder that user can reach).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import os
 import re
@@ -30,6 +33,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -242,16 +246,27 @@ def ensure_mlflow(config: ServerConfig, backend_uri: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def exclusive(config: ServerConfig) -> Iterator[None]:
+    """One `start` or `stop` at a time per home (two terminals, two team members): without it,
+    a second first `start` ran initdb on a half-made cluster, and a second MLflow server lost
+    the port to the first while it was still coming up."""
+    config.home.mkdir(parents=True, exist_ok=True)
+    with open(config.home / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
+
+
 def start(config: ServerConfig, allow_remote: bool = False) -> list[str]:
     """Bring both servers up; lines saying what runs where."""
     check_host(config.host, allow_remote)
-    config.home.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0:
-        config.home.chmod(0o755)  # the postgres user reaches its cluster below it
-    ensure_cluster(config)
-    port = ensure_postgres(config)
-    backend_uri = ensure_database(config, port)
-    started = ensure_mlflow(config, backend_uri)
+    with exclusive(config):
+        if os.geteuid() == 0:
+            config.home.chmod(0o755)  # the postgres user reaches its cluster below it
+        ensure_cluster(config)
+        port = ensure_postgres(config)
+        backend_uri = ensure_database(config, port)
+        started = ensure_mlflow(config, backend_uri)
     return [
         f"PostgreSQL on 127.0.0.1:{port} (database {config.db_name}, user {config.db_user}), "
         f"data in {config.cluster}",
@@ -280,13 +295,17 @@ def stop_mlflow(config: ServerConfig) -> bool:
 
 
 def stop(config: ServerConfig) -> list[str]:
-    lines = ["MLflow server stopped" if stop_mlflow(config) else "MLflow server was not running"]
-    if (config.cluster / "PG_VERSION").exists() and running_postgres_port(config) is not None:
-        command = [postgres_bin("pg_ctl"), "-D", str(config.cluster), "-m", "fast", "-w", "stop"]
-        _run(_as_db_owner(command), "PostgreSQL stop")
-        lines.append("PostgreSQL stopped")
-    else:
-        lines.append("PostgreSQL was not running")
+    if not config.home.is_dir():
+        return ["MLflow server was not running", "PostgreSQL was not running"]
+    with exclusive(config):
+        stopped = stop_mlflow(config)
+        lines = ["MLflow server stopped" if stopped else "MLflow server was not running"]
+        if (config.cluster / "PG_VERSION").exists() and running_postgres_port(config) is not None:
+            command = [postgres_bin("pg_ctl"), "-D", str(config.cluster), "-m", "fast", "-w"]
+            _run(_as_db_owner([*command, "stop"]), "PostgreSQL stop")
+            lines.append("PostgreSQL stopped")
+        else:
+            lines.append("PostgreSQL was not running")
     return lines
 
 
