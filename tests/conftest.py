@@ -13,6 +13,7 @@ Helpers imported by name live beside this file: `tiny` (tiny configs, data and p
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,11 +34,11 @@ def seeded() -> None:
     seed_everything(0)
 
 
-@pytest.fixture(scope="session")
-def tracking_server_config() -> Iterator[ServerConfig]:
-    """A team tracking server (`utkface tracking-server start`: PostgreSQL on loopback, MLflow
-    with proxied artifacts) in a throwaway home, for the whole session; stopped and deleted
-    after it. Skipped where PostgreSQL is not installed (`.ci/run` installs it)."""
+@contextlib.contextmanager
+def _server_home() -> Iterator[ServerConfig]:
+    """A tracking server's config in a throwaway home on free ports, nothing started; whatever
+    runs there is stopped and the home deleted after. Skipped where PostgreSQL is not
+    installed (`.ci/run` installs it)."""
     try:
         tracking_server.postgres_bin("initdb")
     except TrackingServerError as error:
@@ -47,8 +48,23 @@ def tracking_server_config() -> Iterator[ServerConfig]:
     home = Path(tempfile.mkdtemp(prefix="utkface-tracking-", dir="/tmp"))
     config = ServerConfig(home, port=free_port(), db_port=free_port())
     try:
-        tracking_server.start(config)
         yield config
     finally:
         tracking_server.stop(config)
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tracking_server_config() -> Iterator[ServerConfig]:
+    """A team tracking server (`utkface tracking-server start`: PostgreSQL on loopback, MLflow
+    with proxied artifacts), running for the whole session."""
+    with _server_home() as config:
+        tracking_server.start(config)
+        yield config
+
+
+@pytest.fixture
+def unstarted_server_config() -> Iterator[ServerConfig]:
+    """A fresh home where nothing has started yet, for tests of a first `start`."""
+    with _server_home() as config:
+        yield config

@@ -4,17 +4,15 @@ promoted through it."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 from dvc_project import clean_env, reproduced_project, run
 from mlflow import MlflowClient
-from tiny import dag_params, free_port
+from tiny import dag_params
 
 from utkface.mlops import registry, tracking_server
 from utkface.mlops.tracking_server import ServerConfig, TrackingServerError
@@ -83,33 +81,26 @@ def test_start_is_idempotent_and_runs_survive_a_restart(
 
 
 @pytest.mark.slow
-def test_two_first_starts_at_once_bring_up_one_server() -> None:
+def test_two_first_starts_at_once_bring_up_one_server(
+    unstarted_server_config: ServerConfig,
+) -> None:
     """Two team members (or two terminals) run `start` on a fresh home at the same time: the
     second waits for the first, then finds both servers up."""
-    try:
-        tracking_server.postgres_bin("initdb")
-    except TrackingServerError as error:
-        pytest.skip(str(error))
-    home = Path(tempfile.mkdtemp(prefix="utkface-tracking-race-", dir="/tmp"))
-    config = ServerConfig(home, port=free_port(), db_port=free_port())
+    config = unstarted_server_config
     command = [sys.executable, "-m", "utkface.cli.main", "tracking-server", "start"]
-    command += ["--home", str(home), "--port", str(config.port), "--db-port", str(config.db_port)]
-    try:
-        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-        starts = [subprocess.Popen(command, **pipes) for _ in range(2)]
-        outputs = [p.communicate(timeout=300) for p in starts]
-        results = [(p.returncode, out, err) for p, (out, err) in zip(starts, outputs, strict=True)]
-        for code, out, err in results:
-            assert code == 0, err
-            assert out == f"export MLFLOW_TRACKING_URI={config.tracking_uri}\n"
-        notes = sorted("already running" in err for _, _, err in results)
-        assert notes == [False, True]  # one started it, the other found it running
-        running, _ = tracking_server.status(config)
-        assert running
-        assert "Address already in use" not in config.log.read_text()
-    finally:
-        tracking_server.stop(config)
-        shutil.rmtree(home, ignore_errors=True)
+    command += ["--home", str(config.home), "--port", str(config.port)]
+    command += ["--db-port", str(config.db_port)]
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    starts = [subprocess.Popen(command, **pipes) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in starts]
+    results = [(p.returncode, out, err) for p, (out, err) in zip(starts, outputs, strict=True)]
+    for code, out, err in results:
+        assert code == 0, err
+        assert out == f"export MLFLOW_TRACKING_URI={config.tracking_uri}\n"
+    notes = sorted("already running" in err for _, _, err in results)
+    assert notes == [False, True]  # one started it, the other found it running
+    assert tracking_server.status(config)[0]
+    assert "Address already in use" not in config.log.read_text()
 
 
 def _wait_for_queue(root: Path, env: dict[str, str]) -> str:
