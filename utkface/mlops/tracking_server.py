@@ -295,9 +295,8 @@ def stop_mlflow(config: ServerConfig) -> bool:
 
 
 def stop(config: ServerConfig) -> list[str]:
-    if not config.home.is_dir():
-        return ["MLflow server was not running", "PostgreSQL was not running"]
-    with exclusive(config):
+    # no lock (and no home folder created) where nothing was ever started
+    with exclusive(config) if config.home.is_dir() else contextlib.nullcontext():
         stopped = stop_mlflow(config)
         lines = ["MLflow server stopped" if stopped else "MLflow server was not running"]
         if (config.cluster / "PG_VERSION").exists() and running_postgres_port(config) is not None:
