@@ -33,6 +33,8 @@ import numpy as np
 from pipeline_real import DEFAULT_DATA, REPO, cpu_description, prepare
 from predict_latency import _frame, _median_ms
 
+from utkface.scoring.age_interval import AgeInterval
+
 STAGES = ["ingest", "features", "validate", "balance", "split", "tune", "train", "evaluate"]
 BANDS = [(0, 3), (3, 10), (10, 20), (20, 40), (40, 60), (60, 200)]
 RESULTS = REPO / "bench" / "results"  # git-ignored
@@ -61,17 +63,14 @@ def inside(root: Path) -> Iterator[None]:
 
 def score(members: tuple[str, ...]) -> dict:
     """Test metrics of `members` averaged, as evaluate and the served model combine them."""
-    import keras
-
     from stages.evaluate import predict_split
-    from utkface import paths
     from utkface.data.labels import gender_labels
     from utkface.model.fitting import load_inputs
     from utkface.params import load_params
 
     age_max = load_params().validate_.age_max
-    models = {m: keras.saving.load_model(paths.member_model(m), compile=False) for m in members}
-    frame = predict_split(models, {m: load_inputs(m, "test") for m in members}, age_max)
+    families, interval = served_families(members)
+    frame = predict_split(families, {m: load_inputs(m, "test") for m in members}, age_max, interval)
     correct = gender_labels(frame["p_female"].to_numpy()) == frame["gender"].to_numpy()
     error = (frame["pred_age"] - frame["age"]).abs().to_numpy()
     result = {"age_mae": float(error.mean()), "gender_accuracy": float(correct.mean())}
@@ -80,12 +79,22 @@ def score(members: tuple[str, ...]) -> dict:
         result[band_name(low, high)] = (float(error[rows].mean()), float(correct[rows].mean()))
     adults = frame["age"].between(20, 59).to_numpy()
     result["gender_20_59"] = float(correct[adults].mean())
+    inside = frame["age"].between(frame["age_low"], frame["age_high"])
+    result["interval_coverage"] = float(inside.mean())
     return result
+
+
+def served_families(members: tuple[str, ...]) -> tuple[dict, AgeInterval]:
+    """The saved families as the served model runs them, and the interval train calibrated."""
+    from utkface import paths
+    from utkface.inference.families import load_family
+
+    families = {m: load_family(m, paths.served_file(m)) for m in members}
+    return families, AgeInterval.from_config(json.loads(paths.AGE_INTERVAL.read_text()))
 
 
 def latency(members: tuple[str, ...]) -> tuple[float, float]:
     """Median ms for one image and for a batch of 64, of the pyfunc serving `members`."""
-    import keras
     import mlflow
 
     from stages.evaluate import serving_config
@@ -93,9 +102,7 @@ def latency(members: tuple[str, ...]) -> tuple[float, float]:
     from utkface.mlops.pyfunc_logging import log_serving_model
     from utkface.params import load_params
 
-    params = load_params()
-    models = {m: keras.saving.load_model(paths.member_model(m), compile=False) for m in members}
-    config = serving_config(params, models)
+    config = serving_config(load_params(), *served_families(members))
     examples = np.zeros((1, 64, 64, 3), np.uint8)
     with mlflow.start_run(run_name=f"bench-{'+'.join(members)}"):
         info = log_serving_model(paths.MODEL, config, examples, lineage={})
@@ -182,6 +189,7 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
             f"(target >= {TARGETS['gender_accuracy']}); ages 20-59: "
             f"{mean_sd([r['gender_20_59'] for r in rows])} (target >= {TARGETS['gender_20_59']})"
         )
+        print(f"80 % age interval coverage: {mean_sd([r['interval_coverage'] for r in rows])}")
         print(f"{'age band':>9s} {'age MAE':>16s} {'gender accuracy':>16s}")
         for low, high in BANDS:
             name = band_name(low, high)

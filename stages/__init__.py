@@ -4,4 +4,6 @@ Each holds the stage's own small functions and a thin `main()` that reads params
 calls into the `utkface` package and writes the outputs. Nothing imports this package.
 """
 
-import utkface  # noqa: F401  (quiets TensorFlow and co. before a stage module imports them)
+from utkface import tensorflow_build  # quiets TensorFlow and co. before a stage imports them
+
+tensorflow_build.require_tensorflow()  # the pipeline's install, not a serving one (pyproject)

@@ -1,7 +1,9 @@
 """Stage `evaluate`: test-split metrics, the subgroup report, plots, and model registration.
 
 The model is what `train` saved for `model.backbone`: one family, or both averaged (an
-ensemble), predicted exactly as the served model predicts (`utkface.inference.pyfunc`).
+ensemble), run and combined exactly as the served model does (`utkface.inference.families`:
+the pretrained head's ONNX graph, the scratch CNN's Keras file), each answer with the age
+interval train calibrated; its coverage and width are reported overall and per group.
 Everything is logged to the MLflow run of the training that produced the model (its id comes
 from `models/train_run.json`), so one run shows params, learning curves, test metrics and
 figures. The model is then registered as a new version aliased `challenger`.
@@ -13,7 +15,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import keras
 import mlflow
 import numpy as np
 import pandas as pd
@@ -21,20 +22,23 @@ import pandas as pd
 from utkface import paths
 from utkface.data.dataset import SplitData, load_split
 from utkface.data.labels import AGE, gender_labels
-from utkface.inference.pyfunc import (
+from utkface.inference.families import (
+    AGE_HIGH,
+    AGE_LOW,
     P_FEMALE,
-    SYNTHETIC_TRAINING,
-    ServingConfig,
+    Family,
+    KerasCnn,
     combine,
-    input_size,
-    model_outputs,
+    load_family,
 )
+from utkface.inference.pyfunc import SYNTHETIC_TRAINING, ServingConfig
 from utkface.mlops import registry, tracking
 from utkface.mlops.pyfunc_logging import log_serving_model
 from utkface.mlops.runs import stage_run
 from utkface.model.fitting import load_inputs
 from utkface.params import Member, Params, load_params, run_main
 from utkface.scoring import figures
+from utkface.scoring.age_interval import AgeInterval
 from utkface.scoring.metrics import (
     age_scatter_table,
     by_bucket_table,
@@ -45,32 +49,39 @@ from utkface.scoring.metrics import (
 
 
 def predict_split(
-    models: dict[Member, keras.Model], inputs: dict[Member, SplitData], age_max: int
+    families: dict[Member, Family],
+    inputs: dict[Member, SplitData],
+    age_max: int,
+    interval: AgeInterval,
 ) -> pd.DataFrame:
-    """True labels beside the predicted ages (clamped) and probabilities of female, the
-    families' predictions averaged as the served model does."""
-    outputs = [model_outputs(model, inputs[member].images) for member, model in models.items()]
-    predicted = combine(outputs, age_max)
+    """True labels beside the predicted ages (clamped) with their intervals and the
+    probabilities of female, the families' predictions combined as the served model does."""
+    outputs = [family(inputs[member].images) for member, family in families.items()]
+    predicted = combine(outputs, age_max, interval)
     table = next(iter(inputs.values())).table
     frame = table[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
     frame["pred_age"] = predicted[AGE].to_numpy()
     frame["p_female"] = predicted[P_FEMALE].to_numpy(dtype=float)
+    frame[AGE_LOW], frame[AGE_HIGH] = predicted[AGE_LOW], predicted[AGE_HIGH]
     return frame
 
 
-def serving_config(params: Params, models: dict[Member, keras.Model]) -> ServingConfig:
+def serving_config(
+    params: Params, families: dict[Member, Family], interval: AgeInterval
+) -> ServingConfig:
     """The served model's config; clients crop faces to the largest input of its families."""
     sizes = [
-        params.features.image_size if m == "pretrained" else input_size(model)
-        for m, model in models.items()
+        family.input_size if isinstance(family, KerasCnn) else params.features.image_size
+        for family in families.values()
     ]
     return ServingConfig(
         image_size=max(sizes),
         max_image_bytes=params.register_.max_image_bytes,
         max_pixels=params.ingest.max_image_pixels,
         age_max=params.validate_.age_max,
-        members=tuple(models),
+        age_interval=interval.to_config(),
         face_size=params.features.image_size,
+        members=tuple(families),
         trained_on=trained_on(params),
     )
 
@@ -153,8 +164,9 @@ def main() -> None:
     inputs = {m: test if m == "scratch" else load_inputs(m, "test") for m in members}
     train = pd.read_parquet(paths.split_table("train"), columns=["age", "augmented"])
     train_ages = train.loc[~train["augmented"], "age"].to_numpy()
-    models = {m: keras.saving.load_model(paths.member_model(m), compile=False) for m in members}
-    frame = predict_split(models, inputs, params.validate_.age_max)
+    families = {m: load_family(m, paths.served_file(m)) for m in members}
+    interval = AgeInterval.from_config(json.loads(paths.AGE_INTERVAL.read_text()))
+    frame = predict_split(families, inputs, params.validate_.age_max, interval)
     report = evaluation_report(frame, params.age_buckets)
     report["baseline_age_mae"] = median_baseline_mae(train_ages, frame["age"].to_numpy())
     metrics, detail = headline_metrics(report), detail_report(report)
@@ -174,7 +186,7 @@ def main() -> None:
             write_figures(frame, report, Path(folder))
             mlflow.log_artifacts(folder, "evaluation")
         tags = tracking.lineage_tags(lineage["data_version"])
-        config = serving_config(params, models)
+        config = serving_config(params, families, interval)
         info = log_serving_model(
             paths.MODEL,
             config,

@@ -6,6 +6,11 @@ the run in MLflow.
 applied in full: per family, its best value of every searched knob, and its learning rate unless
 params' top-level `lr` is a number, so `dvc exp run -S lr=0.0005` retrains without re-running
 `tune` (with `ensemble`, that rate is used for both families).
+
+The pretrained head is also saved as an ONNX graph (`utkface.model.head_export`), which the
+served model runs. The saved families then predict the validation split as served, which
+calibrates the age interval (`models/model/age_interval.json`) and gives the saved model's
+validation metrics.
 """
 
 from __future__ import annotations
@@ -23,13 +28,21 @@ import pandas as pd
 
 from utkface import paths
 from utkface.data.dataset import SplitData
-from utkface.data.labels import AGE, GENDER, clamp_ages
+from utkface.data.labels import AGE
+from utkface.inference.families import (
+    P_FEMALE,
+    Outputs,
+    calibrate_interval,
+    combine,
+    load_family,
+)
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger, log_keras_model
 from utkface.mlops.runs import stage_run
 from utkface.model.batchnorm import recompute_statistics
 from utkface.model.fitting import fit, load_inputs, stops_early
 from utkface.model.head import serving_head
+from utkface.model.head_export import save_head_onnx
 from utkface.model.network import with_test_time_flip
 from utkface.params import (
     EarlyStoppingParams,
@@ -117,20 +130,20 @@ def effective_model_params(params: Params, tuned: Tuned) -> dict:
     return logged
 
 
-def predict_val(model: keras.Model, val: SplitData, age_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """Clamped ages and probabilities of female of the saved model on `val`."""
-    out = model.predict(val.images, batch_size=256, verbose=0)
-    return clamp_ages(out[AGE].ravel(), age_max), np.asarray(out[GENDER]).ravel()
+def served_val_outputs(
+    members: tuple[Member, ...], inputs: dict[Member, SplitData]
+) -> list[Outputs]:
+    """Each family's outputs on its validation inputs, run from the saved files as the served
+    model runs them (`utkface.inference.families`)."""
+    return [load_family(m, paths.served_file(m))(inputs[m].images) for m in members]
 
 
-def saved_model_metrics(
-    predictions: list[tuple[np.ndarray, np.ndarray]], val: SplitData
-) -> dict[str, float]:
-    """Validation metrics of the model as saved and served (the members' predictions averaged,
-    ages clamped as in `evaluate`); the history shows each model during fit, before
-    `inference_model`."""
-    age = age_metrics(val.age, np.mean([ages for ages, _ in predictions], axis=0))
-    gender = gender_metrics(val.gender, np.mean([p for _, p in predictions], axis=0))
+def saved_model_metrics(answers: pd.DataFrame, val: SplitData) -> dict[str, float]:
+    """Validation metrics of the model as saved and served (`combine`: the members'
+    predictions averaged, then clamped, as in `evaluate` and the served model); the history
+    shows each model during fit, before `inference_model`."""
+    age = age_metrics(val.age, answers[AGE])
+    gender = gender_metrics(val.gender, answers[P_FEMALE])
     return {
         "saved_val_age_mae": age["age_mae"],
         "saved_val_age_bias": age["age_bias"],
@@ -171,7 +184,7 @@ def train_member(
         member=member,
     )
     seconds = time.perf_counter() - started
-    model = inference_model(model, params, train, member)
+    served = inference_model(model, params, train, member)
     table = history_table(history)
     early = params.train.early_stopping if stops_early(member) else None
     speed = {
@@ -180,9 +193,11 @@ def train_member(
     }
     summary = best_epoch_metrics(table, early) | used | speed
     paths.MODEL.mkdir(parents=True, exist_ok=True)
-    model.save(paths.member_model(member))
+    served.save(paths.member_model(member))
+    if member == "pretrained":  # served on ONNX Runtime, with the bins for its interval
+        save_head_onnx(model, paths.served_file(member))
     table.insert(1, MEMBER, member)
-    return TrainedMember(model, table, summary, val)
+    return TrainedMember(served, table, summary, val)
 
 
 def main() -> None:
@@ -210,13 +225,15 @@ def main() -> None:
                 old.unlink()
         trained = {m: train_member(params, m, tuned.of(m), *lrs[m]) for m in members}
         val = trained[members[0]].val  # the same rows for every family
-        predictions = [
-            predict_val(t.model, t.val, params.validate_.age_max) for t in trained.values()
-        ]
+        outputs = served_val_outputs(members, {m: t.val for m, t in trained.items()})
+        age_max = params.validate_.age_max
+        interval = calibrate_interval(outputs, val.age, age_max)
+        paths.AGE_INTERVAL.write_text(json.dumps(interval.to_config(), indent=2) + "\n")
+        mlflow.log_dict(interval.to_config(), "age_interval.json")
         per_member = {m: t.summary for m, t in trained.items()}
         summary = {"backbone": params.model.backbone}
         summary |= per_member[members[0]] if len(members) == 1 else per_member
-        summary |= saved_model_metrics(predictions, val)
+        summary |= saved_model_metrics(combine(outputs, age_max), val)
         table = pd.concat([t.history for t in trained.values()], ignore_index=True)
         paths.METRICS.mkdir(parents=True, exist_ok=True)
         table.to_csv(paths.TRAIN_HISTORY, index=False)

@@ -1,14 +1,18 @@
 """Helpers for the registry, promote, predict and serving tests: a throwaway MLflow store, a
-tiny real Keras model, generated images and registered versions of the served model."""
+tiny real Keras CNN or head, generated images and registered versions of the served model."""
 
 from __future__ import annotations
 
 import io
+import subprocess
+import time
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pytest
+import requests
 import yaml
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
@@ -19,10 +23,17 @@ from utkface import paths
 from utkface.inference.pyfunc import ServingConfig
 from utkface.mlops import registry, tracking
 from utkface.mlops.pyfunc_logging import log_serving_model
+from utkface.model.head import build_head, serving_head
+from utkface.model.head_export import save_head_onnx
 from utkface.model.network import build_model
-from utkface.params import ModelParams
+from utkface.params import HeadParams, ModelParams
+from utkface.scoring.age_interval import AgeInterval
 
 IMAGE_SIZE = 32
+FACE_SIZE = 200  # features.image_size: the pretrained family's input, and the face check's
+# the backbone's features: age net pooled 256 + 3x3x256 map + 81 bins; gender net 64x8x8 + 16 + 2
+FEATURE_SIZE = 256 + 2304 + 81 + 4096 + 16 + 2
+INTERVAL = AgeInterval("residuals", below=(-4.0,) * 6, above=(6.0,) * 6)  # tiny models' interval
 MAX_IMAGE_BYTES = 20_000  # small, so that a 200x200 noise PNG is "too large"
 GATE = {"max_age_mae_increase": 0.1, "max_gender_accuracy_decrease": 0.005}
 MODEL_NAME = "test-age-gender"
@@ -65,16 +76,51 @@ def save_tiny_model(path: Path) -> Path:
     return path
 
 
-def log_tiny_serving_model(root: Path, trained_on: str = "real images") -> ModelInfo:
-    """The tiny CNN saved under `root`, logged as the served pyfunc in a new run."""
+def save_tiny_head(folder: Path) -> keras.Model:
+    """A small pretrained-family head on random features of the backbone's size, its weights
+    drawn at random so that its outputs vary with the face; saved as train saves it (Keras and
+    ONNX). Returns the head with its `age_bins` output."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(0, 1, (64, FEATURE_SIZE)).astype("float32")
+    ages = rng.integers(1, 90, 64).astype("float32")
+    head = build_head(HeadParams(units=8, age_bins=6), features, ages, seed=0)
+    for layer in head.layers:
+        if isinstance(layer, keras.layers.Dense) and layer.name != "age":  # age: the centres
+            weights = layer.get_weights()
+            layer.set_weights([rng.normal(0, 0.05, w.shape).astype("float32") for w in weights])
+    serving_head(head).save(paths.member_model("pretrained", folder))
+    save_head_onnx(head, paths.served_file("pretrained", folder))
+    return head
+
+
+def log_tiny_serving_model(
+    root: Path,
+    trained_on: str = "real images",
+    member: str = "scratch",
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+) -> ModelInfo:
+    """The tiny CNN (or, for `member` "pretrained", a tiny head) saved under `root`, logged as
+    the served pyfunc in a new run."""
     folder = root / "model"
     folder.mkdir(parents=True, exist_ok=True)
-    save_tiny_model(paths.member_model("scratch", folder))
+    interval = INTERVAL
+    if member == "pretrained":
+        centres = save_tiny_head(folder).get_layer("age").get_weights()[0][:, 0]
+        interval = AgeInterval("bins", centres=tuple(float(c) for c in centres), margin=1.0)
+    else:
+        save_tiny_model(paths.member_model("scratch", folder))
     examples = np.random.default_rng(0).integers(
         0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
-    )
+    )  # small: noise PNGs of FACE_SIZE are over MAX_IMAGE_BYTES
     config = ServingConfig(
-        IMAGE_SIZE, MAX_IMAGE_BYTES, MAX_PIXELS, AGE_MAX, ("scratch",), trained_on=trained_on
+        FACE_SIZE if member == "pretrained" else IMAGE_SIZE,
+        max_image_bytes,
+        MAX_PIXELS,
+        AGE_MAX,
+        age_interval=interval.to_config(),
+        face_size=FACE_SIZE if member == "pretrained" else IMAGE_SIZE,
+        members=(member,),
+        trained_on=trained_on,
     )
     with mlflow.start_run():
         return log_serving_model(folder, config, examples, lineage=LINEAGE)
@@ -97,3 +143,22 @@ def register_version(
         lineage=LINEAGE | {"data_version": data_version, "dvc_exp_name": experiment},
         card=CARD,
     )
+
+
+def wait_until_up(server: subprocess.Popen, url: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow models serve exited with {server.returncode}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"mlflow models serve did not answer /ping within {timeout}s")
+
+
+def invoke(url: str, *cells: str) -> requests.Response:
+    body = {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+    return requests.post(f"{url}/invocations", json=body, timeout=30)

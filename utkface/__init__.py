@@ -5,7 +5,6 @@ Layers, each importing only from those below it (see docs/architecture.md):
 `params`, `paths`, `console`, `tensorflow_build`.
 """
 
-from utkface import console, tensorflow_build
+from utkface import console
 
 console.quiet_libraries()
-tensorflow_build.require_tensorflow()

@@ -55,13 +55,21 @@ BY_AGE_BUCKET = EVALUATE_PLOTS / "by_age_bucket.csv"  # age MAE and gender accur
 SAMPLE_GRID = EVALUATE_PLOTS / "sample_faces.png"
 
 MODELS = Path("models")
-MODEL = MODELS / "model"  # one Keras model per family trained: pretrained.keras, scratch.keras
+MODEL = MODELS / "model"  # per family trained: pretrained.keras and .onnx, scratch.keras
 
 
 def member_model(member: str, folder: Path = MODEL) -> Path:
     """The saved Keras model of one model family ('pretrained' or 'scratch')."""
     return folder / f"{member}.keras"
 
+
+def served_file(member: str, folder: Path = MODEL) -> Path:
+    """What the served model runs for one family: the pretrained head's ONNX graph (exported
+    by train beside its Keras file), the scratch CNN's Keras model."""
+    return folder / "pretrained.onnx" if member == "pretrained" else member_model(member, folder)
+
+
+AGE_INTERVAL = MODEL / "age_interval.json"  # the interval's calibration (train, on val)
 
 # Keras Tuner's working state during a search, cleared by the next one. Not a DVC output:
 # DVC could not restore `tune` from its cache in a queued experiment if it were.

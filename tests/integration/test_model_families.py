@@ -18,7 +18,8 @@ from tiny import AGE_MAX, dag_params, with_overrides
 
 from utkface import paths
 from utkface.data.synthetic import synthetic_files
-from utkface.inference.pyfunc import SYNTHETIC_TRAINING, combine, model_outputs, to_base64
+from utkface.inference.families import OnnxHead
+from utkface.inference.pyfunc import SYNTHETIC_TRAINING, to_base64
 from utkface.model.fitting import load_inputs
 
 pytestmark = pytest.mark.slow
@@ -74,7 +75,11 @@ def test_features_are_one_row_per_ingested_image(in_project: Path) -> None:
 
 
 def test_the_pretrained_family_trains_only_its_head(in_project: Path) -> None:
-    assert sorted(p.name for p in paths.MODEL.iterdir()) == ["pretrained.keras"]
+    assert sorted(p.name for p in paths.MODEL.iterdir()) == [
+        "age_interval.json",
+        "pretrained.keras",
+        "pretrained.onnx",
+    ]
     head = keras.saving.load_model(paths.member_model("pretrained"), compile=False)
     assert sorted(head.output) == ["age", "gender"]
     tuned = yaml.safe_load(paths.TUNED.read_text())
@@ -101,11 +106,42 @@ def _test_images() -> list[str]:
 
 
 def _in_process(members: list[str]) -> pd.DataFrame:
-    outputs = []
+    """The stages' answer for the first test faces: the saved Keras models, each run by Keras
+    on the cached inputs, averaged and clamped."""
+    ages, p_female = [], []
     for member in members:
         model = keras.saving.load_model(paths.member_model(member), compile=False)
-        outputs.append(model_outputs(model, load_inputs(member, "test").images[:6]))
-    return combine(outputs, AGE_MAX)
+        outputs = model.predict(load_inputs(member, "test").images[:6], verbose=0)
+        ages.append(outputs["age"].ravel())
+        p_female.append(outputs["gender"].ravel())
+    p = np.mean(p_female, axis=0)
+    return pd.DataFrame(
+        {
+            "age": np.clip(np.mean(ages, axis=0), 1, AGE_MAX),
+            "gender": np.where(p > 0.5, "female", "male"),
+            "p_female": p,
+        }
+    )
+
+
+def test_the_onnx_head_equals_the_keras_head_on_the_test_split(in_project: Path) -> None:
+    features = load_inputs("pretrained", "test").images
+    keras_head = keras.saving.load_model(paths.member_model("pretrained"), compile=False)
+    expected = keras_head.predict(features, verbose=0)
+    served = OnnxHead(paths.served_file("pretrained"))(features)
+    np.testing.assert_allclose(served.age, expected["age"].ravel(), atol=1e-4)
+    np.testing.assert_allclose(served.p_female, expected["gender"].ravel(), atol=1e-4)
+    np.testing.assert_allclose(served.age_bins.sum(axis=1), 1, atol=1e-5)
+
+
+def test_evaluate_reports_the_intervals_coverage(in_project: Path) -> None:
+    interval = yaml.safe_load(paths.AGE_INTERVAL.read_text())
+    assert interval["kind"] == "bins" and len(interval["centres"]) > 1
+    metrics = yaml.safe_load(paths.EVALUATE_METRICS.read_text())
+    assert 0.5 <= metrics["test_age_interval_coverage"] <= 1  # 36 test faces: a wide margin
+    assert metrics["test_age_interval_width"] > 0
+    buckets = pd.read_csv(paths.BY_AGE_BUCKET)
+    assert {"age_interval_coverage", "age_interval_width"} <= set(buckets.columns)
 
 
 def _served(version: str) -> pd.DataFrame:
@@ -125,7 +161,13 @@ def test_the_served_pretrained_model_predicts_as_the_stages_do(in_project: Path)
 def test_an_ensemble_averages_both_families(in_project: Path) -> None:
     write_params(in_project, "ensemble")
     run(["tune", "train", "evaluate"])
-    assert sorted(p.name for p in paths.MODEL.iterdir()) == ["pretrained.keras", "scratch.keras"]
+    assert sorted(p.name for p in paths.MODEL.iterdir()) == [
+        "age_interval.json",
+        "pretrained.keras",
+        "pretrained.onnx",
+        "scratch.keras",
+    ]
+    assert yaml.safe_load(paths.AGE_INTERVAL.read_text())["kind"] == "residuals"
     registered = yaml.safe_load(paths.REGISTERED.read_text())
     served = _served(str(registered["version"]))
     expected = _in_process(["pretrained", "scratch"])

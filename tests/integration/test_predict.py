@@ -79,6 +79,9 @@ def test_folder_json_has_predictions_and_per_file_error(
         assert 0 <= entry["age"] <= 116
         assert entry["gender"] in ("male", "female")
         assert 0 <= entry["p_female"] <= 1
+        assert entry["age_low"] == pytest.approx(entry["age"] - 4)  # the tiny model's interval
+        assert entry["age_high"] == pytest.approx(entry["age"] + 6)
+        assert entry["face_check"] == "implausible"  # noise
         assert entry["error"] is None
     broken = entries["broken.jpg"]
     assert broken["error"] == "not an image (unrecognised format)"
@@ -89,7 +92,15 @@ def test_folder_json_has_predictions_and_per_file_error(
 def test_table_output(logged: ModelInfo, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(folder / "a.png", folder / "broken.jpg", "--model", logged.model_uri) == 0
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == ["path", "age", "gender", "p_female", "error"]
+    assert header.split() == [
+        "path",
+        "age",
+        "interval",
+        "gender",
+        "p_female",
+        "face_check",
+        "error",
+    ]
     assert len(rows) == 2
     assert "not an image" in next(r for r in rows if "broken.jpg" in r)
 
@@ -178,7 +189,17 @@ def test_detect_faces_table_has_face_and_box(
     (tmp_path / "two.jpg").write_bytes(two_faces_jpeg())
     assert run(tmp_path / "two.jpg", "--model", logged.model_uri, "--detect-faces") == 0
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == ["path", "face", "box", "age", "gender", "p_female", "error"]
+    assert header.split() == [
+        "path",
+        "face",
+        "box",
+        "age",
+        "interval",
+        "gender",
+        "p_female",
+        "face_check",
+        "error",
+    ]
     assert [row.split()[1] for row in rows] == ["1", "2"]
     assert rows[0].split()[2].count(",") == 3  # x,y,w,h
 

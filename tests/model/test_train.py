@@ -148,7 +148,13 @@ def test_main_writes_model_metrics_history_and_run_record(trained: tuple[Path, s
     record = json.loads((root / paths.TRAIN_RUN).read_text())
     assert set(record) == {"run_id", "experiment_id", "model_uris", "data_version"}
     assert set(record["model_uris"]) == {"scratch"}
-    assert sorted(p.name for p in (root / paths.MODEL).iterdir()) == ["scratch.keras"]
+    assert sorted(p.name for p in (root / paths.MODEL).iterdir()) == [
+        "age_interval.json",
+        "scratch.keras",
+    ]
+    interval = json.loads((root / paths.AGE_INTERVAL).read_text())
+    assert interval["kind"] == "residuals"  # a point regressor: from validation residuals
+    assert all(b <= 0 <= a for b, a in zip(interval["below"], interval["above"], strict=True))
 
 
 def test_saved_model_predicts_like_the_logged_one(

@@ -85,10 +85,10 @@ def test_every_sample_image_shows_a_detectable_face() -> None:
 
 
 def test_labels_name_the_probability_of_the_gender_shown() -> None:
-    female = Prediction("x", 34.4, "female", 0.93, face=1, box=(1, 2, 30, 30))
-    male = Prediction("x", 61.6, "male", 0.12, face=2, box=(40, 2, 30, 30))
-    assert logic.label(female) == "age ≈ 34, female p=0.93"
-    assert logic.label(male) == "age ≈ 62, male p=0.88"
+    female = Prediction("x", 34.4, 27.2, 41.6, "female", 0.93, "ok", face=1, box=(1, 2, 30, 30))
+    male = Prediction("x", 61.6, 50.0, 74.9, "male", 0.12, "implausible", box=(40, 2, 30, 30))
+    assert logic.label(female) == "age ≈ 34 (27-42), female p=0.93"
+    assert logic.label(male) == "age ≈ 62 (50-75), male p=0.88, not a clear face"
     image = np.zeros((100, 120, 3), dtype=np.uint8)
     drawn = np.asarray(logic.annotate(image, [female, male]))
     assert drawn.shape == (400, 480, 3)  # enlarged 4 times to stay legible

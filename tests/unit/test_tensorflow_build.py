@@ -44,8 +44,10 @@ def test_the_cpu_and_gpu_extras_each_bring_one_build_and_nothing_else_does(machi
             "aarch64": {"tensorflow"},
         }[machine]
     )
-    (gpu,) = extras["gpu"]
+    (gpu,) = [r for r in extras["gpu"] if r.name != PROJECT]
     assert (gpu.name, gpu.extras) == ("tensorflow", {"and-cuda"})
+    for build in ("cpu", "gpu"):  # each is the whole pipeline with its TensorFlow
+        assert [r.extras for r in extras[build] if r.name == PROJECT] == [{"pipeline"}], build
     # `.[gpu,dev]` must not install the CPU build beside the CUDA one, directly or through
     # the project's own extras
     for name in extras.keys() - {"cpu", "gpu"}:

@@ -28,10 +28,11 @@ from utkface.inference.client import (
     InputLimits,
     PredictError,
     Prediction,
+    age_range,
     face_inputs,
     predict_inputs,
 )
-from utkface.inference.pyfunc import encode_png
+from utkface.inference.pyfunc import FACE_OK, encode_png
 from utkface.mlops import registry, tracking
 from utkface.params import load_params
 
@@ -149,11 +150,13 @@ def predict_whole(model: PyFuncModel, image: np.ndarray, image_size: int) -> Pre
 
 
 def label(prediction: Prediction) -> str:
-    """E.g. "age ≈ 34, female p=0.93", p being the probability of the gender shown."""
+    """E.g. "age ≈ 34 (27-41), female p=0.93", the age's interval in brackets and p the
+    probability of the gender shown; "not a clear face" is added when the face check fails."""
     if prediction.error or prediction.age is None or prediction.p_female is None:
         return f"not predicted: {prediction.error}"
     p = prediction.p_female if prediction.gender == "female" else 1 - prediction.p_female
-    return f"age ≈ {prediction.age:.0f}, {prediction.gender} p={p:.2f}"
+    text = f"age ≈ {prediction.age:.0f} ({age_range(prediction)}), {prediction.gender} p={p:.2f}"
+    return text if prediction.face_check == FACE_OK else f"{text}, not a clear face"
 
 
 @cache

@@ -43,8 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON list of {path, age, gender, p_female, error} "
-        "(with --detect-faces also face and box)",
+        help="print a JSON list of {path, age, age_low, age_high, gender, p_female, face_check, "
+        "error} (with --detect-faces also face and box)",
     )
     parser.add_argument(
         "--detect-faces",

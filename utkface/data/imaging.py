@@ -6,11 +6,12 @@ exactly the pixels it was trained on.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class ImageError(ValueError):
@@ -26,13 +27,15 @@ def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -
     `ingest.max_image_pixels` below it, so this limit is the one that refuses.
 
     With `target_size`, JPEGs are decoded by libjpeg at the smallest scale that is still at
-    least that size (much faster than a full decode followed by a resize).
+    least that size (much faster than a full decode followed by a resize). The image comes back
+    upright (`upright`).
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)  # see `upright`
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
@@ -50,6 +53,17 @@ def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -
         raise ImageError("not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"corrupt or truncated image: {error}") from None
+    return upright(image)
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (phones store photos sideways with such a
+    tag), with Pillow's `ImageOps.exif_transpose`; without the tag, as it is. A corrupt EXIF
+    block leaves the image as it is: the pixels decoded, so the photo is still usable, and
+    Pillow's EXIF parser raises many kinds of errors on malformed blocks."""
+    with warnings.catch_warnings(), contextlib.suppress(Exception):
+        warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data" for such a block
+        ImageOps.exif_transpose(image, in_place=True)
     return image
 
 

@@ -17,6 +17,8 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 AGE, GENDER = "age", "gender"  # the two labels the model predicts, also its output names
+AGE_BINS = "age_bins"  # the pretrained head's third output: probabilities over age bins
+BIN_CENTRES = "age_bin_centres"  # the head's ONNX metadata: the bins' mean ages (JSON list)
 GENDERS = ("male", "female")
 RACES = ("White", "Black", "Asian", "Indian", "Others")
 AGE_MIN = 1  # ages are whole years; the valid range is [AGE_MIN, validate.age_max]

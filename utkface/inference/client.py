@@ -25,11 +25,12 @@ from PIL import Image
 from utkface.data.imaging import ImageError, decode_image, prepare_image
 from utkface.data.labels import AGE, GENDER, IMAGE_SUFFIXES
 from utkface.inference import faces
+from utkface.inference.families import AGE_HIGH, AGE_LOW, P_FEMALE
 from utkface.inference.pyfunc import (
     ERROR,
+    FACE_CHECK,
     IMAGE,
     ON_ERROR,
-    P_FEMALE,
     SYNTHETIC_TRAINING,
     SYNTHETIC_WARNING,
     encode_png,
@@ -60,10 +61,16 @@ class Input:
 
 @dataclass(frozen=True)
 class Prediction:
+    """One answer: the age with its interval (`age_low`..`age_high`, see the served model's
+    `utkface.inference.pyfunc`), gender, p(female) and the face check; or the `error`."""
+
     path: str
     age: float | None = None
+    age_low: float | None = None
+    age_high: float | None = None
     gender: str | None = None
     p_female: float | None = None
+    face_check: str | None = None
     error: str | None = None
     face: int | None = None
     box: faces.Box | None = None
@@ -199,8 +206,9 @@ def predict_inputs(model: PyFuncModel, inputs: Sequence[Input]) -> list[Predicti
             if row.get(ERROR):
                 predictions.append(Prediction(item.path, error=row[ERROR], **where))
             else:
-                age, p_female = float(row[AGE]), float(row[P_FEMALE])
-                predictions.append(Prediction(item.path, age, row[GENDER], p_female, **where))
+                answer = {k: float(row[k]) for k in (AGE, AGE_LOW, AGE_HIGH, P_FEMALE)}
+                answer |= {GENDER: row[GENDER], FACE_CHECK: row[FACE_CHECK]}
+                predictions.append(Prediction(item.path, **answer, **where))
     return predictions
 
 
@@ -222,11 +230,23 @@ def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
         raise PredictError(f"cannot load model {uri}: {error}") from None
 
 
+def age_range(prediction: Prediction) -> str:
+    """The age interval in whole years, e.g. "24-39"; empty when not predicted."""
+    if prediction.age_low is None or prediction.age_high is None:
+        return ""
+    return f"{prediction.age_low:.0f}-{prediction.age_high:.0f}"
+
+
 def format_table(predictions: Sequence[Prediction], with_faces: bool = False) -> str:
     """One row per image (per face `with_faces`, adding its number and box x,y,w,h): path,
-    age, gender, p_female, and why when it was not predicted."""
+    age and its interval, gender, p_female, the face check, and why when it was not
+    predicted."""
     rows = [
-        ("path", *(("face", "box") if with_faces else ()), "age", "gender", "p_female", "error")
+        (
+            "path",
+            *(("face", "box") if with_faces else ()),
+            *("age", "interval", "gender", "p_female", "face_check", "error"),
+        )
     ]
     for p in predictions:
         where = (str(p.face or ""), ",".join(map(str, p.box or ()))) if with_faces else ()
@@ -235,8 +255,10 @@ def format_table(predictions: Sequence[Prediction], with_faces: bool = False) ->
                 p.path,
                 *where,
                 "" if p.age is None else f"{p.age:.1f}",
+                age_range(p),
                 p.gender or "",
                 "" if p.p_female is None else f"{p.p_female:.3f}",
+                p.face_check or "",
                 p.error or "",
             )
         )

@@ -1,13 +1,20 @@
-"""The served model: an MLflow pyfunc from base64 images to age, gender and p(female).
+"""The served model: an MLflow pyfunc from base64 images to age (with its interval), gender,
+p(female) and a face check.
 
 Input: a DataFrame with one string column `image` holding base64-encoded JPEG/PNG/... bytes.
-Output: `age` (years, clamped to [1, `validate.age_max`] like every prediction), `gender`
-("male"/"female"), `p_female`. Every image goes through `utkface.data.imaging.load_image`, the
-preprocessing of training, once per model family it carries (`members`), so each sees exactly
-the pixels it was trained on: the scratch CNN at its Keras input size; the pretrained head at
-the backbone's `face_size`, aligned and turned into face features by the backbone files the
-model carries (`utkface.model.face_backbone`). An ensemble averages the families' ages and
-probabilities.
+Output: `age` (years, clamped to [1, `validate.age_max`] like every prediction), `age_low` and
+`age_high` (the interval that holds the true age `coverage` of the time, calibrated on the
+validation split: `utkface.scoring.age_interval`), `gender` ("male"/"female"), `p_female`, and
+`face_check` ("ok", or "implausible" when dlib's landmarks do not look like a frontal face: the
+answer is then about something that may not be a usable face).
+
+Every image goes through `utkface.data.imaging.load_image`, the preprocessing of training (EXIF
+orientation applied), once per input size of the families it carries (`members`), so each sees
+exactly the pixels it was trained on: the scratch CNN at its Keras input size; the pretrained
+head at the backbone's `face_size`, aligned and turned into face features by the backbone files
+the model carries (`utkface.model.face_backbone`). The families run as
+`utkface.inference.families` loads them: the pretrained head on ONNX Runtime (no TensorFlow),
+the scratch CNN on Keras. An ensemble averages the families' ages and probabilities.
 
 This module and the few it imports are all the project code a logged model carries
 (`utkface.mlops.pyfunc_logging`): no training, tracking or app code.
@@ -15,7 +22,8 @@ This module and the few it imports are all the project code a logged model carri
 Bad rows (not base64, not an image, too large) make the whole request fail with
 `INVALID_PARAMETER_VALUE`, which `mlflow models serve` answers with HTTP 400 and a message naming
 each bad row. With the parameter `on_error="report"` they get an `error` instead, and the other
-rows are still predicted (what `utkface predict` uses).
+rows are still predicted (what `utkface predict` uses). An image that decodes but shows no
+usable face is answered, with `face_check` "implausible".
 """
 
 from __future__ import annotations
@@ -24,10 +32,9 @@ import base64
 import binascii
 import io
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -39,15 +46,21 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
 from utkface.data.imaging import ImageError, load_image
-from utkface.data.labels import AGE, GENDER, GENDERS, clamp_ages, gender_labels
-
-if TYPE_CHECKING:
-    import keras
-
-    from utkface.model.face_backbone import FaceBackbone
+from utkface.data.labels import AGE, GENDER
+from utkface.inference.families import (
+    AGE_HIGH,
+    AGE_LOW,
+    P_FEMALE,
+    KerasCnn,
+    combine,
+    load_family,
+)
+from utkface.model.face_backbone import BackboneFiles, FaceBackbone, Landmarks
+from utkface.scoring.age_interval import AgeInterval
 
 IMAGE = "image"
-P_FEMALE = "p_female"
+FACE_CHECK = "face_check"
+FACE_OK, FACE_IMPLAUSIBLE = "ok", "implausible"
 ERROR = "error"
 ON_ERROR = "on_error"
 ON_ERROR_MODES = ("raise", "report")
@@ -57,20 +70,23 @@ SYNTHETIC_WARNING = (
     "this model was trained on the synthetic demo set of cartoon faces: its predictions for "
     "real faces are meaningless (train on real images: utkface use-data, then dvc repro)"
 )
-PREDICT_BATCH = 64
 
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", IMAGE)]),
     outputs=Schema(
         [
             ColSpec("double", AGE),
+            ColSpec("double", AGE_LOW),
+            ColSpec("double", AGE_HIGH),
             ColSpec("string", GENDER),
             ColSpec("double", P_FEMALE),
+            ColSpec("string", FACE_CHECK),
             ColSpec("string", ERROR, required=False),
         ]
     ),
     params=ParamSchema([ParamSpec(ON_ERROR, "string", "raise")]),
 )
+ANSWER_COLUMNS = [name for name in SIGNATURE.outputs.input_names() if name != ERROR]
 
 
 def too_large(size: int, max_bytes: int) -> str:
@@ -80,7 +96,7 @@ def too_large(size: int, max_bytes: int) -> str:
 
 
 def model_artifact(member: str) -> str:
-    """The artifact name of one model family's Keras model."""
+    """The artifact name of one model family's saved model."""
     return f"{member}_model"
 
 
@@ -88,14 +104,17 @@ def model_artifact(member: str) -> str:
 class ServingConfig:
     """The served model's config (MLflow `model_config`). `image_size` is what clients crop
     faces to: the largest input of its families (the CNN's Keras input, the backbone's
-    `face_size`). `trained_on` says which data trained it (e.g. the synthetic demo set)."""
+    `face_size`, at which the face check also looks). `age_interval` is
+    `AgeInterval.to_config()`. `trained_on` says which data trained it (e.g. the synthetic demo
+    set)."""
 
     image_size: int
     max_image_bytes: int
     max_pixels: int
     age_max: int
+    age_interval: dict[str, Any]
+    face_size: int
     members: tuple[str, ...] = ("scratch",)
-    face_size: int = 0
     trained_on: str = ""
 
 
@@ -127,73 +146,48 @@ def decode_row(value: Any, max_image_bytes: int) -> bytes:
     return data
 
 
-def input_size(model: keras.Model) -> int:
-    """The side of the square images `model` takes."""
-    return int(model.input_shape[1])
-
-
-def model_outputs(model: keras.Model, inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unclamped ages and probabilities of female of `model` for its inputs (images or face
-    features), in input order."""
-    ages, p_female = [], []
-    for start in range(0, len(inputs), PREDICT_BATCH):
-        batch = np.asarray(inputs[start : start + PREDICT_BATCH], dtype=np.float32)
-        outputs = model.predict_on_batch(batch)
-        ages.append(np.asarray(outputs[AGE], dtype=float).reshape(-1))
-        p_female.append(np.asarray(outputs[GENDER], dtype=float).reshape(-1))
-    if not ages:
-        return np.zeros(0), np.zeros(0)
-    return np.concatenate(ages), np.concatenate(p_female)
-
-
-def combine(outputs: Sequence[tuple[np.ndarray, np.ndarray]], age_max: int) -> pd.DataFrame:
-    """The prediction of one or more families' `model_outputs`: ages (clamped) and
-    probabilities averaged, gender the likelier one."""
-    age = clamp_ages(np.mean([ages for ages, _ in outputs], axis=0), age_max)
-    p = np.mean([p for _, p in outputs], axis=0)
-    return pd.DataFrame(
-        {AGE: age, GENDER: np.asarray(GENDERS, dtype=object)[gender_labels(p)], P_FEMALE: p}
-    )
-
-
 class AgeGenderModel(mlflow.pyfunc.PythonModel):
     """The pyfunc behind the registered model; its settings live in the model config."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        import keras  # with the model, not the module: clients import it for its wire format
-
         config = context.model_config
         self.members = tuple(config["members"])
-        self.models = {
-            member: keras.saving.load_model(
-                context.artifacts[model_artifact(member)], compile=False
-            )
-            for member in self.members
+        self.families = {
+            m: load_family(m, Path(context.artifacts[model_artifact(m)])) for m in self.members
         }
-        self.backbone: FaceBackbone | None = None
-        if "pretrained" in self.members:
-            from utkface.model.face_backbone import BackboneFiles, FaceBackbone
-
-            folder = BackboneFiles(Path(context.artifacts[BACKBONE_ARTIFACT]))
-            self.backbone = FaceBackbone(folder)
+        files = BackboneFiles(Path(context.artifacts[BACKBONE_ARTIFACT]))
+        self.backbone = FaceBackbone(files) if "pretrained" in self.members else None
+        self.landmarks = self.backbone.landmarks if self.backbone else Landmarks(files)
+        self.face_size = int(config["face_size"])
         # the side of the square image each family is prepared at
         self.sizes = {
-            m: int(config["face_size"]) if m == "pretrained" else input_size(model)
-            for m, model in self.models.items()
+            m: family.input_size if isinstance(family, KerasCnn) else self.face_size
+            for m, family in self.families.items()
         }
         self.max_image_bytes = int(config["max_image_bytes"])
         self.max_pixels = int(config["max_pixels"])
         self.age_max = int(config["age_max"])
+        self.interval = AgeInterval.from_config(config["age_interval"])
         if config.get("trained_on") == SYNTHETIC_TRAINING:
             logging.getLogger(__name__).warning(SYNTHETIC_WARNING)
 
-    def inputs(self, member: str, images: list[np.ndarray]) -> np.ndarray:
-        """What `member`'s Keras model takes for prepared images: the images themselves, or
-        their face features."""
-        if self.backbone is not None and member == "pretrained":
-            return self.backbone.features(images)[0]
-        size = self.sizes[member]
-        return np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    def answer(self, images: dict[int, list[np.ndarray]]) -> pd.DataFrame:
+        """The answers for prepared images (by side), in order."""
+        faces = images[self.face_size]
+        if not faces:
+            return pd.DataFrame(columns=ANSWER_COLUMNS)
+        if self.backbone is not None:
+            features, geometry = self.backbone.features(faces)
+            plausible = geometry & self.landmarks.detected(faces)
+        else:
+            plausible = self.landmarks.plausible(faces)
+        outputs = [
+            family(features if member == "pretrained" else np.stack(images[self.sizes[member]]))
+            for member, family in self.families.items()
+        ]
+        answers = combine(outputs, self.age_max, self.interval)
+        answers[FACE_CHECK] = np.where(plausible, FACE_OK, FACE_IMPLAUSIBLE).astype(object)
+        return answers[ANSWER_COLUMNS]
 
     def predict(
         self,
@@ -213,27 +207,25 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
                 f"got columns {list(model_input.columns)}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        images: dict[str, list[np.ndarray]] = {member: [] for member in self.members}
+        sides = {self.face_size, *self.sizes.values()}
+        images: dict[int, list[np.ndarray]] = {side: [] for side in sides}
         errors = {}
         for row, value in enumerate(model_input[IMAGE]):
             try:
                 data = decode_row(value, self.max_image_bytes)
-                prepared = {m: load_image(data, self.sizes[m], self.max_pixels) for m in images}
+                prepared = {side: load_image(data, side, self.max_pixels) for side in sides}
             except ImageError as error:
                 errors[row] = str(error)
                 continue
-            for member, image in prepared.items():
-                images[member].append(image)
+            for side, image in prepared.items():
+                images[side].append(image)
         if errors and on_error == "raise":
             reasons = "; ".join(f"row {row}: {reason}" for row, reason in errors.items())
             raise MlflowException(
                 f"{len(errors)} of {len(model_input)} input row(s) rejected: {reasons}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        outputs = [
-            model_outputs(self.models[m], self.inputs(m, batch)) for m, batch in images.items()
-        ]
-        predicted = combine(outputs, self.age_max)
+        predicted = self.answer(images)
         if on_error == "raise":
             return predicted
         return _with_errors(predicted, errors, len(model_input))

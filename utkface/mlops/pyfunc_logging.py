@@ -1,7 +1,8 @@
 """Logging the served model (`utkface.inference.pyfunc`) to MLflow with its config, its
-lineage, exactly the project code it runs and, for the pretrained family, the backbone's files
-(its ONNX graphs with the feature outputs exposed, the landmark model, manifest and licence
-notices)."""
+lineage, exactly the project code it runs, each family's saved model (the pretrained head's
+ONNX graph, the scratch CNN's Keras file) and the backbone's files: the landmark model (the
+face check), manifest and licence notices, and for the pretrained family its ONNX graphs with
+the feature outputs exposed."""
 
 from __future__ import annotations
 
@@ -38,11 +39,10 @@ PYFUNC_MODULE = AgeGenderModel.__module__
 
 def _pip_requirements(members: Sequence[str]) -> list[str]:
     """What the pyfunc's code imports, pinned to this environment; explicit, because inferring
-    them loads TensorFlow again."""
-    names = ["mlflow", "keras", "pillow", "numpy", "pandas"]
-    if "pretrained" in members:
-        names += ["onnxruntime", "dlib-bin"]
-    names.append(tensorflow_build.distribution())
+    them loads every family. Keras and TensorFlow only where a scratch CNN is served."""
+    names = ["mlflow", "pillow", "numpy", "pandas", "onnxruntime", "dlib-bin"]
+    if "scratch" in members:
+        names += ["keras", tensorflow_build.distribution()]
     return [f"{name}=={metadata.version(name)}" for name in names]
 
 
@@ -53,8 +53,8 @@ def log_serving_model(
     lineage: Mapping[str, Any],
     name: str = SERVING_MODEL_NAME,
 ) -> ModelInfo:
-    """Log the pyfunc serving the Keras models of `config.members` in `model_folder` to the
-    active MLflow run.
+    """Log the pyfunc serving the saved models of `config.members` in `model_folder`
+    (`paths.served_file`) to the active MLflow run.
 
     `input_example_images` are a few uint8 (S, S, 3) arrays; they are sent as base64 PNGs, and
     MLflow checks that the example serves. The model is logged as code (`served_model.py`),
@@ -63,14 +63,15 @@ def log_serving_model(
     the modules the pyfunc imports, so it loads from any working directory.
     """
     examples = [to_base64(encode_png(image)) for image in input_example_images]
-    artifacts = {
-        model_artifact(m): str(paths.member_model(m, model_folder)) for m in config.members
-    }
+    artifacts = {model_artifact(m): str(paths.served_file(m, model_folder)) for m in config.members}
     with tempfile.TemporaryDirectory() as tmp:
         package = copy_code([PYFUNC_MODULE], Path(tmp) / "code")
-        if "pretrained" in config.members:
-            backbone = face_backbone.export(face_backbone.package_files(), Path(tmp) / "backbone")
-            artifacts[BACKBONE_ARTIFACT] = str(backbone.folder)
+        backbone = face_backbone.export(
+            face_backbone.package_files(),
+            Path(tmp) / "backbone",
+            networks="pretrained" in config.members,
+        )
+        artifacts[BACKBONE_ARTIFACT] = str(backbone.folder)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=served_model.__file__,  # models from code: no pickle

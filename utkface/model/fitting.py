@@ -20,9 +20,9 @@ import tensorflow as tf
 
 from utkface import paths
 from utkface.data.dataset import SplitData, load_split, sample_rows
-from utkface.data.labels import AGE, GENDER
+from utkface.data.labels import AGE, AGE_BINS, GENDER
 from utkface.model.batchnorm import CleanStatisticsForValidation, has_batchnorm
-from utkface.model.head import AGE_BINS, build_head, compile_head
+from utkface.model.head import build_head, compile_head
 from utkface.model.network import build_model, compile_model
 from utkface.params import Member, ModelParams, TrainParams
 

@@ -21,10 +21,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from utkface.data.labels import AGE, GENDER
+from utkface.data.labels import AGE, AGE_BINS, GENDER
 from utkface.params import HeadParams, TrainParams
-
-AGE_BINS = "age_bins"
 
 
 def age_bin_centres(ages: np.ndarray, bins: int) -> np.ndarray:

@@ -28,8 +28,10 @@ from sklearn.metrics import (
 )
 
 from utkface.data.labels import GENDERS, RACES, age_buckets, bucket_names, gender_labels
+from utkface.scoring.age_interval import AGE_HIGH, AGE_LOW, coverage_report
 
-FRAME_COLUMNS = ("age", "gender", "race", "pred_age", "p_female")
+FRAME_COLUMNS = ("age", "gender", "race", "pred_age", "p_female")  # and optionally AGE_LOW/HIGH
+INTERVAL_COLUMNS = ("age_interval_coverage", "age_interval_width")
 SMALL_SAMPLE = 5  # groups with fewer rows are reported but never named the worst
 WITHIN_YEARS = 5
 # the metric that picks the worst group per task, and whether higher is worse
@@ -135,9 +137,16 @@ def _group_metrics(rows: pd.DataFrame) -> dict[str, Any]:
     """Scalar age and gender metrics of one subgroup, with its size and small-sample flag."""
     summary: dict[str, Any] = {"n": len(rows), "small_sample": len(rows) < SMALL_SAMPLE}
     if len(rows):
-        summary |= age_metrics(rows["age"], rows["pred_age"])
+        summary |= age_metrics(rows["age"], rows["pred_age"]) | _interval_metrics(rows)
         summary |= _scalars(gender_metrics(rows["gender"], rows["p_female"]))
     return summary
+
+
+def _interval_metrics(rows: pd.DataFrame) -> dict[str, float]:
+    """The age interval's coverage and width, when the frame has intervals."""
+    if AGE_LOW not in rows.columns:
+        return {}
+    return coverage_report(rows["age"], rows[AGE_LOW], rows[AGE_HIGH])
 
 
 def _worst(
@@ -191,6 +200,7 @@ def evaluation_report(frame: pd.DataFrame, edges: Sequence[int]) -> dict[str, An
     _check_columns(frame)
     return (
         age_metrics(frame["age"], frame["pred_age"])
+        | _interval_metrics(frame)
         | gender_metrics(frame["gender"], frame["p_female"])
         | {"subgroups": subgroup_report(frame, edges)}
     )
@@ -217,10 +227,12 @@ def confusion_table(y_true: ArrayLike, y_pred_label: ArrayLike) -> pd.DataFrame:
 
 
 def by_bucket_table(report: dict[str, Any]) -> pd.DataFrame:
-    """`age_bucket`, `age_mae`, `gender_accuracy` and `n` per non-empty age bucket of an
-    `evaluation_report`, youngest first (DVC's bar template keeps this order)."""
+    """`age_bucket`, `age_mae`, `gender_accuracy`, the age interval's coverage and width (when
+    reported) and `n` per non-empty age bucket of an `evaluation_report`, youngest first (DVC's
+    bar template keeps this order)."""
     groups = report["subgroups"]["age_bucket"]["groups"]
-    columns = ["age_bucket", "age_mae", "gender_accuracy", "n"]
+    interval = [c for c in INTERVAL_COLUMNS if c in report]
+    columns = ["age_bucket", "age_mae", "gender_accuracy", *interval, "n"]
     return pd.DataFrame(
         [{"age_bucket": name} | group for name, group in groups.items() if group["n"]],
         columns=columns,

@@ -1,0 +1,168 @@
+"""The served model of the pretrained family: ONNX Runtime alone (no TensorFlow or Keras
+imported by loading, predicting, `utkface predict` or `utkface serve`), the same answer for a
+photo whatever EXIF orientation it was stored with, the age interval from the head's bins and
+the face check."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PyFuncModel
+from model_fixtures import FACE_SIZE, log_tiny_serving_model, save_tiny_head, use_tmp_store
+from PIL import Image
+from raw_files import STORED, stored
+from skimage import data
+from tiny import AGE_MAX, MAX_PIXELS
+
+from utkface.data.imaging import load_image
+from utkface.inference import faces
+from utkface.model.face_backbone import FaceBackbone, package_files
+from utkface.scoring.age_interval import AgeInterval
+
+MAX_BYTES = 2_000_000
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def astronaut_face() -> np.ndarray:
+    """The face in scikit-image's public-domain NASA portrait, cropped as `--detect-faces`
+    crops a face, at the model's input size."""
+    photo = data.astronaut()
+    (crop,) = faces.crop_faces(photo, faces.detect_faces(photo))
+    return np.asarray(Image.fromarray(crop).resize((FACE_SIZE, FACE_SIZE)))
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelInfo]:
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.mktemp("pretrained")
+        use_tmp_store(patch, root)
+        yield log_tiny_serving_model(root, member="pretrained", max_image_bytes=MAX_BYTES)
+
+
+@pytest.fixture(scope="module")
+def pyfunc(logged: ModelInfo) -> PyFuncModel:
+    return mlflow.pyfunc.load_model(logged.model_uri)
+
+
+def test_the_logged_model_needs_no_tensorflow(logged: ModelInfo) -> None:
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    requirements = {
+        line.split("==")[0] for line in (local / "requirements.txt").read_text().split()
+    }
+    assert requirements == {"mlflow", "pillow", "numpy", "pandas", "onnxruntime", "dlib-bin"}
+    artifacts = sorted(p.name for p in (local / "artifacts").iterdir())
+    assert artifacts == ["backbone", "pretrained.onnx"]  # no Keras file
+
+
+LOADED_FRAMEWORKS = """
+import json, sys
+{body}
+names = {{m.split(".")[0] for m in sys.modules}}
+frameworks = sorted(names & {{"tensorflow", "keras", "tf_keras"}})
+print("frameworks:", json.dumps(frameworks))
+"""
+
+
+def _frameworks_after(body: str, cwd: Path) -> tuple[list[str], str]:
+    done = subprocess.run(
+        [sys.executable, "-c", LOADED_FRAMEWORKS.format(body=body)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    line = next(x for x in done.stdout.splitlines() if x.startswith("frameworks:"))
+    return json.loads(line.removeprefix("frameworks:")), done.stdout
+
+
+def test_predict_loads_and_answers_without_tensorflow(logged: ModelInfo, tmp_path: Path) -> None:
+    photo = tmp_path / "face.png"
+    photo.write_bytes(png(astronaut_face()))
+    body = f"""
+from utkface.cli.main import main
+try:
+    main(["predict", "--json", "--model", {logged.model_uri!r}, {str(photo)!r}])
+except SystemExit as done:
+    print("exit:", done.code)
+"""
+    loaded, out = _frameworks_after(body, tmp_path)
+    assert loaded == []
+    (answer,) = json.loads(out[out.index("[") : out.index("exit:")])
+    assert answer["error"] is None and answer["face_check"] == "ok"
+    assert answer["age_low"] < answer["age"] < answer["age_high"]
+    assert "exit: 0" in out
+
+
+def test_serve_loads_the_model_without_tensorflow(logged: ModelInfo, tmp_path: Path) -> None:
+    body = f"""
+import os
+os.environ["UTKFACE_SERVE_MODEL"] = {logged.model_uri!r}
+os.environ["UTKFACE_SERVE_MAX_REQUEST_BYTES"] = "1000000"
+from utkface.inference import server
+server.create_app()
+"""
+    assert _frameworks_after(body, tmp_path)[0] == []
+
+
+def test_every_exif_orientation_gets_the_answer_of_the_upright_photo(
+    pyfunc: PyFuncModel,
+) -> None:
+    upright = Image.fromarray(astronaut_face())
+    cells = [b64(stored(upright, orientation)) for orientation in STORED]
+    answers = pyfunc.predict(pd.DataFrame({"image": cells}))
+    expected = answers.iloc[[0] * len(STORED)].reset_index(drop=True)  # orientation 1
+    pd.testing.assert_frame_equal(answers, expected)
+    sideways = pyfunc.predict(pd.DataFrame({"image": [b64(png(np.rot90(astronaut_face())))]}))
+    assert sideways.loc[0, "face_check"] == "implausible"  # turned without a tag: not upright
+
+
+def test_the_interval_comes_from_the_heads_bins(
+    logged: ModelInfo, pyfunc: PyFuncModel, tmp_path: Path
+) -> None:
+    photos = [astronaut_face(), np.asarray(Image.fromarray(astronaut_face()).rotate(8))]
+    answers = pyfunc.predict(pd.DataFrame({"image": [b64(png(p)) for p in photos]}))
+    # the reference, without the pyfunc: the backbone's features into the Keras head (the same
+    # seeded head as the fixture's, with its bins output), then the interval of the config
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    config = mlflow.models.Model.load(local).flavors["python_function"]["config"]
+    interval = AgeInterval.from_config(config["age_interval"])
+    assert interval.kind == "bins"
+    prepared = [load_image(png(p), FACE_SIZE, MAX_PIXELS) for p in photos]
+    features, _ = FaceBackbone(package_files()).features(prepared)
+    outputs = save_tiny_head(tmp_path).predict(features, verbose=0)
+    age = np.clip(outputs["age"].ravel(), 1, AGE_MAX)
+    low, high = interval.bounds(age, AGE_MAX, outputs["age_bins"])
+    np.testing.assert_allclose(answers["age"], age, rtol=1e-5)
+    np.testing.assert_allclose(answers["age_low"], low, rtol=1e-4)
+    np.testing.assert_allclose(answers["age_high"], high, rtol=1e-4)
+    assert (answers["age_high"] - answers["age_low"] > 2).all()  # a margin of 1 on each side
+
+
+def test_a_face_passes_the_face_check_and_noise_does_not(pyfunc: PyFuncModel) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    flat = np.full((FACE_SIZE, FACE_SIZE, 3), 128, dtype=np.uint8)
+    cells = [b64(png(p)) for p in (astronaut_face(), noise, flat)]
+    answers = pyfunc.predict(pd.DataFrame({"image": cells}))
+    assert answers["face_check"].tolist() == ["ok", "implausible", "implausible"]
+    assert answers["age"].notna().all()  # answered all the same, never an error

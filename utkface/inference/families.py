@@ -1,0 +1,128 @@
+"""Each model family's saved model run for inference, and the one rule that turns their outputs
+into an answer: what `train` (validation), `evaluate` (test) and the served model all call.
+
+The pretrained head runs on ONNX Runtime (`pretrained.onnx`, exported by `train`), so serving
+a pretrained model imports neither TensorFlow nor Keras. The scratch CNN stays a Keras model
+(`scratch.keras`): Keras, and with it TensorFlow, is imported only when such a model loads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from utkface.data.labels import (
+    AGE,
+    AGE_BINS,
+    BIN_CENTRES,
+    GENDER,
+    GENDERS,
+    clamp_ages,
+    gender_labels,
+)
+from utkface.scoring.age_interval import AGE_HIGH, AGE_LOW, AgeInterval
+
+P_FEMALE = "p_female"
+BATCH = 64
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """One family's unclamped ages and probabilities of female, and the head's age-bin
+    probabilities with the bins' centres (None for the CNN)."""
+
+    age: np.ndarray
+    p_female: np.ndarray
+    age_bins: np.ndarray | None = None
+    bin_centres: np.ndarray | None = None
+
+
+class Family(Protocol):
+    def __call__(self, inputs: np.ndarray) -> Outputs: ...
+
+
+class OnnxHead:
+    """The pretrained head's ONNX graph: face features in, outputs out; one session, reused."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        self.bin_centres = np.asarray(json.loads(metadata[BIN_CENTRES]), dtype=float)
+
+    def __call__(self, inputs: np.ndarray) -> Outputs:
+        features = np.ascontiguousarray(inputs, dtype=np.float32)
+        age, gender, bins = self.session.run([AGE, GENDER, AGE_BINS], {"features": features})
+        return Outputs(
+            age.astype(float).ravel(), gender.astype(float).ravel(), bins, self.bin_centres
+        )
+
+
+class KerasCnn:
+    """The scratch CNN as Keras saved it; TensorFlow is imported when one loads."""
+
+    def __init__(self, path: Path) -> None:
+        from utkface import tensorflow_build
+
+        tensorflow_build.require_tensorflow()
+        import keras
+
+        self.model = keras.saving.load_model(path, compile=False)
+
+    @property
+    def input_size(self) -> int:
+        return int(self.model.input_shape[1])
+
+    def __call__(self, inputs: np.ndarray) -> Outputs:
+        ages, p_female = [], []
+        for start in range(0, len(inputs), BATCH):
+            batch = np.asarray(inputs[start : start + BATCH], dtype=np.float32)
+            outputs = self.model.predict_on_batch(batch)
+            ages.append(np.asarray(outputs[AGE], dtype=float).reshape(-1))
+            p_female.append(np.asarray(outputs[GENDER], dtype=float).reshape(-1))
+        if not ages:
+            return Outputs(np.zeros(0), np.zeros(0))
+        return Outputs(np.concatenate(ages), np.concatenate(p_female))
+
+
+def load_family(member: str, path: Path) -> OnnxHead | KerasCnn:
+    """The saved model of `member` at `path` (`paths.served_file`), ready to predict."""
+    return OnnxHead(path) if member == "pretrained" else KerasCnn(path)
+
+
+def combine(
+    outputs: Sequence[Outputs], age_max: int, interval: AgeInterval | None = None
+) -> pd.DataFrame:
+    """The answer of one or more families: ages and probabilities averaged, then the age
+    clamped and the gender the likelier one; with `interval`, `age_low` and `age_high` too
+    (from the bin probabilities when the interval is of that kind)."""
+    age = clamp_ages(np.mean([o.age for o in outputs], axis=0), age_max)
+    p = np.mean([o.p_female for o in outputs], axis=0)
+    frame = pd.DataFrame(
+        {AGE: age, GENDER: np.asarray(GENDERS, dtype=object)[gender_labels(p)], P_FEMALE: p}
+    )
+    if interval is not None:
+        bins = outputs[0].age_bins if interval.kind == "bins" else None
+        frame[AGE_LOW], frame[AGE_HIGH] = interval.bounds(age, age_max, bins)
+    return frame
+
+
+def calibrate_interval(outputs: Sequence[Outputs], ages: np.ndarray, age_max: int) -> AgeInterval:
+    """The interval of a model from its families' validation `outputs` and true `ages`: from
+    the bin distribution for the head alone, from residuals otherwise."""
+    if len(outputs) == 1 and outputs[0].age_bins is not None:
+        return AgeInterval.from_bins(outputs[0].age_bins, ages, outputs[0].bin_centres)
+    return AgeInterval.from_residuals(combine(outputs, age_max)[AGE], ages)
