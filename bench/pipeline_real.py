@@ -27,7 +27,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "utkface" / "crop_part1_dev"
-STAGES = ["ingest", "features", "validate", "balance", "split", "tune", "train", "evaluate"]
+STAGES = [
+    *("check_params", "ingest", "features", "validate", "balance", "split"),
+    *("tune", "train", "evaluate"),
+]
 PROJECT_FILES = [
     "stages",
     "utkface",
@@ -126,7 +129,7 @@ def main() -> None:
         print(f"  {stage:9s} {seconds[stage]:7.1f} s")
     print(f"ingest..train: {to_train:.1f} min (target < {TARGETS['minutes_ingest_to_train']:.0f})")
     print(
-        f"training: {train['epochs_run']} epochs, {train['images_per_second']} images/s, "
+        f"training: {train['epochs_run']} epochs in {seconds['train']:.0f} s (the stage), "
         f"lr={train['lr_used']} ({train['lr_source']})"
     )
     print(

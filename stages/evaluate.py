@@ -33,6 +33,7 @@ from utkface.inference.families import (
 )
 from utkface.inference.pyfunc import SYNTHETIC_TRAINING, ServingConfig
 from utkface.mlops import registry, tracking
+from utkface.mlops.promotion import VAL_AGE_MAE, VAL_GENDER_ACCURACY
 from utkface.mlops.pyfunc_logging import log_serving_model
 from utkface.mlops.runs import stage_run
 from utkface.model.fitting import load_inputs
@@ -193,11 +194,13 @@ def main() -> None:
             test.images[:2],
             lineage=tags | {"train_run_id": lineage["run_id"]},
         )
+        trained = json.loads(paths.TRAIN_METRICS.read_text())
+        validation = {k: trained[k] for k in (VAL_AGE_MAE, VAL_GENDER_ACCURACY)}
         version = registry.register(
             run_id=lineage["run_id"],
             model_uri=info.model_uri,
             model_name=params.register_.model_name,
-            metrics=metrics,
+            metrics=metrics | validation,  # validation ranks versions for `utkface promote`
             lineage=tags,
             card=registry.ModelCardFacts(
                 backbone=params.model.backbone,

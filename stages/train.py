@@ -44,6 +44,7 @@ from utkface.model.fitting import fit, load_inputs, stops_early
 from utkface.model.head import serving_head
 from utkface.model.head_export import save_head_onnx
 from utkface.model.network import with_test_time_flip
+from utkface.model.saving import save_model
 from utkface.params import (
     EarlyStoppingParams,
     Member,
@@ -160,6 +161,7 @@ class TrainedMember:
     history: pd.DataFrame
     summary: dict
     val: SplitData
+    speed: dict[str, float]  # seconds and images per second: MLflow's, not DVC's
 
 
 def train_member(
@@ -187,17 +189,15 @@ def train_member(
     served = inference_model(model, params, train, member)
     table = history_table(history)
     early = params.train.early_stopping if stops_early(member) else None
-    speed = {
-        "seconds": round(seconds, 1),
-        "images_per_second": round(len(train.age) * len(table) / seconds, 1),
-    }
-    summary = best_epoch_metrics(table, early) | used | speed
+    speed = {"seconds": seconds, "images_per_second": len(train.age) * len(table) / seconds}
+    mlflow.log_metrics({f"{prefix}{k}": v for k, v in speed.items()})  # not in metrics/train.json
+    summary = best_epoch_metrics(table, early) | used
     paths.MODEL.mkdir(parents=True, exist_ok=True)
-    served.save(paths.member_model(member))
+    save_model(served, paths.member_model(member))  # the same weights, the same bytes
     if member == "pretrained":  # served on ONNX Runtime, with the bins for its interval
         save_head_onnx(model, paths.served_file(member))
     table.insert(1, MEMBER, member)
-    return TrainedMember(served, table, summary, val)
+    return TrainedMember(served, table, summary, val, speed)
 
 
 def main() -> None:
@@ -265,10 +265,11 @@ def main() -> None:
             + "\n"
         )
     for member, result in per_member.items():
+        speed = trained[member].speed
         print(
             f"train: {member}: lr={result['lr_used']} ({result['lr_source']}), "
-            f"{result['epochs_run']} epochs in {result['seconds']:.0f}s "
-            f"({result['images_per_second']} rows/s): "
+            f"{result['epochs_run']} epochs in {speed['seconds']:.0f}s "
+            f"({speed['images_per_second']:.0f} rows/s): "
             f"val_age_mae={result['val_age_mae']:.2f} "
             f"val_gender_accuracy={result['val_gender_accuracy']:.3f}"
         )

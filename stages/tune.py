@@ -42,10 +42,10 @@ def _metric_at(trial: Any, name: str) -> float | None:
     return float(at_best[0]) if at_best else None
 
 
-def summarize(
-    tuner: kt.Tuner, params: Params, seconds: float, run_id: str | None, member: Member
-) -> dict:
-    """Best hyperparameters and the trial table of `member`'s search, for metrics/tune.json."""
+def summarize(tuner: kt.Tuner, params: Params, member: Member) -> dict:
+    """Best hyperparameters and the trial table of `member`'s search, for metrics/tune.json
+    (no timings or run ids: a DVC-tracked metric changes only when the result does; MLflow has
+    them)."""
     trials = list(tuner.oracle.trials.values())
     table = [
         {
@@ -72,8 +72,6 @@ def summarize(
         "objective": f"val_age_mae + {params.tune.gender_weight} * (1 - val_gender_accuracy)",
         "tuner": params.tune.search(member).tuner,
         "trials": table,
-        "seconds": round(seconds, 1),
-        "mlflow_run_id": run_id,
     }
 
 
@@ -125,15 +123,15 @@ def main() -> None:
     tags = {"stage": "tune", **tracking.lineage_tags(tracking.data_version())}
     if role == "chief":
         tags[ORACLE_TAG] = oracle
-    summaries, tuned = {}, {}
+    summaries, tuned, seconds = {}, {}, {}
     with stage_run("tune", experiment_id, run_name=tracking.run_name("tune"), tags=tags) as run:
         logged = {"seed": params.seed, "model.backbone": params.model.backbone}
         mlflow.log_params(logged | tracking.flatten({"tune": params.tune.model_dump()}))
         for member in members:
             started = time.perf_counter()
             tuner = search_member(params, member, run.info.run_id)
-            seconds = time.perf_counter() - started
-            summaries[member] = summarize(tuner, params, seconds, run.info.run_id, member)
+            seconds[member] = time.perf_counter() - started
+            summaries[member] = summarize(tuner, params, member)
             tuned[member] = tuned_values(summaries[member]["best"])
             best = summaries[member]
             prefix = f"{member}." if len(members) > 1 else ""  # the ensemble's two searches
@@ -144,6 +142,7 @@ def main() -> None:
                     for k, v in best.items()
                     if k.startswith("best_") and v is not None
                 }
+                | {f"{prefix}seconds": seconds[member]}
             )
         report = summaries[members[0]] if len(members) == 1 else summaries
         paths.TUNE_METRICS.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +154,7 @@ def main() -> None:
         print(
             f"tune: {member}: best {tuned[member].model_dump()} ({OBJECTIVE} "
             f"{summary['best_' + OBJECTIVE]:.3f}) of {len(summary['trials'])} trials in "
-            f"{summary['seconds']:.0f}s -> {paths.TUNED}"
+            f"{seconds[member]:.0f}s -> {paths.TUNED} (MLflow run {run.info.run_id})"
         )
 
 

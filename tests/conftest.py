@@ -4,7 +4,7 @@
 - data/: the data stages (ingest, validate, balance, split), sources and the GX suite;
 - model/: the network, the fit loop, tune and train on tiny synthetic projects;
 - integration/: the MLflow store, registry, served model, CLI, web app and the DVC DAG;
-- realdata/: ../shared/utkface when it exists (skipped otherwise).
+- realdata/: ../shared/utkface/crop_part1_dev when it exists (skipped otherwise).
 
 Helpers imported by name live beside this file: `tiny` (tiny configs, data and projects),
 `model_fixtures` (a throwaway MLflow store and registered tiny models), `raw_files`,

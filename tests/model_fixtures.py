@@ -21,7 +21,7 @@ from tiny import AGE_MAX, MAX_PIXELS
 
 from utkface import paths
 from utkface.inference.pyfunc import ServingConfig
-from utkface.mlops import registry, tracking
+from utkface.mlops import promotion, registry, tracking
 from utkface.mlops.pyfunc_logging import log_serving_model
 from utkface.model.head import build_head, serving_head
 from utkface.model.head_export import save_head_onnx
@@ -133,13 +133,24 @@ def register_version(
     gender_accuracy: float = 0.8,
     data_version: str = "data-v1",
     experiment: str = "test",
+    baseline_age_mae: float = 20.0,
+    validation: tuple[float, float] | None = None,
 ) -> ModelVersion:
-    """A new `challenger` version of `name` with the given test metrics."""
+    """A new `challenger` version of `name` with the given test metrics, the median baseline's
+    age MAE and, when given, the validation age MAE and gender accuracy."""
+    metrics = {
+        registry.AGE_MAE: age_mae,
+        registry.GENDER_ACCURACY: gender_accuracy,
+        promotion.BASELINE_AGE_MAE: baseline_age_mae,
+    }
+    if validation is not None:
+        names = (promotion.VAL_AGE_MAE, promotion.VAL_GENDER_ACCURACY)
+        metrics |= dict(zip(names, validation, strict=True))
     return registry.register(
         run_id=info.run_id,
         model_uri=info.model_uri,
         model_name=name,
-        metrics={registry.AGE_MAE: age_mae, registry.GENDER_ACCURACY: gender_accuracy},
+        metrics=metrics,
         lineage=LINEAGE | {"data_version": data_version, "dvc_exp_name": experiment},
         card=CARD,
     )

@@ -8,7 +8,7 @@ e.g. ``ingest.image_size must be an int between 32 and 256, got 'abc'``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
@@ -417,8 +417,11 @@ def parse_params(raw: dict[str, Any]) -> Params:
         raise ParamsError(_format_errors(error)) from None
 
 
-def load_params(path: Path = paths.PARAMS) -> Params:
-    """Read and validate params.yaml once; every stage starts here."""
+def load_params(path: Path = paths.PARAMS, only: Sequence[str] | None = None) -> Params:
+    """Read and validate params.yaml once; every stage starts here. With `only` (top-level
+    keys, as in the file), just those sections are read and validated and the rest keep their
+    defaults: a command that reads `register` keeps working when another section holds a bad
+    value (the `check_params` stage refuses it before the pipeline runs)."""
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the repository root)")
     try:
@@ -427,6 +430,8 @@ def load_params(path: Path = paths.PARAMS) -> Params:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must hold a mapping of keys, got {type(raw).__name__}")
+    if only is not None:
+        raw = {key: value for key, value in raw.items() if key in only}
     return parse_params(raw)
 
 

@@ -11,6 +11,7 @@ DVC_LOCK = Path("dvc.lock")
 
 DATA = Path("data")
 RAW = DATA / "raw"
+PARAMS_CHECKED = DATA / "params.checked"  # what every stage depends on: see stages/check_params
 
 INGESTED = DATA / "ingested"
 IMAGES = INGESTED / "images.npy"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -192,7 +193,8 @@ def test_refused_files_are_never_read(run):
 
 
 def test_summarize_counts_add_up(result):
-    summary = summarize(result, "some/folder", SIZE, 1.234)
+    summary = summarize(result, "some/folder", SIZE)
+    assert "seconds" not in summary  # DVC-tracked: what was ingested, not how long it took
     assert summary["source_kind"] == "folder"
     assert summary["files_seen"] == result.files_seen
     assert summary["images"] + summary["rejected"] == summary["files_seen"]
@@ -294,6 +296,31 @@ def test_main_writes_consistent_outputs(folder, tmp_path, monkeypatch, capsys):
     leftovers = [p.name for p in tmp_path.rglob("*") if ".partial" in p.name]
     assert leftovers == []
     assert str(paths.INGEST_REJECTIONS) in capsys.readouterr().out
+
+
+def test_main_reports_a_name_that_is_not_utf8_and_writes_the_rest(tmp_path, monkeypatch):
+    """A Latin-1 name (0xe9 is "é") from an old folder made pyarrow raise UnicodeEncodeError
+    while writing the labels; now it is one rejection among the outputs."""
+    source = tmp_path / "UTKFace"
+    source.mkdir()
+    (source / FIRST).write_bytes(solid((1, 2, 3)))
+    latin1 = b"F\xe9tes/" + utk(26, 1, 0, 2).encode()  # valid labels, in a Latin-1 folder
+    os.mkdir(os.path.join(os.fsencode(source), b"F\xe9tes"))
+    with open(os.path.join(os.fsencode(source), latin1), "wb") as handle:
+        handle.write(solid((4, 5, 6)))
+    write_params(tmp_path, source)
+    monkeypatch.chdir(tmp_path)
+    main()
+    assert list(pd.read_parquet(paths.LABELS)["file"]) == [FIRST]
+    rejections = pd.read_csv(paths.INGEST_REJECTIONS)
+    shown = latin1.decode("utf-8", "backslashreplace")
+    assert rejections.to_dict("records") == [
+        {"file": shown, "reason": f"file name is not valid UTF-8: {shown}",
+         "category": "name_not_utf8"}
+    ]  # fmt: skip
+    assert json.loads(paths.INGEST_METRICS.read_text())["rejected_by_category"] == {
+        "name_not_utf8": 1
+    }
 
 
 def test_main_exits_non_zero_without_a_usable_image(tmp_path, monkeypatch):

@@ -4,12 +4,14 @@ are refused without being read, and bad source paths fail with `SourceError`."""
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from raw_files import spy
@@ -236,6 +238,137 @@ def test_oversized_files_are_refused_without_reading(tmp_path, kind):
     (reason,) = result.rejections["reason"]
     assert reason == f"file too large: {len(big)} bytes exceeds max_file_bytes={MAX_BYTES}"
     assert list(result.rejections["category"]) == ["too_large"]
+
+
+# ------------------------------------------------------------------------ names that are not UTF-8
+
+# Names as an old Latin-1 system stored them (0xe9 is "é"): in the stem, in a folder (labels
+# valid), in the suffix. Each sits next to good files, which must still be ingested.
+LATIN1 = {
+    b"25_0_0_2017\xe9.jpg": face(10),
+    b"F\xe9tes/" + utk(26, 1, 0, 2).encode(): face(11),
+    utk(27, 0, 1, 3).encode().replace(b".chip", b".chip\xe9"): face(12),
+}
+NEXT_TO_THEM = {utk(30, 0, 0, 1): face(1), f"UTKFace/{utk(31, 1, 2, 4)}": face(4)}
+
+
+def write_raw_name(root: Path, name: bytes, data: bytes) -> None:
+    """A file whose name is the bytes `name`, whatever they decode to."""
+    path = os.path.join(os.fsencode(root), name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(data)
+
+
+def write_latin1_tar(path: Path, files: dict[str, bytes], latin1: dict[bytes, bytes]) -> Path:
+    """A tar whose names are raw Latin-1 bytes, as GNU tar stores them (PAX would store UTF-8)."""
+    with tarfile.open(path, "w:gz", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        for name, data in files.items():
+            tf.addfile(*tar_member(name, data))
+        for raw, data in latin1.items():
+            tf.addfile(*tar_member(raw.decode("latin-1"), data))
+    return path
+
+
+def write_zip_with_raw_names(path: Path, files: dict[str, bytes], raw: dict[str, bytes]) -> Path:
+    """A zip of `files` where the names that are keys of `raw` are replaced by its raw bytes:
+    zipfile only writes ASCII (no flag) or UTF-8 (UTF-8 flag set) names, so each stand-in is
+    swapped for its bytes afterwards, in the local header and in the central directory; both
+    are the same length, so the archive stays valid."""
+    write_zip(path, files)
+    packed = path.read_bytes()
+    for stand_in, name in raw.items():
+        assert len(stand_in.encode()) == len(name) and packed.count(stand_in.encode()) == 2
+        packed = packed.replace(stand_in.encode(), name)
+    path.write_bytes(packed)
+    return path
+
+
+def written(result: IngestResult, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The labels and rejections written as the stage writes them (parquet, CSV) and read
+    back: a name holding a lone surrogate made these writes raise UnicodeEncodeError."""
+    result.labels.to_parquet(folder / "labels.parquet", index=False)
+    result.rejections.to_csv(folder / "rejections.csv", index=False)
+    return pd.read_parquet(folder / "labels.parquet"), pd.read_csv(folder / "rejections.csv")
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar.gz"])
+def test_names_that_are_not_utf8_are_refused_unread_with_the_name_escaped(tmp_path, kind):
+    """Folders and tar archives hand such names over with surrogate escapes (PEP 383)."""
+    if kind == "folder":
+        source = write_folder(tmp_path / "data", NEXT_TO_THEM)
+        for raw, data in LATIN1.items():
+            write_raw_name(source, raw, data)
+    else:
+        source = write_latin1_tar(tmp_path / "faces.tar.gz", NEXT_TO_THEM, LATIN1)
+    read: list[str] = []
+    labels, rejections = written(run_ingest(source, read), tmp_path)
+
+    assert sorted(read) == sorted(labels["file"]) == sorted(NEXT_TO_THEM)
+    shown = {raw.decode("utf-8", "backslashreplace") for raw in LATIN1}  # 2017\xe9 and so on
+    assert set(rejections["file"]) == shown and len(rejections) == len(LATIN1)
+    for row in rejections.itertuples():
+        assert row.reason == f"file name is not valid UTF-8: {row.file}"
+        assert row.category == "name_not_utf8"
+
+
+def test_link_to_a_name_that_is_not_utf8_is_refused_with_the_target_escaped(tmp_path):
+    """The refusal names where the link leads, so that name is escaped too."""
+    root = write_folder(tmp_path / "data", NEXT_TO_THEM)
+    write_raw_name(tmp_path, b"elsewhere/f\xe9te.jpg", face(10))
+    (root / utk(32, 0, 0, 5)).symlink_to(os.fsdecode(tmp_path / "elsewhere") + "/f\udce9te.jpg")
+    labels, rejections = written(run_ingest(root), tmp_path)
+    assert sorted(labels["file"]) == sorted(NEXT_TO_THEM)
+    (reason,) = rejections["reason"]
+    assert reason.startswith("unsafe path: link out of the source folder refused")
+    assert reason.endswith("/elsewhere/f\\xe9te.jpg)")
+
+
+def test_zip_names_without_the_utf8_flag_are_read_as_cp437(tmp_path):
+    """Zip names carry no encoding unless the UTF-8 flag is set; zipfile reads flagless names as
+    code page 437, which decodes every byte, so a Latin-1 name arrives as mojibake (0xe9 is "Θ")
+    but as text that can be written anywhere: ingested or rejected like any other name."""
+    archive = tmp_path / "old.zip"
+    raw = {"F@tes/" + utk(26, 1, 0, 2): b"F\xe9tes/" + utk(26, 1, 0, 2).encode(),
+           "25_0_0_2017@.jpg": b"25_0_0_2017\xe9.jpg"}  # fmt: skip
+    files = {utk(30, 0, 0, 1): face(1)} | {stand_in: face(11 + i) for i, stand_in in enumerate(raw)}
+    write_zip_with_raw_names(archive, files, raw)
+    labels, rejections = written(run_ingest(archive), tmp_path)
+    assert sorted(labels["file"]) == sorted([utk(30, 0, 0, 1), "F\u0398tes/" + utk(26, 1, 0, 2)])
+    assert list(rejections["file"]) == ["25_0_0_2017\u0398.jpg"]
+    assert list(rejections["category"]) == ["malformed_name"]
+
+
+def test_zip_name_flagged_utf8_that_is_not_is_a_source_error_naming_it(tmp_path):
+    """zipfile decodes a name flagged UTF-8 strictly and gives up on the whole archive, so one
+    such member cannot be refused alone: the archive is reported, with the name escaped."""
+    archive = tmp_path / "bad.zip"
+    raw = {"25_0_0_2017\u00e9.jpg": b"25_0_0_2017\xe9\xe9.jpg"}  # "é" is two bytes in UTF-8
+    write_zip_with_raw_names(archive, {utk(30, 0, 0, 1): face(1), **dict.fromkeys(raw, b"x")}, raw)
+    with pytest.raises(SourceError, match="not valid UTF-8") as error:
+        list(iter_source(str(archive), MAX_BYTES, 10, 0))
+    assert str(archive) in str(error.value)
+    assert "25_0_0_2017\\xe9\\xe9.jpg" in str(error.value)
+    str(error.value).encode("utf-8")  # printable as it is
+
+
+def test_zip_member_header_flagged_utf8_that_is_not_is_rejected_as_corrupt(tmp_path):
+    """The central directory, read on opening, is fine; the member's own header, read with its
+    bytes, names it in bytes flagged UTF-8 that are not: that one member is rejected."""
+    archive = tmp_path / "bad.zip"
+    first, second = utk(30, 0, 0, 1), utk(31, 1, 0, 2)
+    write_zip(archive, {first: face(1), second: face(2)})
+    packed = bytearray(archive.read_bytes())
+    assert packed.startswith(b"PK\x03\x04")  # the first member's local header
+    packed[7] |= 0x08  # general purpose flag bit 11: the name is UTF-8
+    start = packed.index(first.encode())
+    packed[start : start + 2] = b"\xe9\xe9"
+    archive.write_bytes(bytes(packed))
+    labels, rejections = written(run_ingest(archive), tmp_path)
+    assert list(labels["file"]) == [second]
+    assert list(rejections["file"]) == [first]
+    assert rejections["reason"][0].startswith("corrupt or unreadable file: 'utf-8' codec")
+    assert list(rejections["category"]) == ["corrupt"]
 
 
 # ------------------------------------------------------------------------------- bad source paths

@@ -43,7 +43,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-LABEL = re.compile(r"age ≈ \d+, (female|male) p=[01]\.\d\d")
+LABEL = re.compile(r"age ≈ \d+ \(\d+-\d+\), (female|male) p=[01]\.\d\d")
 SLOW = 120_000  # ms: the first page run imports TensorFlow and loads the model
 
 pytestmark = [

@@ -1,5 +1,6 @@
 """The `utkface` command and the stages as a user meets them: help and light commands start
-without TensorFlow, and bad params end every stage and command with one line per bad key."""
+without TensorFlow, bad params end every stage with one line per bad key, and a command only
+refuses bad values in the sections it reads."""
 
 from __future__ import annotations
 
@@ -57,13 +58,30 @@ def test_promote_runs_without_loading_tensorflow(tmp_path: Path) -> None:
     assert "model 'nothing-yet' has no 'challenger' version" in err
 
 
+BAD_REGISTER = "register:\n  max_request_bytes: -5\n  model_name: 7\n"
+BAD_REGISTER_LINES = [
+    "  register.model_name must be a string, got 7",
+    "  register.max_request_bytes must be an int of at least 2000, got -5",
+]
+
+
 @pytest.mark.parametrize("command", ["promote", "serve", "app"])
-def test_commands_with_bad_params_print_one_line_per_key(command: str, tmp_path: Path) -> None:
-    (tmp_path / "params.yaml").write_text(BAD_PARAMS)
+def test_commands_with_bad_params_they_read_print_one_line_per_key(
+    command: str, tmp_path: Path
+) -> None:
+    (tmp_path / "params.yaml").write_text(BAD_PARAMS + BAD_REGISTER)
     out, err = run_cli([command], tmp_path)
     assert out.startswith(("exit 1", "exit 2"))
     assert "Traceback" not in err
-    assert err.splitlines()[-2:] == BAD_LINES
+    assert err.splitlines()[0] == f"{command}: invalid params.yaml:"
+    assert sorted(err.splitlines()[1:]) == sorted(BAD_REGISTER_LINES)  # not seed or ingest's
+
+
+def test_commands_ignore_bad_values_in_sections_they_do_not_read(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text(BAD_PARAMS + "register: {model_name: nothing-yet}\n")
+    out, err = run_cli(["promote"], tmp_path)
+    assert out == "exit 2\nloaded:"  # as with good params: nothing to promote yet
+    assert "model 'nothing-yet' has no 'challenger' version" in err
 
 
 @pytest.mark.parametrize("stage", ["ingest", "validate", "balance", "split", "tune", "train"])

@@ -22,7 +22,11 @@ STAGES = list(DVC)
 
 
 def test_the_stages_are_the_pipeline() -> None:
+    # every stage after the check depends on its output, so DVC runs it first
+    assert all("data/params.checked" in DVC[s]["deps"] for s in STAGES[1:])
+    assert DVC["check_params"]["params"] == [{"params.yaml": None}]  # the whole file
     assert STAGES == [
+        "check_params",
         "ingest",
         "features",
         "validate",

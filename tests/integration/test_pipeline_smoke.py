@@ -219,7 +219,7 @@ def test_promote_then_predict_with_the_champion(project: Path, env: dict[str, st
 
 def test_lr_override_retrains_without_tuning(project: Path, env: dict[str, str]) -> None:
     done = _run(["dvc", "exp", "run", "-n", "exp-lr-0005", "-S", "lr=0.0005"], project, env)
-    assert _stages_run(done.stdout) == {"train", "evaluate"}
+    assert _stages_run(done.stdout) == {"check_params", "train", "evaluate"}
     latest = _train_runs(project)[0]
     assert float(latest.data.params["lr_used"]) == 0.0005
     assert latest.data.params["lr_source"] == "params"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Iterator
 from datetime import datetime
 from itertools import count
@@ -34,10 +35,30 @@ def decide(candidate: dict[str, float], data_version: str = "d1", force: bool = 
     return promotion.decide(CHAMP, candidate, "d1", data_version, GATE, force)
 
 
-def test_first_model_is_promoted() -> None:
-    decision = promotion.decide(None, metrics(9.0, 0.5), None, "d1", GATE)
+def test_first_model_is_promoted_when_it_beats_the_baseline() -> None:
+    beats = metrics(9.0, 0.6) | {promotion.BASELINE_AGE_MAE: 16.0}
+    decision = promotion.decide(None, beats, None, "d1", GATE)
     assert decision.promote
     assert decision.reason == promotion.FIRST_MODEL
+
+
+@pytest.mark.parametrize(
+    ("age_mae", "gender_accuracy", "failing"),
+    [(16.0, 0.9, registry.AGE_MAE), (9.0, 0.5, registry.GENDER_ACCURACY)],
+    ids=["median-age", "chance-gender"],
+)
+def test_a_first_model_no_better_than_the_baseline_is_refused(
+    age_mae: float, gender_accuracy: float, failing: str
+) -> None:
+    candidate = metrics(age_mae, gender_accuracy) | {promotion.BASELINE_AGE_MAE: 16.0}
+    decision = promotion.decide(None, candidate, None, "d1", GATE)
+    assert not decision.promote
+    assert decision.reason.startswith("does not beat the baseline")
+    assert [c.metric for c in decision.checks if not c.ok] == [failing]
+    forced = promotion.decide(None, candidate, None, "d1", GATE, force=True)
+    assert forced.promote and forced.reason.startswith("forced: does not beat the baseline")
+    unknown = promotion.decide(None, metrics(9.0, 0.6), None, "d1", GATE)  # no baseline
+    assert not unknown.promote and "missing on the baseline" in unknown.reason
 
 
 @pytest.mark.parametrize(
@@ -188,6 +209,52 @@ def test_first_model_becomes_champion(
     assert recorded["promoted_by"]
     assert datetime.fromisoformat(recorded["promoted_at"]).utcoffset().total_seconds() == 0
     assert "is now champion" in capsys.readouterr().out
+
+
+def test_a_first_model_worse_than_the_median_is_not_promoted(
+    logged: ModelInfo, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register_version(logged, name, age_mae=21.0, baseline_age_mae=20.0)
+    assert run_promote("--model-name", name) == 1
+    assert champion_version(name) is None
+    out, err = capsys.readouterr()
+    assert out.splitlines()[0].split() == [
+        "metric",
+        "baseline",
+        "candidate",
+        "delta",
+        "allowed",
+        "ok",
+    ]
+    assert "does not beat the baseline" in err
+
+
+def test_after_a_queue_the_best_on_validation_is_promoted(
+    logged: ModelInfo, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register_version(logged, name, experiment="lr-1", age_mae=5.0, validation=(6.0, 0.90))
+    register_version(logged, name, experiment="lr-2", age_mae=4.9, validation=(5.0, 0.92))
+    register_version(logged, name, experiment="lr-3", age_mae=6.5, validation=(7.0, 0.85))
+    assert run_promote("--model-name", name) == 0  # v3 is the challenger, v2 the best
+    assert champion_version(name) == "2"
+    out = capsys.readouterr().out
+    listed = [line.split()[:2] for line in out.splitlines() if re.match(r"v\d", line)]
+    assert listed == [["v2", "lr-2"], ["v1", "lr-1"], ["v3", "lr-3"]]  # 5.8, 7.0, 8.5
+    assert "3 versions registered since the champion" in out
+    assert "promoted_at" not in tags(name, 1) | tags(name, 3)
+
+
+def test_the_best_on_validation_gives_way_when_the_gate_refuses_it(
+    logged: ModelInfo, name: str
+) -> None:
+    register_version(logged, name, age_mae=5.0, validation=(5.5, 0.9))
+    assert run_promote("--model-name", name) == 0
+    register_version(logged, name, age_mae=6.0, validation=(4.0, 0.95))  # best, fails the gate
+    register_version(logged, name, age_mae=4.8, validation=(5.0, 0.90))
+    assert run_promote("--model-name", name) == 0
+    assert champion_version(name) == "3"
+    assert "failed quality gate" in tags(name, 2)["last_promotion_refused_reason"]
+    assert tags(name, 3)["previous_champion"] == "1"
 
 
 def test_promote_the_version_a_dvc_experiment_registered(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -123,6 +124,19 @@ from utkface.inference import server
 server.create_app()
 """
     assert _frameworks_after(body, tmp_path)[0] == []
+
+
+def test_the_app_predicts_without_tensorflow(logged: ModelInfo, tmp_path: Path) -> None:
+    body = f"""
+from skimage import data
+from utkface.app import logic
+model, limits = logic.load_model({logged.model_uri!r})
+(face,) = logic.predict_faces(model, data.astronaut(), limits.image_size)
+print("label:", logic.label(face))
+"""
+    loaded, out = _frameworks_after(body, tmp_path)
+    assert loaded == []
+    assert re.search(r"label: age ≈ \d+ \(\d+-\d+\), (fe)?male p=0\.\d\d$", out, re.M), out
 
 
 def test_every_exif_orientation_gets_the_answer_of_the_upright_photo(

@@ -48,14 +48,18 @@ def serve_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv
 
 
+def _downloaded(tmp_path_factory: pytest.TempPathFactory, member: str) -> Iterator[Path]:
+    """A tiny model of `member`'s family, logged here and downloaded as a plain folder."""
+    with pytest.MonkeyPatch.context() as patch:
+        root = tmp_path_factory.mktemp(f"install-{member}")
+        use_tmp_store(patch, root)
+        info = log_tiny_serving_model(root, member=member, max_image_bytes=2_000_000)
+        yield Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(root / "m")))
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A tiny pretrained-family model, logged here and downloaded as a plain folder."""
-    with pytest.MonkeyPatch.context() as patch:
-        root = tmp_path_factory.mktemp("install-model")
-        use_tmp_store(patch, root)
-        info = log_tiny_serving_model(root, member="pretrained", max_image_bytes=2_000_000)
-        yield Path(mlflow.artifacts.download_artifacts(info.model_uri, dst_path=str(root / "m")))
+    yield from _downloaded(tmp_path_factory, "pretrained")
 
 
 @pytest.fixture(scope="module")
@@ -116,6 +120,24 @@ def test_utkface_predict_answers_with_the_interval_and_face_check(
     (answer,) = json.loads(done.stdout)
     assert answer["error"] is None and answer["face_check"] == "ok"
     assert answer["age_low"] < answer["age"] < answer["age_high"]
+
+
+def test_a_scratch_cnn_names_the_install_it_needs(
+    serve_venv: Path, tmp_path_factory: pytest.TempPathFactory, photo: Path, tmp_path: Path
+) -> None:
+    (scratch,) = _downloaded(tmp_path_factory, "scratch")
+    command = ["predict", "--model", str(scratch), str(photo)]
+    done = subprocess.run(
+        [str(serve_venv / "bin" / "utkface"), *command],
+        cwd=tmp_path,
+        env=_env(serve_venv, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("predict: cannot load model "), done.stderr
+    assert 'needs TensorFlow, from an extra: pip install -e ".[cpu]"' in done.stderr
 
 
 @pytest.mark.parametrize("server", ["utkface serve", "mlflow models serve"])

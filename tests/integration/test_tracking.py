@@ -100,6 +100,15 @@ def test_use_experiment_reuses_an_existing_experiment(store: str) -> None:
     assert run.info.experiment_id == first
 
 
+def test_experiments_open_in_mlflows_model_training_view(store: str) -> None:
+    created = tracking.use_experiment("tests-kind")
+    older = MlflowClient(store).create_experiment("tests-untagged")  # as an old version made it
+    tracking.use_experiment("tests-untagged")
+    for experiment_id in (created, older):
+        tags = MlflowClient(store).get_experiment(experiment_id).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_use_experiment_with_a_relative_sqlite_uri(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from dvc_project import clean_env, reproduced_project, run
 from mlflow import MlflowClient
-from tiny import dag_params
+from tiny import dag_params, free_port
 
 from utkface.mlops import registry, tracking_server
 from utkface.mlops.tracking_server import ServerConfig, TrackingServerError
@@ -101,6 +101,42 @@ def test_two_first_starts_at_once_bring_up_one_server(
     assert notes == [False, True]  # one started it, the other found it running
     assert tracking_server.status(config)[0]
     assert "Address already in use" not in config.log.read_text()
+
+
+@pytest.mark.slow
+def test_status_and_stop_find_the_ports_start_recorded_in_the_home(
+    unstarted_server_config: ServerConfig,
+) -> None:
+    """Started on a non-default port, the home is enough: `status` and `stop` take the ports from
+    it, and a flag that disagrees with them is an error rather than a look at another port."""
+    config = unstarted_server_config
+    home = ["--home", str(config.home)]
+    started = _utkface(
+        "tracking-server", "start", *home,
+        "--port", str(config.port), "--db-port", str(config.db_port),
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+
+    status = _utkface("tracking-server", "status", *home)
+    assert status.returncode == 0, status.stderr
+    assert f"MLflow server: running on {config.tracking_uri}" in status.stderr
+    assert f"PostgreSQL: running on 127.0.0.1:{config.db_port}" in status.stderr
+
+    other = free_port()
+    wrong = _utkface("tracking-server", "status", *home, "--port", str(other))
+    assert wrong.returncode == 1
+    assert f"--port {other}" in wrong.stderr and str(config.port) in wrong.stderr
+    assert len(wrong.stderr.splitlines()) == 1, wrong.stderr
+    moved = _utkface("tracking-server", "start", *home, "--port", str(other))
+    assert moved.returncode == 1 and config.tracking_uri in moved.stderr, moved.stderr
+    assert moved.stdout == ""
+
+    stopped = _utkface("tracking-server", "stop", *home)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "MLflow server stopped" in stopped.stderr and "PostgreSQL stopped" in stopped.stderr
+    after = _utkface("tracking-server", "status", *home)
+    assert after.returncode == 3
+    assert "MLflow server: stopped" in after.stderr and "PostgreSQL: stopped" in after.stderr
 
 
 def _wait_for_queue(root: Path, env: dict[str, str]) -> str:

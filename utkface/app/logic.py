@@ -61,7 +61,9 @@ class ModelCard:
 
 def default_model_uri() -> str:
     """`--model` as passed by `utkface app`, else the champion named in params.yaml."""
-    return os.environ.get(MODEL_ENV) or registry.champion_uri(load_params().register_.model_name)
+    return os.environ.get(MODEL_ENV) or registry.champion_uri(
+        load_params(only=("register",)).register_.model_name
+    )
 
 
 def model_card(uri: str) -> ModelCard:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     """1 for bad params or a store copied from another clone; otherwise this process becomes
     Streamlit and never returns."""
     try:
-        uri = args.model or champion_uri(load_params().register_.model_name)
+        uri = args.model or champion_uri(load_params(only=("register",)).register_.model_name)
         tracking.check_store()
     except (ParamsError, tracking.StoreMovedError) as error:
         print(f"app: {error}", file=sys.stderr)

@@ -22,8 +22,16 @@ from utkface.inference.client import (
 )
 from utkface.params import ParamsError
 
+ALL_ANSWERED, NONE_ANSWERED, SOME_FAILED = 0, 1, 3  # 2: invalid params.yaml or arguments
+EXIT_CODES = (
+    f"exit status: {ALL_ANSWERED} every input answered; {SOME_FAILED} some inputs failed (their "
+    f"rows give the error, the others are answered); {NONE_ANSWERED} nothing answered (no model, "
+    "no image, or every input failed); 2 invalid params.yaml or arguments"
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_CODES
     parser.add_argument(
         "paths",
         nargs="+",
@@ -54,14 +62,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def exit_status(answered: int, failed: int) -> int:
+    """The exit status (`EXIT_CODES`) of a run that answered and failed these many inputs."""
+    if not answered:
+        return NONE_ANSWERED
+    return SOME_FAILED if failed else ALL_ANSWERED
+
+
 def run(args: argparse.Namespace) -> int:
-    """0 when at least one image was predicted, 1 otherwise (or when there is no model)."""
+    """Every row printed; the exit status says whether all, some or none were answered."""
     files, missing = find_images(args.paths)
     if not files:
         for entry in missing:
             print(f"predict: {entry.path}: {entry.error}", file=sys.stderr)
         print(f"predict: no {'/'.join(IMAGE_SUFFIXES)} image to predict", file=sys.stderr)
-        return 1
+        return NONE_ANSWERED
     try:
         model = load_model(args.model, args.model_name)
         limits = InputLimits.of(model)
@@ -70,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         predicted = predict_files(model, files, limits, detect=args.detect_faces)
     except (PredictError, ParamsError, MlflowException) as error:
         print(f"predict: {error}", file=sys.stderr)
-        return 1
+        return NONE_ANSWERED
     predictions = sorted([*missing, *predicted], key=lambda p: p.path)
     if args.json:
         hidden = () if args.detect_faces else ("face", "box")
@@ -80,4 +95,4 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(predictions, with_faces=args.detect_faces))
     failed = sum(p.error is not None for p in predictions)
     print(f"predict: {len(predictions) - failed} predicted, {failed} failed", file=sys.stderr)
-    return 0 if failed < len(predictions) else 1
+    return exit_status(len(predictions) - failed, failed)

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """1 when the store was copied from another clone; otherwise this process becomes the
     server and never returns."""
-    params = load_params()
+    params = load_params(only=("register",))
     try:
         tracking.check_store()
     except tracking.StoreMovedError as error:

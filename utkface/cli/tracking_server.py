@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from utkface.mlops import tracking_server
-from utkface.mlops.tracking_server import ServerConfig, TrackingServerError
+from utkface.mlops.tracking_server import TrackingServerError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,10 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=tracking_server.default_home(),
         help="folder holding the database, the artifacts and the logs (default: %(default)s)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="MLflow's address (%(default)s)")
-    parser.add_argument("--port", type=int, default=5000, help="MLflow's port (%(default)s)")
+    # No defaults here: an absent flag means "what the home recorded at its start", else
+    # ServerConfig's default; a given one must agree with that record for status and stop.
+    parser.add_argument("--host", help="MLflow's address (the home's, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="MLflow's port (the home's, else 5000)")
     parser.add_argument(
-        "--db-port", type=int, default=5433, help="PostgreSQL's port on 127.0.0.1 (%(default)s)"
+        "--db-port", type=int, help="PostgreSQL's port on 127.0.0.1 (the home's, else 5433)"
     )
     parser.add_argument(
         "--allow-remote",
@@ -37,7 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        config = ServerConfig(args.home.absolute(), args.host, args.port, args.db_port)
+        home = args.home.absolute()
+        flags = {name: getattr(args, name) for name in tracking_server.RECORDED}
+        flags = {name: value for name, value in flags.items() if value is not None}
+        if args.action != "start":
+            tracking_server.check_flags(home, flags)
+        config = tracking_server.configured(home, flags)
         if args.action == "start":
             lines = tracking_server.start(config, args.allow_remote)
         elif args.action == "stop":

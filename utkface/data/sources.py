@@ -1,7 +1,9 @@
 """Where raw UTKFace files come from: a folder, a .zip, a .tar.gz, or the synthetic demo set.
 
 Each source yields `RawFile`s: a name relative to the source plus a way to read its bytes, or a
-refusal (unsafe archive member, oversized file) that ingest reports instead of reading.
+refusal (unsafe archive member, oversized file, name that is not UTF-8) that ingest reports
+instead of reading. Every name and refusal is text that encodes as UTF-8, so the labels parquet
+and the rejections CSV can always be written.
 Archives are read member by member in memory; nothing is extracted to disk, so a member named
 ``../../etc/passwd`` can never be written anywhere. In a folder, a file or link whose real path
 lies outside the folder is refused unread.
@@ -21,8 +23,17 @@ from utkface.data.labels import IMAGE_SUFFIXES
 
 SYNTHETIC = "synthetic"
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
-# What reading a corrupt, truncated or encrypted archive (member) raises.
-READ_ERRORS = (OSError, EOFError, RuntimeError, zlib.error, zipfile.BadZipFile, tarfile.TarError)
+# What reading a corrupt, truncated or encrypted archive (member) raises; zipfile raises
+# UnicodeDecodeError for a name flagged UTF-8 that is not, in a member's own header too.
+READ_ERRORS = (
+    OSError,
+    EOFError,
+    RuntimeError,
+    UnicodeDecodeError,
+    zlib.error,
+    zipfile.BadZipFile,
+    tarfile.TarError,
+)
 
 
 class SourceError(ValueError):
@@ -51,6 +62,30 @@ def _unsafe_member(name: str) -> str | None:
     return None
 
 
+def _escaped(name: str) -> str:
+    """`name` with each byte that is not UTF-8 written as a backslash escape (``\\xe9``).
+
+    Folders and tar archives hand such bytes over as surrogate escapes (PEP 383), which no
+    UTF-8 writer accepts; this is the form they are shown in."""
+    try:
+        raw = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no decoder escaped: show it as Python writes it
+        return name.encode("utf-8", "backslashreplace").decode()
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _utf8_named(raw: RawFile) -> RawFile:
+    """`raw`, or, if its name is not valid UTF-8, a refusal under the escaped name: such a name
+    cannot be written to the labels (pyarrow raises), and ingesting it under the escaped name
+    would list a file that does not exist."""
+    try:
+        raw.name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = _escaped(raw.name)
+        return RawFile(shown, raw.read, f"file name is not valid UTF-8: {shown}")
+    return raw
+
+
 def _too_big(size: int, max_bytes: int) -> str | None:
     if size > max_bytes:
         return f"file too large: {size} bytes exceeds max_file_bytes={max_bytes}"
@@ -64,7 +99,10 @@ def _outside(path: Path, real_root: Path) -> str | None:
         return "unsafe path: broken link refused"
     real = path.resolve()
     if not real.is_relative_to(real_root):
-        return f"unsafe path: link out of the source folder refused (it leads to {real})"
+        return (
+            "unsafe path: link out of the source folder refused "
+            f"(it leads to {_escaped(str(real))})"
+        )
     return None
 
 
@@ -84,11 +122,24 @@ def _unreadable(archive: Path, error: BaseException) -> SourceError:
     return SourceError(f"ingest.source: {archive} is not a readable archive: {error}")
 
 
-def _zip_files(archive: Path, max_bytes: int) -> Iterator[RawFile]:
+def _open_zip(archive: Path) -> zipfile.ZipFile:
+    """The archive, opened. zipfile reads names without the UTF-8 flag as code page 437, which
+    decodes any byte, but a name flagged UTF-8 that is not stops it reading the whole archive,
+    so that member cannot be refused alone: the archive is reported, naming it."""
     try:
-        zf = zipfile.ZipFile(archive)
+        return zipfile.ZipFile(archive)
+    except UnicodeDecodeError as error:
+        name = error.object.decode("utf-8", "backslashreplace")
+        raise SourceError(
+            f"ingest.source: {archive}: member name {name} is flagged UTF-8 but is not valid "
+            "UTF-8; repack the archive with that file renamed"
+        ) from None
     except READ_ERRORS as error:
         raise _unreadable(archive, error) from None
+
+
+def _zip_files(archive: Path, max_bytes: int) -> Iterator[RawFile]:
+    zf = _open_zip(archive)
     with zf:
         for info in sorted(zf.infolist(), key=lambda i: i.filename):
             if info.is_dir():
@@ -143,12 +194,13 @@ def iter_source(source: str, max_bytes: int, synthetic_count: int, seed: int) ->
     if not path.exists():
         raise SourceError(f"ingest.source: {path} does not exist")
     if path.is_dir():
-        yield from _folder_files(path, max_bytes)
+        files = _folder_files(path, max_bytes)
     elif path.name.lower().endswith(".zip"):
-        yield from _zip_files(path, max_bytes)
+        files = _zip_files(path, max_bytes)
     elif path.name.lower().endswith(ARCHIVE_SUFFIXES):
-        yield from _tar_files(path, max_bytes)
+        files = _tar_files(path, max_bytes)
     else:
         raise SourceError(
             f"ingest.source: {path} is neither a folder nor a .zip / .tar.gz / .tar archive"
         )
+    yield from map(_utf8_named, files)

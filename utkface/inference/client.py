@@ -11,6 +11,7 @@ face's UTKFace-style crop.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from utkface.mlops import registry, tracking
 from utkface.params import load_params
 
 BATCH = 64
+PYFUNC_LOGGER = "utkface.inference.pyfunc"  # the served model's module, as its copy loads
 NO_FACE = "no face found; run without --detect-faces to predict on the whole image"
 
 
@@ -217,17 +219,24 @@ def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
     tracking.check_store()
     mlflow.set_tracking_uri(tracking.tracking_uri())
     if uri is None:
-        name = model_name or load_params().register_.model_name
+        name = model_name or load_params(only=("register",)).register_.model_name
         if registry.get_alias_version(registry.registry_client(), name, registry.CHAMPION) is None:
             raise PredictError(
                 f"model {name!r} has no {registry.CHAMPION} in {tracking.tracking_uri()}: "
                 "train and register one with `dvc repro`, then `utkface promote`"
             )
         uri = registry.champion_uri(name)
+    # the model logs its synthetic-set warning as it loads (for `utkface serve`); predict and
+    # the app say it themselves (`synthetic_warning`), once
+    model_logger = logging.getLogger(PYFUNC_LOGGER)
+    level = model_logger.level
+    model_logger.setLevel(logging.ERROR)
     try:
         return mlflow.pyfunc.load_model(uri)
-    except (MlflowException, OSError) as error:
+    except (MlflowException, OSError, ImportError) as error:  # ImportError: see KerasCnn
         raise PredictError(f"cannot load model {uri}: {error}") from None
+    finally:
+        model_logger.setLevel(level)
 
 
 def age_range(prediction: Prediction) -> str:

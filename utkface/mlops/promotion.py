@@ -1,8 +1,16 @@
 """The promotion gate: move the `champion` alias to a registered version (`utkface promote`).
 
-The candidate (default: the `challenger`) must not be worse than the champion by more than
-params' `promote` tolerances, on the same test data (`data_version` tags). `--force` overrides
-and says so in the record. Every decision is recorded as tags on the candidate version.
+The candidate must not be worse than the champion by more than params' `promote` tolerances,
+on the same test data (`data_version` tags); the first champion must beat predicting the
+training median age (`test_baseline_age_mae`). `--force` overrides and says so in the record.
+Every decision is recorded as tags on the candidate version.
+
+Without a chosen version, the candidates are the versions registered since the champion that
+were never promoted (several after a queue of experiments), best first by their validation
+objective: the one tuning uses, age MAE + `tune.gender_weight` x (1 - gender accuracy), of the
+saved model on the validation split (train's figures, which evaluate tags each version with).
+Ranking on validation keeps the test split for the gate alone, as tuning does; the first
+candidate that passes the gate is promoted.
 """
 
 from __future__ import annotations
@@ -20,7 +28,12 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from utkface.mlops import registry, tracking
 from utkface.params import PromoteParams
 
-FIRST_MODEL = "first model"
+FIRST_MODEL = "first model, beats the baseline"
+PROMOTED_AT = "promoted_at"
+# train's metrics of the saved model on the validation split, tags of each version
+VAL_AGE_MAE, VAL_GENDER_ACCURACY = "saved_val_age_mae", "saved_val_gender_accuracy"
+BASELINE_AGE_MAE = "test_baseline_age_mae"  # predicting the training median, on the same faces
+CHANCE = 0.5
 PASSED = "passed quality gate"
 ALREADY_CHAMPION = "already the champion"
 TOLERANCE = 1e-9  # deltas equal to the allowed change pass despite float rounding
@@ -36,10 +49,11 @@ class Check:
     (+ for an error like MAE, - for an accuracy)."""
 
     metric: str
-    champion: float | None
+    champion: float | None  # the reference value: the champion's, or the baseline's
     candidate: float | None
     allowed: float
     lower_is_better: bool
+    against: str = "champion"
 
     @property
     def delta(self) -> float | None:
@@ -57,10 +71,10 @@ class Check:
 
     def explain(self) -> str:
         if self.delta is None:
-            side = "candidate" if self.candidate is None else "champion"
+            side = "candidate" if self.candidate is None else self.against
             return f"{self.metric} missing on the {side}"
         return (
-            f"{self.metric} {self.candidate:.4f} vs champion {self.champion:.4f} "
+            f"{self.metric} {self.candidate:.4f} vs {self.against} {self.champion:.4f} "
             f"({self.delta:+.4f}, allowed {self.allowed:+.4f})"
         )
 
@@ -72,6 +86,29 @@ class Decision:
     checks: tuple[Check, ...] = ()
 
 
+def first_model_checks(candidate_metrics: Mapping[str, float]) -> tuple[Check, ...]:
+    """The first champion's gate: an age MAE below predicting the training median, and gender
+    accuracy above chance."""
+    return (
+        Check(
+            registry.AGE_MAE,
+            candidate_metrics.get(BASELINE_AGE_MAE),
+            candidate_metrics.get(registry.AGE_MAE),
+            -TOLERANCE * 2,  # strictly below the baseline
+            True,
+            "baseline",
+        ),
+        Check(
+            registry.GENDER_ACCURACY,
+            CHANCE,
+            candidate_metrics.get(registry.GENDER_ACCURACY),
+            TOLERANCE * 2,
+            False,
+            "baseline",
+        ),
+    )
+
+
 def decide(
     champion_metrics: Mapping[str, float] | None,
     candidate_metrics: Mapping[str, float],
@@ -80,9 +117,15 @@ def decide(
     gate: PromoteParams,
     force: bool = False,
 ) -> Decision:
-    """Whether the candidate may become champion, and why. No champion: it may (first model)."""
+    """Whether the candidate may become champion, and why. No champion: it must beat the
+    baseline (`first_model_checks`)."""
     if champion_metrics is None:
-        return Decision(True, FIRST_MODEL)
+        checks = first_model_checks(candidate_metrics)
+        failed = [check.explain() for check in checks if not check.ok]
+        if not failed:
+            return Decision(True, FIRST_MODEL, checks)
+        problem = "does not beat the baseline (median age; chance for gender): " + "; ".join(failed)
+        return Decision(force, f"forced: {problem}" if force else problem, checks)
     checks = (
         Check(
             registry.AGE_MAE,
@@ -118,7 +161,7 @@ def decide(
 def version_metrics(version: ModelVersion) -> dict[str, float]:
     """The gated test metrics recorded as tags on a version (absent ones left out)."""
     metrics = {}
-    for name in (registry.AGE_MAE, registry.GENDER_ACCURACY):
+    for name in (registry.AGE_MAE, registry.GENDER_ACCURACY, BASELINE_AGE_MAE):
         try:
             metrics[name] = float(version.tags[name])
         except (KeyError, ValueError):
@@ -132,7 +175,8 @@ def comparison_table(decision: Decision) -> str:
     def number(value: float | None, sign: str = "") -> str:
         return "-" if value is None else f"{value:{sign}.4f}"
 
-    rows = [("metric", "champion", "candidate", "delta", "allowed", "ok")]
+    against = decision.checks[0].against if decision.checks else "champion"
+    rows = [("metric", against, "candidate", "delta", "allowed", "ok")]
     for check in decision.checks:
         bound = "<=" if check.lower_is_better else ">="
         rows.append(
@@ -207,7 +251,7 @@ def promote(
         client.set_registered_model_alias(name, registry.CHAMPION, candidate.version)
         tags = {
             "promoted_by": _user(),
-            "promoted_at": now,
+            PROMOTED_AT: now,
             "promotion_reason": decision.reason,
             "previous_champion": "none" if champion is None else str(champion.version),
         }
@@ -220,3 +264,57 @@ def promote(
     for key, value in tags.items():
         client.set_model_version_tag(name, candidate.version, key, value)
     return Outcome(decision, candidate, champion)
+
+
+def validation_objective(version: ModelVersion, gender_weight: float) -> float | None:
+    """Tuning's objective for the version's saved model on the validation split (its
+    `saved_val_*` tags, from train); None for a version registered without them."""
+    try:
+        mae = float(version.tags[VAL_AGE_MAE])
+        accuracy = float(version.tags[VAL_GENDER_ACCURACY])
+    except (KeyError, ValueError):
+        return None
+    return mae + gender_weight * (1 - accuracy)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    version: ModelVersion
+    objective: float | None
+
+
+def candidates(client: MlflowClient, name: str, gender_weight: float) -> list[Candidate]:
+    """The versions registered after the champion (all, without one) that were never
+    promoted, best validation objective first (those without one last, newest first)."""
+    if "'" in name:  # MLflow's filter could not quote it; a registry name never has one
+        return []
+    champion = registry.get_alias_version(client, name, registry.CHAMPION)
+    after = 0 if champion is None else int(champion.version)
+    found = [
+        Candidate(v, validation_objective(v, gender_weight))
+        for v in client.search_model_versions(f"name = '{name}'")
+        if int(v.version) > after and PROMOTED_AT not in v.tags
+    ]
+    return sorted(
+        found,
+        key=lambda c: (c.objective is None, c.objective or 0.0, -int(c.version.version)),
+    )
+
+
+def promote_best(
+    client: MlflowClient,
+    name: str,
+    ranked: list[Candidate],
+    gate: PromoteParams,
+    force: bool = False,
+) -> list[Outcome]:
+    """Try the `ranked` candidates in order until one passes the gate (each decision is
+    recorded); without candidates, the challenger. The last outcome is the deciding one."""
+    if not ranked:
+        return [promote(client, name, None, gate, force)]
+    outcomes = []
+    for candidate in ranked:
+        outcomes.append(promote(client, name, int(candidate.version.version), gate, force))
+        if outcomes[-1].decision.promote:
+            break
+    return outcomes

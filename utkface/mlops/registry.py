@@ -8,6 +8,8 @@ test metrics and lineage as tags, so promotion compares versions without opening
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,7 +29,7 @@ LINEAGE_KEYS = ("git_commit", "git_changes", "dvc_exp_name", "data_version")
 
 BACKBONE, TRAINED_ON, TRAINING_IMAGES = "backbone", "trained_on", "training_images"
 FAMILIES = {
-    "pretrained": "a Keras head on the frozen features of pretrained face networks",
+    "pretrained": "a head on the frozen features of pretrained face networks (run on ONNX Runtime)",
     "scratch": "a CNN trained from scratch",
     "ensemble": "the average of a head on pretrained face networks and a CNN from scratch",
 }
@@ -40,7 +42,10 @@ BACKBONE_NOTICE = (
 
 MODEL_DESCRIPTION = f"""\
 Estimates apparent age (years) and gender (probability of female) from a face crop. Input:
-base64 JPEG/PNG images (column `image`); output: `age`, `gender`, `p_female`. Each version's
+base64 JPEG/PNG images (column `image`); output: `age` with its 80 % interval `age_low` and
+`age_high` (calibrated on validation faces; the test coverage is in each version's metrics),
+`gender`, `p_female`, and `face_check` (`implausible` when the image shows no usable frontal
+face: the answer is then not about a face). Each version's
 description says its model family, what it was trained on (real UTKFace images or the
 synthetic demo set of cartoon faces, which predicts real faces wildly wrong) and its accuracy
 per age band; its tags `{BACKBONE}`, `{TRAINED_ON}` and `{TRAINING_IMAGES}` say the same.
@@ -183,7 +188,10 @@ def register(
     tags = version_tags(metrics, lineage) | card.tags()
     registry = MlflowClient()
     _ensure_registered_model(registry, model_name)
-    version = mlflow.register_model(model_uri, model_name, tags=tags)
+    # MLflow prints "Registered model ... already exists" (the model was created just above)
+    # and "Created version N" to stderr; the stage prints the version itself
+    with contextlib.redirect_stderr(io.StringIO()):
+        version = mlflow.register_model(model_uri, model_name, tags=tags)
     registry.update_model_version(
         model_name,
         version.version,

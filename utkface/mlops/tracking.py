@@ -94,18 +94,27 @@ def _check_store(uri: str) -> None:
             )
 
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, a chat
+# assistant); with it, in the model-training view, where runs and the compare view are.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def use_experiment(name: str) -> str:
-    """Point MLflow at the project's store and experiment (created on first use)."""
+    """Point MLflow at the project's store and experiment (created on first use, tagged as
+    model development: `EXPERIMENT_KIND`)."""
     uri = tracking_uri()
     check_store(uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is not None:
         experiment_id = experiment.experiment_id
+        if not EXPERIMENT_KIND.items() <= experiment.tags.items():  # made by an older version
+            for key, value in EXPERIMENT_KIND.items():
+                MlflowClient().set_experiment_tag(experiment_id, key, value)
     else:
         try:
             experiment_id = mlflow.create_experiment(
-                name, artifact_location=_artifact_location(uri)
+                name, artifact_location=_artifact_location(uri), tags=EXPERIMENT_KIND
             )
         except MlflowException as error:  # a tune chief and its workers start together
             if error.error_code != "RESOURCE_ALREADY_EXISTS":

@@ -4,13 +4,16 @@ MLflow's artifact proxy (`--serve-artifacts`) writing to a folder that stands in
 storage (S3, GCS in production).
 
 Everything lives under one home folder; `start` is idempotent (it creates only what is missing
-and leaves running servers as they are):
+and leaves running servers as they are). `start` records the address and ports it used, so
+`status`, `stop` and a later `start` need only the home; flags that disagree with the record are
+refused (by `start` only while something runs):
 
     postgres/      the database cluster (initdb), owned by the user PostgreSQL runs as
     postgres.log   PostgreSQL's log
     db-password    the `mlflow` role's password (mode 0600; only the MLflow server reads it)
     artifacts/     the artifact store the server proxies
     server.log, server.pid
+    server.json    the MLflow host and port and PostgreSQL's port the last `start` used
     lock           held by a `start` or `stop` while it runs: a second one waits for it
 
 Clients only ever see the server's http URI, never the database. PostgreSQL refuses to run as
@@ -23,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
+import json
 import os
 import re
 import secrets
@@ -41,6 +45,8 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DB_OWNER_AS_ROOT = "postgres"  # the system user Debian's postgresql package creates
 START_TIMEOUT_S = 180.0  # a first start creates MLflow's tables (about 20 s on 2 cores)
 IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+RECORD = "server.json"
+RECORDED = ("host", "port", "db_port")  # the ServerConfig fields `start` records there
 
 
 class TrackingServerError(RuntimeError):
@@ -90,6 +96,41 @@ def default_home() -> Path:
         return Path("/var/lib/utkface-pipeline/tracking-server")
     data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
     return Path(data) / "utkface-pipeline" / "tracking-server"
+
+
+def recorded(home: Path) -> dict[str, str | int]:
+    """The host and ports the home's last `start` used; empty for a home never started."""
+    try:
+        return json.loads((home / RECORD).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def check_flags(home: Path, flags: dict[str, str | int]) -> None:
+    """Refuse flags that disagree with the home's record: `status --port 5000` on a server started
+    on 5155 would otherwise report on (or stop) a server that is not this home's."""
+    record = recorded(home)
+    wrong = [
+        f"--{name.replace('_', '-')} {value} disagrees with {record[name]}"
+        for name, value in flags.items()
+        if name in record and record[name] != value
+    ]
+    if wrong:
+        raise TrackingServerError(
+            f"{'; '.join(wrong)} recorded in {home} by its start; leave the flag out"
+        )
+
+
+def configured(home: Path, flags: dict[str, str | int]) -> ServerConfig:
+    """The flags given; the rest from the home's record, else the defaults."""
+    return ServerConfig(home, **{**recorded(home), **flags})
+
+
+def _record(config: ServerConfig, db_port: int) -> None:
+    values = {"host": config.host, "port": config.port, "db_port": db_port}
+    partial = config.home / f"{RECORD}.tmp"
+    partial.write_text(json.dumps(values))
+    partial.replace(config.home / RECORD)  # atomic: `status` reads it without the lock
 
 
 def check_host(host: str, allow_remote: bool) -> None:
@@ -257,14 +298,36 @@ def exclusive(config: ServerConfig) -> Iterator[None]:
         yield
 
 
+def check_not_moved(config: ServerConfig) -> None:
+    """Refuse a `start` on other ports than the home's running servers use: it would record
+    ports they do not listen on (so `status` and `stop` would look elsewhere) and start a second
+    MLflow server on the same data."""
+    record = recorded(config.home)
+    if not record or all(record[name] == getattr(config, name) for name in RECORDED):
+        return
+    running = []
+    if server_pid(config) is not None:
+        running.append(f"the MLflow server on {configured(config.home, {}).tracking_uri}")
+    db_port = running_postgres_port(config) if (config.cluster / "PG_VERSION").exists() else None
+    if db_port is not None:
+        running.append(f"PostgreSQL on 127.0.0.1:{db_port}")
+    if running:
+        raise TrackingServerError(
+            f"{config.home} already runs {' and '.join(running)}: stop it first to start on "
+            f"{config.tracking_uri} with PostgreSQL on port {config.db_port}"
+        )
+
+
 def start(config: ServerConfig, allow_remote: bool = False) -> list[str]:
     """Bring both servers up; lines saying what runs where."""
     check_host(config.host, allow_remote)
     with exclusive(config):
+        check_not_moved(config)
         if os.geteuid() == 0:
             config.home.chmod(0o755)  # the postgres user reaches its cluster below it
         ensure_cluster(config)
         port = ensure_postgres(config)
+        _record(config, port)
         backend_uri = ensure_database(config, port)
         started = ensure_mlflow(config, backend_uri)
     return [

@@ -118,6 +118,7 @@ class DualHeadHyperModel(kt.HyperModel):
             early_stopping=stops_early(self.member),
             initial_epoch=initial_epoch,
             compile_fn=self.compile_fn,
+            epoch_lines=False,  # Keras Tuner reports each trial itself
         )
 
 
