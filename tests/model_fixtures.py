@@ -106,7 +106,7 @@ def log_tiny_serving_model(
     interval = INTERVAL
     if member == "pretrained":
         centres = save_tiny_head(folder).get_layer("age").get_weights()[0][:, 0]
-        interval = AgeInterval("bins", centres=tuple(float(c) for c in centres), margin=1.0)
+        interval = AgeInterval("bins", centres=tuple(map(float, centres)), margins=(1.0,) * 6)
     else:
         save_tiny_model(paths.member_model("scratch", folder))
     examples = np.random.default_rng(0).integers(

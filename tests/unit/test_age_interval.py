@@ -54,14 +54,15 @@ def _overconfident_head(rng: np.random.Generator, n: int) -> tuple[np.ndarray, n
 
 def test_a_calibrated_bins_interval_holds_its_coverage_on_new_rows() -> None:
     rng = np.random.default_rng(0)
-    interval = AgeInterval.from_bins(*_overconfident_head(rng, 3000), CENTRES)
-    assert interval.margin > 0  # the raw 80 % of an overconfident head covers too little
+    probabilities, ages = _overconfident_head(rng, 3000)
+    interval = AgeInterval.from_bins(probabilities, ages, CENTRES, probabilities @ CENTRES)
+    assert min(interval.margins) > 0  # the raw 80 % of an overconfident head covers too little
     probabilities, ages = _overconfident_head(rng, 3000)
     predicted = probabilities @ CENTRES
     low, high = interval.bounds(predicted, 116, probabilities)
     report = coverage_report(ages, low, high)
     assert 0.77 <= report["age_interval_coverage"] <= 0.83
-    raw = AgeInterval("bins", centres=tuple(CENTRES), margin=0.0)
+    raw = AgeInterval("bins", centres=tuple(CENTRES), margins=(0.0,) * 6)
     raw_low, raw_high = raw.bounds(predicted, 116, probabilities)
     assert coverage_report(ages, raw_low, raw_high)["age_interval_coverage"] < 0.7
 
@@ -93,5 +94,5 @@ def test_bounds_hold_the_answer_and_stay_in_the_label_range() -> None:
 
 
 def test_the_config_round_trips() -> None:
-    interval = AgeInterval("bins", centres=(2.0, 8.5), margin=1.25)
+    interval = AgeInterval("bins", centres=(2.0, 8.5), margins=(1.25,) * 6)
     assert AgeInterval.from_config(interval.to_config()) == interval

@@ -123,6 +123,7 @@ def combine(
 def calibrate_interval(outputs: Sequence[Outputs], ages: np.ndarray, age_max: int) -> AgeInterval:
     """The interval of a model from its families' validation `outputs` and true `ages`: from
     the bin distribution for the head alone, from residuals otherwise."""
+    predicted = combine(outputs, age_max)[AGE]
     if len(outputs) == 1 and outputs[0].age_bins is not None:
-        return AgeInterval.from_bins(outputs[0].age_bins, ages, outputs[0].bin_centres)
-    return AgeInterval.from_residuals(combine(outputs, age_max)[AGE], ages)
+        return AgeInterval.from_bins(outputs[0].age_bins, ages, outputs[0].bin_centres, predicted)
+    return AgeInterval.from_residuals(predicted, ages)

@@ -8,13 +8,16 @@ Two kinds, by what the model gives:
   the outside as inside). Its central `COVERAGE` quantiles give each face its own interval: a
   confident face a narrow one, an unsure face a wide one. A softmax's spread is not its error
   (the head is overconfident where it overfits), so the interval is conformalized (CQR, Romano
-  et al., 2019): both ends move out, or in, by one `margin` in years, the conformal quantile
-  of how far the validation ages fall outside their intervals.
+  et al., 2019): both ends move out, or in, by a margin in years, the conformal quantile of how
+  far the validation ages fall outside their intervals.
 - `residuals` (the scratch CNN, a point regressor, and the ensemble): split conformal
-  prediction per band of predicted age (`BANDS`): the band's validation residuals (true -
-  predicted) give the lower and upper offsets, each at the conformal quantile of its tail, so
-  the interval widens where the model errs more (older faces). Bands with fewer than
-  `MIN_BAND_ROWS` validation faces use all of them.
+  prediction: the validation residuals (true - predicted) give the lower and upper offsets,
+  each at the conformal quantile of its tail.
+
+Either way, each band of predicted age (`BANDS`) is calibrated on its own validation faces
+(Mondrian conformal prediction), because errors grow with age: one margin for all ages
+over-covered babies and under-covered adults on real faces. Bands with fewer than
+`MIN_BAND_ROWS` validation faces use all of them.
 
 Every interval holds the predicted age and lies within the label range.
 """
@@ -74,19 +77,37 @@ def bin_interval(
     )
 
 
+def _band(ages: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
+    return np.searchsorted(np.asarray(edges), ages, side="right") - 1
+
+
+def _per_band(scores: np.ndarray, predicted: np.ndarray, share: float, method: str) -> list[float]:
+    """The conformal quantile (`share` of the scores to cover, corrected for their number) of
+    `scores` per band of `predicted` age; small bands use every score."""
+    bands = _band(predicted, BANDS)
+    quantiles = []
+    for band in range(len(BANDS)):
+        rows = scores[bands == band]
+        if len(rows) < MIN_BAND_ROWS:
+            rows = scores
+        rank = conformal_rank(len(rows), share)
+        quantiles.append(float(np.quantile(rows, rank, method=method)))
+    return quantiles
+
+
 def calibrate_bins(
-    probabilities: ArrayLike, ages: ArrayLike, centres: ArrayLike, coverage: float = COVERAGE
-) -> float:
-    """The margin (years, negative to narrow) that makes the bins' intervals hold `ages` at
-    the conformal quantile of `coverage`."""
+    probabilities: ArrayLike,
+    ages: ArrayLike,
+    centres: ArrayLike,
+    predicted: ArrayLike,
+    coverage: float = COVERAGE,
+) -> list[float]:
+    """Per band of `predicted` age: the margin (years, negative to narrow) that makes the
+    bins' intervals hold `ages` at the conformal quantile of `coverage`."""
     ages = np.asarray(ages, dtype=float)
     low, high = bin_interval(probabilities, centres, coverage)
     outside = np.maximum(low - ages, ages - high)  # > 0: by how much the age is missed
-    return float(np.quantile(outside, conformal_rank(len(ages), coverage), method="higher"))
-
-
-def _band(ages: np.ndarray, edges: tuple[float, ...]) -> np.ndarray:
-    return np.searchsorted(np.asarray(edges), ages, side="right") - 1
+    return _per_band(outside, np.asarray(predicted, dtype=float), coverage, "higher")
 
 
 def calibrate_residuals(
@@ -95,17 +116,9 @@ def calibrate_residuals(
     """Per band of `BANDS`: the lower and upper offsets from a predicted age, conformal
     quantiles of the residuals (true - predicted) of its validation faces."""
     predicted, ages = np.asarray(predicted, dtype=float), np.asarray(ages, dtype=float)
-    residuals = ages - predicted
-    bands = _band(predicted, BANDS)
     tail = 1 - (1 - coverage) / 2  # each side holds half of what the interval may miss
-    below, above = [], []
-    for band in range(len(BANDS)):
-        rows = residuals[bands == band]
-        if len(rows) < MIN_BAND_ROWS:
-            rows = residuals
-        rank = conformal_rank(len(rows), tail)
-        below.append(float(np.quantile(rows, 1 - rank, method="lower")))
-        above.append(float(np.quantile(rows, rank, method="higher")))
+    above = _per_band(ages - predicted, predicted, tail, "higher")
+    below = [-b for b in _per_band(predicted - ages, predicted, tail, "higher")]
     return below, above
 
 
@@ -117,16 +130,16 @@ class AgeInterval:
     kind: Literal["bins", "residuals"]
     coverage: float = COVERAGE
     centres: tuple[float, ...] = ()  # bins: the head's bin centres (years)
-    margin: float = 0.0  # bins: the conformal margin (years)
+    margins: tuple[float, ...] = ()  # bins: the conformal margin (years) per band of `BANDS`
     below: tuple[float, ...] = ()  # residuals: offsets per band of `BANDS`
     above: tuple[float, ...] = ()
 
     @classmethod
     def from_bins(
-        cls, probabilities: ArrayLike, ages: ArrayLike, centres: ArrayLike
+        cls, probabilities: ArrayLike, ages: ArrayLike, centres: ArrayLike, predicted: ArrayLike
     ) -> AgeInterval:
-        margin = calibrate_bins(probabilities, ages, centres)
-        return cls("bins", centres=tuple(float(c) for c in centres), margin=margin)
+        margins = calibrate_bins(probabilities, ages, centres, predicted)
+        return cls("bins", centres=tuple(float(c) for c in centres), margins=tuple(margins))
 
     @classmethod
     def from_residuals(cls, predicted: ArrayLike, ages: ArrayLike) -> AgeInterval:
@@ -146,13 +159,14 @@ class AgeInterval:
         """`age_low`, `age_high` of answers with predicted `age` (and, for `bins`, the head's
         bin `probabilities`)."""
         age = np.asarray(age, dtype=float)
+        band = _band(age, BANDS)
         if self.kind == "bins":
             if probabilities is None:
                 raise ValueError("a bins interval needs the age-bin probabilities")
             low, high = bin_interval(probabilities, self.centres, self.coverage)
-            low, high = low - self.margin, high + self.margin
+            margin = np.asarray(self.margins)[band]
+            low, high = low - margin, high + margin
         else:
-            band = _band(age, BANDS)
             low = age + np.asarray(self.below)[band]
             high = age + np.asarray(self.above)[band]
         low = np.clip(np.minimum(low, age), AGE_MIN, age_max)

@@ -1,0 +1,80 @@
+"""A newcomer's first hour, following the README on a fresh copy of the project: the same
+figures on a second `dvc repro --force`, a bad `-S` value that costs no work, a queue of two
+experiments whose better one `utkface promote` picks, and exit codes a script can trust."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dvc_project import clean_env, reproduced_project, run, stages_run
+from tiny import dag_params
+
+from utkface import paths
+from utkface.data.synthetic import draw_face
+
+pytestmark = pytest.mark.slow
+
+
+def _digests(root: Path) -> dict[str, str]:
+    """The md5 of every file the train stage wrote."""
+    files = [*(root / paths.MODEL).iterdir(), root / paths.TRAIN_RUN, root / paths.TRAIN_METRICS]
+    return {f.name: hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+
+
+def _version(root: Path) -> int:
+    return json.loads((root / paths.REGISTERED).read_text())["version"]
+
+
+def test_the_first_hour(tmp_path: Path) -> None:
+    env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/project/mlflow.db")
+    root = reproduced_project(tmp_path / "project", env, dag_params())  # repro, then commit
+
+    # reproducible: a second run on the same machine changes no committed metrics file
+    run(["dvc", "repro", "--force"], root, env)
+    assert run(["git", "status", "--porcelain", "metrics"], root, env).stdout == ""
+    first = _version(root)
+
+    # a bad value stops at check_params, before DVC removes any output
+    before = _digests(root)
+    done = run(["dvc", "exp", "run", "-S", "lr=-1"], root, env, check=False)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert stages_run(output) == {"check_params"}
+    assert "lr: Value error, must be null, 'auto' or a number between 0 and 1" in output
+    assert "undo the change with `git checkout params.yaml`" in output
+    assert _digests(root) == before
+    assert "lr: -1" in (root / "params.yaml").read_text()  # as DVC left it
+    # ... and commands that do not read `lr` still work
+    run(["utkface", "promote", "--version", str(first), "--force"], root, env)
+    face = tmp_path / "face.png"
+    draw_face(30, 1, 0, np.random.default_rng(0)).save(face)
+    answered = run(["utkface", "predict", "--json", str(face)], root, env)
+    assert json.loads(answered.stdout)[0]["error"] is None
+    run(["git", "checkout", "params.yaml"], root, env)  # the undo the message names
+    assert "up to date" in run(["dvc", "status"], root, env).stdout
+
+    # two queued experiments: promote picks the better one on validation, which passes the gate
+    tuned = json.loads((root / paths.TRAIN_METRICS).read_text())["lr_used"]
+    queued = {"lr-same": tuned, "lr-tiny": 1e-6}  # the champion's own rate, and one too small
+    for name, lr in queued.items():
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"lr={lr}"], root, env)
+    run(["dvc", "exp", "run", "--run-all", "-j", "1"], root, env)
+    promoted = run(["utkface", "promote"], root, env)
+    assert "2 versions registered since the champion" in promoted.stdout
+    lines = promoted.stdout.splitlines()
+    listed = [line.split()[1] for line in lines if re.match(r"v\d+ ", line)]
+    assert listed == ["lr-same", "lr-tiny"]  # best validation objective first
+    assert "is now champion" in promoted.stdout  # the same model as the champion: it passes
+
+    # predict exits 3 when some inputs fail, and still prints every row
+    broken = tmp_path / "broken.jpg"
+    broken.write_text("not an image")
+    mixed = run(["utkface", "predict", "--json", str(face), str(broken)], root, env, check=False)
+    assert mixed.returncode == 3
+    rows = {Path(r["path"]).name: r for r in json.loads(mixed.stdout)}
+    assert rows["face.png"]["error"] is None and rows["broken.jpg"]["error"]
