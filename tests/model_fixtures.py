@@ -3,9 +3,13 @@ tiny real Keras CNN or head, generated images and registered versions of the ser
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -173,3 +177,18 @@ def wait_until_up(server: subprocess.Popen, url: str, timeout: float = 90) -> No
 def invoke(url: str, *cells: str) -> requests.Response:
     body = {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
     return requests.post(f"{url}/invocations", json=body, timeout=30)
+
+
+@contextlib.contextmanager
+def stopped_after(server: subprocess.Popen, log: Path) -> Iterator[None]:
+    """The body runs with `server` up (started with `start_new_session`); a failed assertion
+    prints the end of its `log`, and its process group is stopped afterwards."""
+    try:
+        yield
+    except AssertionError:
+        print(log.read_text()[-5000:])
+        raise
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)

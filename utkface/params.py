@@ -270,6 +270,15 @@ class PromoteParams(_Section):
     max_gender_accuracy_decrease: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
 
 
+def _scientific(text: str) -> float | str:
+    """A number in scientific notation without a decimal point (`1e-06`, which YAML 1.1 does not
+    read as a float) as a float; any other text as it is."""
+    try:
+        return float(text) if "e" in text.lower() else text
+    except ValueError:
+        return text
+
+
 class Params(_Section):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
     lr: float | str | None = None
@@ -303,6 +312,8 @@ class Params(_Section):
     def _lr_or_auto(cls, value: Any) -> Any:
         if value is None or value == "auto":
             return value
+        if isinstance(value, str):  # `dvc exp run -S lr=0.000001` writes 1e-06, which YAML
+            value = _scientific(value)  # reads back as a string
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
             raise ValueError("must be null, 'auto' or a number between 0 and 1")
         return float(value)

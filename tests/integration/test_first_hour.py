@@ -60,10 +60,13 @@ def test_the_first_hour(tmp_path: Path) -> None:
 
     # two queued experiments: promote picks the better one on validation, which passes the gate
     tuned = json.loads((root / paths.TRAIN_METRICS).read_text())["lr_used"]
-    queued = {"lr-same": tuned, "lr-tiny": 1e-6}  # the champion's own rate, and one too small
+    # the champion's own rate, and one too small (written out: YAML reads 1e-06 as a string)
+    queued = {"lr-same": f"{tuned}", "lr-tiny": "0.000001"}
     for name, lr in queued.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"lr={lr}"], root, env)
     run(["dvc", "exp", "run", "--run-all", "-j", "1"], root, env)
+    status = run(["dvc", "queue", "status"], root, env).stdout
+    assert status.count("Success") == 2, status
     promoted = run(["utkface", "promote"], root, env)
     assert "2 versions registered since the champion" in promoted.stdout
     lines = promoted.stdout.splitlines()

@@ -27,6 +27,8 @@ from utkface.data.synthetic import draw_face
 from utkface.inference import client
 from utkface.inference.pyfunc import SYNTHETIC_TRAINING, SYNTHETIC_WARNING
 
+COLUMNS = ["age", "interval", "gender", "p_female", "face_check", "error"]  # the table's
+
 
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelInfo]:
@@ -93,15 +95,7 @@ def test_folder_json_has_predictions_and_per_file_error(
 def test_table_output(logged: ModelInfo, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(folder / "a.png", folder / "broken.jpg", "--model", logged.model_uri) == 3
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == [
-        "path",
-        "age",
-        "interval",
-        "gender",
-        "p_female",
-        "face_check",
-        "error",
-    ]
+    assert header.split() == ["path", *COLUMNS]
     assert len(rows) == 2
     assert "not an image" in next(r for r in rows if "broken.jpg" in r)
 
@@ -190,17 +184,7 @@ def test_detect_faces_table_has_face_and_box(
     (tmp_path / "two.jpg").write_bytes(two_faces_jpeg())
     assert run(tmp_path / "two.jpg", "--model", logged.model_uri, "--detect-faces") == 0
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == [
-        "path",
-        "face",
-        "box",
-        "age",
-        "interval",
-        "gender",
-        "p_female",
-        "face_check",
-        "error",
-    ]
+    assert header.split() == ["path", "face", "box", *COLUMNS]
     assert [row.split()[1] for row in rows] == ["1", "2"]
     assert rows[0].split()[2].count(",") == 3  # x,y,w,h
 

@@ -38,6 +38,7 @@ from model_fixtures import (
     invoke,
     log_tiny_serving_model,
     register_version,
+    stopped_after,
     use_tmp_store,
     wait_until_up,
 )
@@ -50,6 +51,7 @@ from utkface.inference.server import too_large_message
 from utkface.mlops import registry
 from utkface.params import Params
 
+ANSWER = ["age", "age_low", "age_high", "gender", "p_female", "face_check"]  # an answer's columns
 NOT_AN_IMAGE = base64.b64encode(b"hello, I am plain text").decode()
 TOO_LARGE = rf"image of (about )?\d+ bytes exceeds the limit of {MAX_IMAGE_BYTES}"
 
@@ -73,15 +75,7 @@ def pyfunc(logged: ModelInfo) -> PyFuncModel:
 
 def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
     assert logged.signature.inputs.input_names() == ["image"]
-    assert logged.signature.outputs.input_names() == [
-        "age",
-        "age_low",
-        "age_high",
-        "gender",
-        "p_female",
-        "face_check",
-        "error",
-    ]
+    assert logged.signature.outputs.input_names() == [*ANSWER, "error"]
     local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
     code = local / "code"
     carried = sorted(p.relative_to(code).as_posix() for p in code.rglob("*.py"))
@@ -167,14 +161,7 @@ def test_predicts_like_keras_on_training_preprocessing(
 ) -> None:
     images = [image_bytes(1, size=40), image_bytes(2, size=64, fmt="JPEG")]
     result = pyfunc.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
-    assert list(result.columns) == [
-        "age",
-        "age_low",
-        "age_high",
-        "gender",
-        "p_female",
-        "face_check",
-    ]
+    assert list(result.columns) == ANSWER
     # the reference: the saved Keras file run by Keras itself, on the training preprocessing
     local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
     keras_model = keras.saving.load_model(local / "artifacts" / "scratch.keras", compile=False)
@@ -265,7 +252,7 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    try:
+    with stopped_after(server, log_path):
         wait_until_up(server, url)
         ok = invoke(url, b64(image_bytes(1)), b64(image_bytes(2, fmt="JPEG")))
         assert ok.status_code == 200, ok.text
@@ -281,13 +268,6 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
             assert bad.status_code == 400, bad.text
             assert bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
             assert re.search(f"row 1: {reason}", bad.json()["message"])
-    except AssertionError:
-        print(log_path.read_text()[-5000:])
-        raise
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
 
 
 def port_is_free(port: int) -> bool:

@@ -141,6 +141,13 @@ def test_good_lr(value, fixed):
     assert params.fixed_lr == fixed
 
 
+@pytest.mark.parametrize(("text", "fixed"), [("1e-06", 1e-06), ("5E-4", 0.0005)])
+def test_lr_in_scientific_notation_as_dvc_writes_it(text, fixed):
+    # `dvc exp run -S lr=0.000001` writes `lr: 1e-06`, which YAML 1.1 reads as a string
+    assert yaml.safe_load(f"lr: {text}")["lr"] == text
+    assert parse_params({"lr": text}).fixed_lr == fixed
+
+
 def test_min_per_age_above_max_per_age():
     message = error_of({"balance": {"min_per_age": 300, "max_per_age": 200}})
     assert "balance.min_per_age (300) must not exceed balance.max_per_age (200)" in message
