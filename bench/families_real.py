@@ -36,7 +36,7 @@ from predict_latency import _frame, _median_ms
 from utkface.scoring.age_interval import AgeInterval
 
 STAGES = [
-    *("check_params", "ingest", "features", "validate", "balance", "split"),
+    *("check_params", "ingest", "features", "prefix", "validate", "balance", "split"),
     *("tune", "train", "evaluate"),
 ]
 BANDS = [(0, 3), (3, 10), (10, 20), (20, 40), (40, 60), (60, 200)]
@@ -66,14 +66,14 @@ def inside(root: Path) -> Iterator[None]:
 
 def score(members: tuple[str, ...]) -> dict:
     """Test metrics of `members` averaged, as evaluate and the served model combine them."""
-    from stages.evaluate import predict_split
     from utkface.data.labels import gender_labels
-    from utkface.model.fitting import load_inputs
+    from utkface.inference.evaluation import predict_split, served_inputs
     from utkface.params import load_params
 
     age_max = load_params().validate_.age_max
     families, interval = served_families(members)
-    frame = predict_split(families, {m: load_inputs(m, "test") for m in members}, age_max, interval)
+    inputs = {m: served_inputs(m, "test") for m in members}
+    frame = predict_split(families, inputs, age_max, interval)
     correct = gender_labels(frame["p_female"].to_numpy()) == frame["gender"].to_numpy()
     error = (frame["pred_age"] - frame["age"]).abs().to_numpy()
     result = {"age_mae": float(error.mean()), "gender_accuracy": float(correct.mean())}
@@ -100,8 +100,8 @@ def latency(members: tuple[str, ...]) -> tuple[float, float]:
     """Median ms for one image and for a batch of 64, of the pyfunc serving `members`."""
     import mlflow
 
-    from stages.evaluate import serving_config
     from utkface import paths
+    from utkface.inference.evaluation import serving_config
     from utkface.mlops.pyfunc_logging import log_serving_model
     from utkface.params import load_params
 

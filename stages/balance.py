@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from utkface import paths
 from utkface.data.balancing import balance_plan
+from utkface.outputs import write_json
 from utkface.params import BalanceParams, load_params, run_main
 
 
@@ -60,7 +59,7 @@ def main() -> None:
     paths.PLAN.parent.mkdir(parents=True, exist_ok=True)
     plan.to_parquet(paths.PLAN, index=False)
     paths.BALANCE_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    paths.BALANCE_METRICS.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(paths.BALANCE_METRICS, report)
     counts[["age", "before", "after"]].to_csv(paths.BALANCE_HISTOGRAM, index=False)
     print(
         f"balance: {report['rows_before']} images -> {report['rows_after']} plan rows "

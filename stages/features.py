@@ -3,13 +3,13 @@
 Ingest's cache is 64 px, while the backbone aligns faces at `features.image_size` (UTKFace's
 crops are 200 px), so this stage reads the source again. Each ingested file is decoded by
 `load_image`, the preprocessing of the served model, and aligned and run through the backbone
-(`utkface.model.face_backbone`). Row i of `data/features/features.npy` belongs to image cache
-row i (`cache_index`), so changing the head, the split or the balance never recomputes it.
+(`utkface.model.face_backbone`). Row i of `data/features/features.npy` (and of
+`age_chips.npy`, the aligned chips the age network saw) belongs to image cache row i
+(`cache_index`), so changing the head, the split or the balance never recomputes it.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -22,6 +22,7 @@ from utkface import paths
 from utkface.data.imaging import load_image
 from utkface.data.sources import RawFile, iter_source
 from utkface.model.face_backbone import FACE_BATCH, FaceBackbone, package_files, package_version
+from utkface.outputs import write_json
 from utkface.params import load_params, run_main
 
 
@@ -37,17 +38,20 @@ def ingested_faces(
 
 def extract(
     faces: Iterable[tuple[int, np.ndarray]], rows: int, backbone: FaceBackbone, progress: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (rows, feature_size) features and bool (rows,) landmark plausibility, by
-    cache_index; every row must be filled."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """float32 (rows, feature_size) features, bool (rows,) landmark plausibility and the uint8
+    aligned age chips, by cache_index; every row must be filled."""
     table = np.zeros((rows, backbone.feature_size), np.float32)
     plausible = np.zeros(rows, bool)
+    side = backbone.chip_size("age")
+    age_chips = np.zeros((rows, side, side, 3), np.uint8)
     filled = np.zeros(rows, bool)
     batch: list[tuple[int, np.ndarray]] = []
 
     def flush() -> None:
         index = np.array([i for i, _ in batch])
-        table[index], plausible[index] = backbone.features([face for _, face in batch])
+        chips, plausible[index] = backbone.aligned([face for _, face in batch])
+        table[index], age_chips[index] = backbone.chip_features(chips), chips["age"]
         filled[index] = True
         batch.clear()
 
@@ -59,7 +63,7 @@ def extract(
         flush()
     if not filled.all():
         raise RuntimeError(f"{int((~filled).sum())} ingested images were not found in the source")
-    return table, plausible
+    return table, plausible, age_chips
 
 
 def main() -> None:
@@ -70,10 +74,13 @@ def main() -> None:
     started = time.perf_counter()
     files = iter_source(cfg.source, cfg.max_file_bytes, cfg.synthetic_count, params.seed)
     faces = ingested_faces(files, labels, params.features.image_size, cfg.max_image_pixels)
-    table, plausible = extract(faces, len(labels), backbone, progress=sys.stderr.isatty())
+    table, plausible, age_chips = extract(
+        faces, len(labels), backbone, progress=sys.stderr.isatty()
+    )
     seconds = time.perf_counter() - started
     paths.FEATURES.mkdir(parents=True, exist_ok=True)
     np.save(paths.FEATURE_TABLE, table)
+    np.save(paths.AGE_CHIPS, age_chips)  # what the finetuned family's prefix stage reads
     pd.DataFrame({"cache_index": np.arange(len(labels)), "plausible": plausible}).to_parquet(
         paths.LANDMARKS, index=False
     )
@@ -84,7 +91,7 @@ def main() -> None:
         "implausible_landmarks": int((~plausible).sum()),
     }  # no timings: a DVC-tracked metric changes only when the result does
     paths.FEATURES_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    paths.FEATURES_METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(paths.FEATURES_METRICS, summary)
     print(
         f"features: {summary['images']} faces x {summary['feature_size']} features in "
         f"{seconds:.0f}s ({len(labels) / seconds:.1f} img/s), "

@@ -3,7 +3,6 @@ leakage (`utkface.data.splitting`), and the split report."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -11,6 +10,7 @@ import pandas as pd
 from utkface import paths
 from utkface.data.labels import age_buckets, bucket_names
 from utkface.data.splitting import assign_splits, build_splits, check_no_leakage
+from utkface.outputs import write_json
 from utkface.params import load_params, run_main
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     for name, table in splits.items():
         table.to_parquet(paths.split_table(name), index=False)
     paths.SPLIT_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    paths.SPLIT_METRICS.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(paths.SPLIT_METRICS, report)
     sizes = ", ".join(
         f"{name} {report[name]['rows']} rows ({report[name]['augmented']} augmented) "
         f"of {report[name]['images']} images"

@@ -120,11 +120,13 @@ def main() -> None:
         return
     if paths.TUNER_DIR.exists():
         shutil.rmtree(paths.TUNER_DIR)
-    tags = {"stage": "tune", **tracking.lineage_tags(tracking.data_version())}
+    version = tracking.data_version()
+    tags = {"stage": "tune", **tracking.lineage_tags(version)}
     if role == "chief":
         tags[ORACLE_TAG] = oracle
     summaries, tuned, seconds = {}, {}, {}
     with stage_run("tune", experiment_id, run_name=tracking.run_name("tune"), tags=tags) as run:
+        tracking.log_split_datasets(["train", "val"], version)
         logged = {"seed": params.seed, "model.backbone": params.model.backbone}
         mlflow.log_params(logged | tracking.flatten({"tune": params.tune.model_dump()}))
         for member in members:

@@ -8,7 +8,6 @@ named in `validate.warn_only` are printed as warnings and do not stop the pipeli
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -29,6 +28,7 @@ from utkface.checks.expectations import (
     new_context,
     run_suites,
 )
+from utkface.outputs import write_json
 from utkface.params import Params, load_params, run_main
 
 
@@ -87,7 +87,7 @@ def main() -> None:
     context.build_data_docs()
     report = summarize(outcomes)
     paths.VALIDATION.parent.mkdir(parents=True, exist_ok=True)
-    paths.VALIDATION.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(paths.VALIDATION, report)
     for outcome in outcomes:
         if not outcome.success and not outcome.critical:
             print(f"validate: warning: expectation {describe(outcome)}")

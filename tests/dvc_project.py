@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,31 @@ def reproduced_project(root: Path, env: dict[str, str], params: dict[str, Any]) 
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "dvc repro"], root, env)
     return root
+
+
+def copied_project(source: Path, target: Path) -> Path:
+    """A copy of the reproduced project `source` at `target` that a test may change: its git
+    repository, DVC cache and MLflow store (the store's absolute artifact paths moved to the
+    copy, as `tracking.check_store` requires). DVC's temporary files stay behind."""
+    dvc_dir = (source / ".dvc").resolve()
+
+    def skip_dvc_tmp(folder: str, names: list[str]) -> list[str]:
+        return ["tmp"] if Path(folder).resolve() == dvc_dir else []
+
+    shutil.copytree(source, target, symlinks=True, ignore=skip_dvc_tmp)
+    old, new = f"{source.resolve()}/", f"{target.resolve()}/"
+    with sqlite3.connect(target / "mlflow.db") as db:
+        tables = [
+            name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        ]
+        for table in tables:
+            for column in db.execute(f"SELECT name, type FROM pragma_table_info('{table}')"):
+                if column[1].upper().startswith(("VARCHAR", "TEXT", "STRING")):
+                    db.execute(
+                        f'UPDATE "{table}" SET "{column[0]}" = replace("{column[0]}", ?, ?)',
+                        (old, new),
+                    )
+    return target
 
 
 def stages_run(output: str) -> set[str]:

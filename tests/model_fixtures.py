@@ -15,15 +15,19 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import requests
 import yaml
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 from PIL import Image
-from tiny import AGE_MAX, MAX_PIXELS
+from skimage import data
+from tiny import AGE_MAX, MAX_PIXELS, synthetic_faces
 
 from utkface import paths
+from utkface.data.labels import AGE, GENDER
+from utkface.inference.faces import crop_faces, detect_faces
 from utkface.inference.pyfunc import ServingConfig
 from utkface.mlops import promotion, registry, tracking
 from utkface.mlops.pyfunc_logging import log_serving_model
@@ -80,6 +84,60 @@ def save_tiny_model(path: Path) -> Path:
     return path
 
 
+def save_varied_tiny_model(path: Path) -> Path:
+    """The tiny CNN with its dense layers set so that its answers differ from image to image
+    (a freshly initialised one answers about 30 years and p(female) 0.5 for every image, so a
+    test could not tell one image's answer from another's): its pooled features, standardised
+    on noise and synthetic faces, give ages of about 10 to 70 and both genders."""
+    keras.utils.set_random_seed(0)  # the convolutions' initial weights: whatever ran before
+    model = build_model(
+        ModelParams(filters=[4], convs_per_block=1, dense_units=4), IMAGE_SIZE, seed=0
+    )
+    (hidden,) = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, keras.layers.Dense) and layer.name not in (AGE, GENDER)
+    ]
+    faces, _ = synthetic_faces(16, IMAGE_SIZE)
+    noise = np.random.default_rng(1).integers(0, 256, (16, *faces.shape[1:]), dtype=np.uint8)
+    pooled = keras.Model(model.input, hidden.input).predict(
+        np.concatenate([faces, noise]), verbose=0
+    )
+    mean, std = pooled.mean(axis=0), pooled.std(axis=0) + 1e-6
+    shift = 3.0  # standardised features plus 3: the ReLU passes nearly all of them
+    hidden.set_weights([np.diag(1 / std).astype("float32"), (shift - mean / std).astype("float32")])
+    for name, kernel, centre in (
+        (AGE, [8.0, -6.0, 5.0, 4.0], 40.0),
+        (GENDER, [2.0, 2.0, -2.0, 1.5], 0.0),
+    ):
+        weights = np.asarray(kernel, dtype="float32")[:, None]
+        bias = np.asarray([centre - shift * weights.sum()], dtype="float32")
+        model.get_layer(name).set_weights([weights, bias])
+    model.save(path)
+    return path
+
+
+def scratch_reference(model_uri: str, images: np.ndarray) -> pd.DataFrame:
+    """The answers of a logged tiny scratch model for preprocessed uint8 (n, S, S, 3) `images`,
+    computed without the served pyfunc: its Keras file run by Keras, then the served model's
+    documented post-processing done here by hand (the age clamped to [1, AGE_MAX], "female"
+    where p(female) > 0.5, the `INTERVAL` of 4 years below and 6 above, clamped likewise)."""
+    local = Path(mlflow.artifacts.download_artifacts(model_uri))
+    model = keras.saving.load_model(local / "artifacts" / "scratch.keras", compile=False)
+    outputs = model.predict(np.asarray(images, dtype="float32"), verbose=0)
+    age = np.clip(outputs[AGE].ravel().astype(float), 1, AGE_MAX)
+    p_female = outputs[GENDER].ravel().astype(float)
+    return pd.DataFrame(
+        {
+            "age": age,
+            "age_low": np.clip(age - 4, 1, AGE_MAX),
+            "age_high": np.clip(age + 6, 1, AGE_MAX),
+            "gender": np.where(p_female > 0.5, "female", "male").astype(object),
+            "p_female": p_female,
+        }
+    )
+
+
 def save_tiny_head(folder: Path) -> keras.Model:
     """A small pretrained-family head on random features of the backbone's size, its weights
     drawn at random so that its outputs vary with the face; saved as train saves it (Keras and
@@ -102,9 +160,10 @@ def log_tiny_serving_model(
     trained_on: str = "real images",
     member: str = "scratch",
     max_image_bytes: int = MAX_IMAGE_BYTES,
+    varied: bool = False,
 ) -> ModelInfo:
     """The tiny CNN (or, for `member` "pretrained", a tiny head) saved under `root`, logged as
-    the served pyfunc in a new run."""
+    the served pyfunc in a new run; with `varied`, the CNN of `save_varied_tiny_model`."""
     folder = root / "model"
     folder.mkdir(parents=True, exist_ok=True)
     interval = INTERVAL
@@ -112,7 +171,8 @@ def log_tiny_serving_model(
         centres = save_tiny_head(folder).get_layer("age").get_weights()[0][:, 0]
         interval = AgeInterval("bins", centres=tuple(map(float, centres)), margins=(1.0,) * 6)
     else:
-        save_tiny_model(paths.member_model("scratch", folder))
+        save = save_varied_tiny_model if varied else save_tiny_model
+        save(paths.member_model("scratch", folder))
     examples = np.random.default_rng(0).integers(
         0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
     )  # small: noise PNGs of FACE_SIZE are over MAX_IMAGE_BYTES
@@ -192,3 +252,11 @@ def stopped_after(server: subprocess.Popen, log: Path) -> Iterator[None]:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
+
+
+def astronaut_face(size: int) -> np.ndarray:
+    """The face in scikit-image's public-domain NASA portrait, cropped as `--detect-faces`
+    crops a face, resized to `size` px: a real face for tests."""
+    photo = data.astronaut()
+    (crop,) = crop_faces(photo, detect_faces(photo))
+    return np.asarray(Image.fromarray(crop).resize((size, size)))

@@ -81,6 +81,7 @@ TINY_DAG: dict[str, Any] = {
         "convs_per_block": 1,
         "dense_units": 4,
         "head": {"epochs": 3},
+        "finetune": {"epochs": 2, "views": 1},
     },
     "train": {"epochs": 1, "batch_size": 32, "precise_batchnorm_sample": 64},
     "tune": {
@@ -88,6 +89,7 @@ TINY_DAG: dict[str, Any] = {
         "max_trials": 1,
         "epochs": 1,
         "head": {"learning_rates": [0.01], "max_trials": 1, "epochs": 1},
+        "finetune": {"learning_rates": [0.001], "max_trials": 1, "epochs": 1},
     },
     "evaluate": {"sample_grid": 2},
 }

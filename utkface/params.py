@@ -101,9 +101,10 @@ class ModelAugmentParams(_Section):
     contrast: Annotated[float, Field(ge=0, le=0.9)] = 0.15
 
 
-BACKBONES = ("pretrained", "scratch", "ensemble")
-Backbone = Literal["pretrained", "scratch", "ensemble"]
-Member = Literal["pretrained", "scratch"]
+BACKBONES = ("pretrained", "finetuned", "scratch", "ensemble")
+Backbone = Literal["pretrained", "finetuned", "scratch", "ensemble"]
+Member = Literal["pretrained", "finetuned", "scratch"]
+HEAD_MEMBERS = ("pretrained", "finetuned")  # the families whose answer comes from the head
 
 
 class HeadParams(_Section):
@@ -118,6 +119,22 @@ class HeadParams(_Section):
     gender_loss_weight: NonNegativeFloat = 1.0
 
 
+class FinetuneParams(_Section):
+    """The finetuned family: the CC0 age network's last stage trained with the head.
+
+    The frozen prefix's activations are cached (stage `prefix`) for each face and for `views`
+    augmented copies of its aligned age chip (shifted, scaled, brightness and contrast
+    jittered), each with its mirror; training draws one view per face and epoch."""
+
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 8
+    backbone_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1  # of the head's rate
+    views: Annotated[int, Field(ge=0, le=8)] = 2
+    shift: Annotated[float, Field(ge=0.0, le=0.3)] = 0.05  # of the chip's side
+    scale: Annotated[float, Field(ge=0.0, le=0.3)] = 0.08
+    brightness: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1  # of the full range
+    contrast: Annotated[float, Field(ge=0.0, le=0.9)] = 0.15
+
+
 class FeaturesParams(_Section):
     image_size: Annotated[int, Field(ge=32, le=1024)] = 200
 
@@ -125,6 +142,7 @@ class FeaturesParams(_Section):
 class ModelParams(_Section):
     backbone: Backbone = "pretrained"
     head: HeadParams = HeadParams()
+    finetune: FinetuneParams = FinetuneParams()
     stem_filters: PositiveInt = 32
     stem_stride: Annotated[int, Field(ge=1, le=2)] = 2
     filters: Annotated[list[PositiveInt], Field(min_length=1, max_length=6)] = [64, 128, 256]
@@ -226,19 +244,38 @@ class HeadSearchParams(SearchParams):
         return _check_knobs(value, HeadParams, set(), "model.head")
 
 
-class TuneParams(SearchParams):
-    """The scratch CNN's search (these keys) and the head's (`tune.head`)."""
+class FinetuneSearchParams(SearchParams):
+    """The finetuned family's search: its knobs are `model.finetune`'s (e.g.
+    `backbone_lr_ratio`); an epoch costs a forward and backward pass through the last stage."""
 
-    gender_weight: NonNegativeFloat = 10.0
-    head: HeadSearchParams = HeadSearchParams()
+    learning_rates: LearningRates = [0.0003, 0.001, 0.003]
+    max_trials: Annotated[int, Field(ge=1)] = 3
+    epochs: Annotated[int, Field(ge=1)] = 3
+    train_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
 
     @field_validator("search_space")
     @classmethod
     def _known_knobs(cls, value: Knobs) -> Knobs:
-        return _check_knobs(value, ModelParams, {"augment", "filters", "backbone", "head"}, "model")
+        return _check_knobs(value, FinetuneParams, set(), "model.finetune")
+
+
+class TuneParams(SearchParams):
+    """The scratch CNN's search (these keys), the head's (`tune.head`) and the finetuned
+    family's (`tune.finetune`)."""
+
+    gender_weight: NonNegativeFloat = 10.0
+    head: HeadSearchParams = HeadSearchParams()
+    finetune: FinetuneSearchParams = FinetuneSearchParams()
+
+    @field_validator("search_space")
+    @classmethod
+    def _known_knobs(cls, value: Knobs) -> Knobs:
+        return _check_knobs(
+            value, ModelParams, {"augment", "filters", "backbone", "head", "finetune"}, "model"
+        )
 
     def search(self, member: Member) -> SearchParams:
-        return self.head if member == "pretrained" else self
+        return {"pretrained": self.head, "finetuned": self.finetune}.get(member, self)
 
 
 class EvaluateParams(_Section):
@@ -346,11 +383,16 @@ class TunedValues(_Section):
         """`base` with the tuned head knobs applied (validated like params.yaml)."""
         return HeadParams.model_validate(base.model_dump() | self.model)
 
+    def finetune_params(self, base: FinetuneParams) -> FinetuneParams:
+        """`base` with the tuned fine-tuning knobs applied (validated like params.yaml)."""
+        return FinetuneParams.model_validate(base.model_dump() | self.model)
+
 
 class Tuned(_Section):
     """What `tune` hands to `train` (`models/tuned.json`), per model family trained."""
 
     pretrained: TunedValues | None = None
+    finetuned: TunedValues | None = None
     scratch: TunedValues | None = None
 
     def of(self, member: Member) -> TunedValues | None:

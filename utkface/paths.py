@@ -20,6 +20,10 @@ LABELS = INGESTED / "labels.parquet"
 FEATURES = DATA / "features"
 FEATURE_TABLE = FEATURES / "features.npy"  # row i: the face features of image cache row i
 LANDMARKS = FEATURES / "landmarks.parquet"
+AGE_CHIPS = FEATURES / "age_chips.npy"  # row i: image cache row i aligned for the age network
+
+PREFIX = DATA / "prefix"
+PREFIX_ACTIVATIONS = PREFIX / "activations.npy"  # the age network's frozen prefix, per view
 
 BALANCED = DATA / "balanced"
 PLAN = BALANCED / "plan.parquet"
@@ -39,6 +43,7 @@ METRICS = Path("metrics")
 INGEST_METRICS = METRICS / "ingest.json"
 INGEST_REJECTIONS = METRICS / "ingest_rejections.csv"
 FEATURES_METRICS = METRICS / "features.json"
+PREFIX_METRICS = METRICS / "prefix.json"
 VALIDATION = METRICS / "validation.json"
 VALIDATION_DOCS = METRICS / "validation_docs"
 BALANCE_METRICS = METRICS / "balance.json"
@@ -56,18 +61,19 @@ BY_AGE_BUCKET = EVALUATE_PLOTS / "by_age_bucket.csv"  # age MAE and gender accur
 SAMPLE_GRID = EVALUATE_PLOTS / "sample_faces.png"
 
 MODELS = Path("models")
-MODEL = MODELS / "model"  # per family trained: pretrained.keras and .onnx, scratch.keras
+MODEL = MODELS / "model"  # per family trained: its .keras, and .onnx for the head families
+FINETUNED_AGE_NETWORK = MODEL / "finetuned_age.onnx"  # the fine-tuned age network, served
 
 
 def member_model(member: str, folder: Path = MODEL) -> Path:
-    """The saved Keras model of one model family ('pretrained' or 'scratch')."""
+    """The saved Keras model of one model family."""
     return folder / f"{member}.keras"
 
 
 def served_file(member: str, folder: Path = MODEL) -> Path:
-    """What the served model runs for one family: the pretrained head's ONNX graph (exported
-    by train beside its Keras file), the scratch CNN's Keras model."""
-    return folder / "pretrained.onnx" if member == "pretrained" else member_model(member, folder)
+    """What the served model runs for one family: a head's ONNX graph (exported by train
+    beside its Keras file), the scratch CNN's Keras model."""
+    return folder / f"{member}.onnx" if member != "scratch" else member_model(member, folder)
 
 
 AGE_INTERVAL = MODEL / "age_interval.json"  # the interval's calibration (train, on val)

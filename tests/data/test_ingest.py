@@ -1,5 +1,6 @@
-"""Stage `ingest`: good files become one image cache plus labels; every bad input is rejected
-with a reason and a category, never a crash; main() writes its outputs atomically."""
+"""Admission (`utkface.data.admission`): good files become one image cache plus labels; every
+bad input is rejected with a reason and a category, never a crash. The `ingest` stage's main()
+writes its outputs atomically."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from PIL import Image
 from raw_files import spy
 from tiny import AGE_MAX
 
-from stages.ingest import IngestResult, ingest, main, summarize
+from stages.ingest import main
 from utkface import paths
+from utkface.data.admission import Admission, admit, summarize
 from utkface.data.imaging import load_image
 from utkface.data.labels import LABEL_COLUMNS
+from utkface.data.rejections import Category
 from utkface.data.sources import RawFile, iter_source
 
 SIZE = 32
@@ -118,14 +121,14 @@ def folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(folder) -> tuple[IngestResult, list[str]]:
+def run(folder) -> tuple[Admission, list[str]]:
     read: list[str] = []
     files = spy(iter_source(str(folder), MAX_BYTES, 10, 0), read)
-    return ingest(files, SIZE, MAX_PIXELS, AGE_MAX, progress=False), read
+    return admit(files, SIZE, MAX_PIXELS, AGE_MAX, progress=False), read
 
 
 @pytest.fixture(scope="module")
-def result(run) -> IngestResult:
+def result(run) -> Admission:
     return run[0]
 
 
@@ -208,7 +211,7 @@ def test_summarize_counts_add_up(result):
 
 
 def test_no_files_gives_empty_but_well_formed_outputs():
-    result = ingest([], SIZE, MAX_PIXELS, AGE_MAX, progress=False)
+    result = admit([], SIZE, MAX_PIXELS, AGE_MAX, progress=False)
     assert result.images.shape == (0, SIZE, SIZE, 3) and result.images.dtype == np.uint8
     assert list(result.labels.columns) == list(LABEL_COLUMNS) and result.labels.empty
     assert list(result.rejections.columns) == ["file", "reason", "category"]
@@ -223,7 +226,7 @@ def test_same_bytes_after_a_rejected_copy_is_still_ingested():
         RawFile(utk(22, 1, 0, 1), lambda: data),
         RawFile(utk(23, 1, 0, 2), lambda: data),
     ]
-    result = ingest(files, SIZE, MAX_PIXELS, AGE_MAX, progress=False)
+    result = admit(files, SIZE, MAX_PIXELS, AGE_MAX, progress=False)
     assert list(result.labels["file"]) == [utk(22, 1, 0, 1)]
     assert list(result.rejections["category"]) == ["malformed_name", "duplicate"]
 
@@ -240,10 +243,10 @@ def test_non_square_images_are_centre_cropped():
 def test_max_pixels_is_the_callers_limit_and_pillows_guard_stays():
     big = encode(Image.new("1", (6000, 5000), 1), "PNG")  # 30 Mpx, a few KB
     file = RawFile(utk(30, 0, 0, 1), lambda: big)
-    result = ingest([file], SIZE, 50_000_000, AGE_MAX, progress=False)
+    result = admit([file], SIZE, 50_000_000, AGE_MAX, progress=False)
     assert result.rejections.empty, result.rejections.to_dict("records")
     assert result.images.shape == (1, SIZE, SIZE, 3)
-    refused = ingest([file], SIZE, 25_000_000, AGE_MAX, progress=False)
+    refused = admit([file], SIZE, 25_000_000, AGE_MAX, progress=False)
     assert list(refused.rejections["category"]) == ["decompression_bomb"]
     assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's guard is not switched off process-wide
 
@@ -257,10 +260,40 @@ def test_corrupt_archive_member_is_rejected_not_fatal(tmp_path):
     data = bytearray(archive.read_bytes())
     data[data.find(broken) + len(broken) // 2] ^= 0xFF  # the CRC no longer matches
     archive.write_bytes(bytes(data))
-    result = ingest(iter_source(str(archive), MAX_BYTES, 10, 0), SIZE, MAX_PIXELS, AGE_MAX, False)
+    result = admit(iter_source(str(archive), MAX_BYTES, 10, 0), SIZE, MAX_PIXELS, AGE_MAX, False)
     assert list(result.labels["file"]) == [utk(21, 1, 0, 2)]
     assert list(result.rejections["file"]) == [utk(20, 0, 0, 1)]
     assert result.rejections["category"].iloc[0] == "corrupt"
+
+
+# A known bad file for each category, and the category written for it: the values that
+# metrics/ingest.json counts and the rejections CSV lists, whatever the messages say.
+LINK_OUT = utk(60, 0, 0, 40)
+NOT_UTF8 = b"F\xe9tes/" + utk(26, 1, 0, 2).encode()
+PINNED = {
+    "61_1_20170109142408075.jpg.chip.jpg": "malformed_name",
+    utk(0, 0, 0, 20): "label_out_of_range",
+    utk(31, 0, 0, 24): "empty",
+    utk(32, 0, 0, 25): "corrupt",
+    utk(33, 0, 0, 26): "not_an_image",
+    utk(90, 1, 1, 27): "duplicate",
+    utk(34, 0, 0, 28): "decompression_bomb",
+    OVERSIZED: "too_large",
+    LINK_OUT: "unsafe_path",
+    NOT_UTF8.decode("utf-8", "backslashreplace"): "name_not_utf8",
+}
+
+
+def test_each_category_keeps_its_value_for_a_known_bad_file(tmp_path):
+    source = write_folder(tmp_path / "UTKFace")
+    (source / LINK_OUT).symlink_to("/etc/passwd")
+    os.mkdir(os.path.join(os.fsencode(source), b"F\xe9tes"))
+    with open(os.path.join(os.fsencode(source), NOT_UTF8), "wb") as handle:
+        handle.write(solid((4, 5, 6)))
+    result = admit(iter_source(str(source), MAX_BYTES, 10, 0), SIZE, MAX_PIXELS, AGE_MAX, False)
+    written = dict(zip(result.rejections["file"], result.rejections["category"], strict=True))
+    assert {name: written[name] for name in PINNED} == PINNED
+    assert set(PINNED.values()) == set(Category)  # every category pinned
 
 
 # ---------------------------------------------------------------------------------------- main()

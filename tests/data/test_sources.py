@@ -17,7 +17,7 @@ from PIL import Image
 from raw_files import spy
 from tiny import AGE_MAX
 
-from stages.ingest import IngestResult, ingest
+from utkface.data.admission import Admission, admit
 from utkface.data.labels import parse_file_name
 from utkface.data.sources import RawFile, SourceError, describe, iter_source
 
@@ -78,14 +78,14 @@ def write_tar(path: Path, files: dict[str, bytes], extra: list | None = None) ->
     return path
 
 
-def run_ingest(source: Path | str, read: list[str] | None = None) -> IngestResult:
+def admit_source(source: Path | str, read: list[str] | None = None) -> Admission:
     files: Iterator[RawFile] = iter_source(str(source), MAX_BYTES, 10, 0)
     if read is not None:
         files = spy(files, read)
-    return ingest(files, SIZE, MAX_PIXELS, AGE_MAX, progress=False)
+    return admit(files, SIZE, MAX_PIXELS, AGE_MAX, progress=False)
 
 
-def by_id(result: IngestResult) -> dict[str, tuple]:
+def by_id(result: Admission) -> dict[str, tuple]:
     labels = result.labels.set_index("image_id")
     return {
         image_id: (row.age, row.gender, row.race, result.images[row.cache_index].tobytes())
@@ -105,14 +105,14 @@ def test_folder_is_read_recursively(tmp_path):
     names = [raw.name for raw in iter_source(str(root), MAX_BYTES, 10, 0)]
     assert names == sorted(names)  # stable order
     assert sorted(names) == sorted(FILES)
-    result = run_ingest(root)
+    result = admit_source(root)
     assert set(result.labels["image_id"]) == INGESTED
     assert list(result.rejections["file"]) == ["UTKFace/notes.txt"]
 
 
 @pytest.mark.parametrize("suffix", [".zip", ".tar.gz", ".tgz", ".tar"])
 def test_archives_give_the_same_result_as_the_folder(tmp_path, suffix):
-    folder = run_ingest(write_folder(tmp_path / "data"))
+    folder = admit_source(write_folder(tmp_path / "data"))
     archive = tmp_path / f"UTKFace{suffix}"
     if suffix == ".zip":
         write_zip(archive, FILES)
@@ -121,7 +121,7 @@ def test_archives_give_the_same_result_as_the_folder(tmp_path, suffix):
             for name, data in FILES.items():
                 tf.addfile(*tar_member(name, data))
     before = snapshot(tmp_path)
-    packed = run_ingest(archive)
+    packed = admit_source(archive)
     assert by_id(packed) == by_id(folder)
     assert sorted(packed.rejections["file"]) == sorted(folder.rejections["file"])
     assert packed.files_seen == folder.files_seen == len(FILES)
@@ -132,7 +132,7 @@ def test_tar_with_dot_slash_names_and_directory_entries(tmp_path):
     archive = tmp_path / "faces.tar.gz"
     dirs = [tar_member("./UTKFace", kind=tarfile.DIRTYPE)]
     write_tar(archive, {f"./UTKFace/{utk(25, 0, 0, 1)}": face(1)}, dirs)
-    result = run_ingest(archive)
+    result = admit_source(archive)
     assert list(result.labels["image_id"]) == [utk(25, 0, 0, 1).removesuffix(".jpg.chip.jpg")]
     assert result.files_seen == 1  # the directory entry is not a file
 
@@ -151,7 +151,7 @@ def test_links_out_of_the_source_folder_are_refused_unread(tmp_path):
     linked_root.symlink_to(root, target_is_directory=True)
     for source in (root, linked_root):
         read: list[str] = []
-        result = run_ingest(source, read)
+        result = admit_source(source, read)
         reasons = dict(zip(result.rejections["file"], result.rejections["reason"], strict=True))
         outside = [utk(31, 0, 0, 3), utk(32, 0, 0, 4), "more"]
         for name in outside:
@@ -190,7 +190,7 @@ def test_unsafe_members_are_refused_and_never_read(tmp_path, kind):
             assert set(tf.getnames()) >= set(EVIL)
     before = snapshot(tmp_path)
     read: list[str] = []
-    result = run_ingest(archive, read)
+    result = admit_source(archive, read)
 
     assert read == list(good)
     assert list(result.labels["file"]) == list(good)
@@ -213,7 +213,7 @@ def test_tar_links_and_devices_are_refused(tmp_path):
     ]
     write_tar(archive, {utk(25, 0, 0, 1): face(1)}, extra)
     read: list[str] = []
-    result = run_ingest(archive, read)
+    result = admit_source(archive, read)
     assert read == [utk(25, 0, 0, 1)]
     rejected = result.rejections.set_index("file")
     assert sorted(rejected.index) == [utk(40, 0, 0, 2), utk(41, 0, 0, 3), utk(42, 0, 0, 4)]
@@ -233,7 +233,7 @@ def test_oversized_files_are_refused_without_reading(tmp_path, kind):
     else:
         source = write_tar(tmp_path / "f.tar.gz", files)
     read: list[str] = []
-    result = run_ingest(source, read)
+    result = admit_source(source, read)
     assert read == [utk(25, 0, 0, 1)]
     (reason,) = result.rejections["reason"]
     assert reason == f"file too large: {len(big)} bytes exceeds max_file_bytes={MAX_BYTES}"
@@ -284,7 +284,7 @@ def write_zip_with_raw_names(path: Path, files: dict[str, bytes], raw: dict[str,
     return path
 
 
-def written(result: IngestResult, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def written(result: Admission, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The labels and rejections written as the stage writes them (parquet, CSV) and read
     back: a name holding a lone surrogate made these writes raise UnicodeEncodeError."""
     result.labels.to_parquet(folder / "labels.parquet", index=False)
@@ -302,7 +302,7 @@ def test_names_that_are_not_utf8_are_refused_unread_with_the_name_escaped(tmp_pa
     else:
         source = write_latin1_tar(tmp_path / "faces.tar.gz", NEXT_TO_THEM, LATIN1)
     read: list[str] = []
-    labels, rejections = written(run_ingest(source, read), tmp_path)
+    labels, rejections = written(admit_source(source, read), tmp_path)
 
     assert sorted(read) == sorted(labels["file"]) == sorted(NEXT_TO_THEM)
     shown = {raw.decode("utf-8", "backslashreplace") for raw in LATIN1}  # 2017\xe9 and so on
@@ -317,7 +317,7 @@ def test_link_to_a_name_that_is_not_utf8_is_refused_with_the_target_escaped(tmp_
     root = write_folder(tmp_path / "data", NEXT_TO_THEM)
     write_raw_name(tmp_path, b"elsewhere/f\xe9te.jpg", face(10))
     (root / utk(32, 0, 0, 5)).symlink_to(os.fsdecode(tmp_path / "elsewhere") + "/f\udce9te.jpg")
-    labels, rejections = written(run_ingest(root), tmp_path)
+    labels, rejections = written(admit_source(root), tmp_path)
     assert sorted(labels["file"]) == sorted(NEXT_TO_THEM)
     (reason,) = rejections["reason"]
     assert reason.startswith("unsafe path: link out of the source folder refused")
@@ -333,7 +333,7 @@ def test_zip_names_without_the_utf8_flag_are_read_as_cp437(tmp_path):
            "25_0_0_2017@.jpg": b"25_0_0_2017\xe9.jpg"}  # fmt: skip
     files = {utk(30, 0, 0, 1): face(1)} | {stand_in: face(11 + i) for i, stand_in in enumerate(raw)}
     write_zip_with_raw_names(archive, files, raw)
-    labels, rejections = written(run_ingest(archive), tmp_path)
+    labels, rejections = written(admit_source(archive), tmp_path)
     assert sorted(labels["file"]) == sorted([utk(30, 0, 0, 1), "F\u0398tes/" + utk(26, 1, 0, 2)])
     assert list(rejections["file"]) == ["25_0_0_2017\u0398.jpg"]
     assert list(rejections["category"]) == ["malformed_name"]
@@ -364,7 +364,7 @@ def test_zip_member_header_flagged_utf8_that_is_not_is_rejected_as_corrupt(tmp_p
     start = packed.index(first.encode())
     packed[start : start + 2] = b"\xe9\xe9"
     archive.write_bytes(bytes(packed))
-    labels, rejections = written(run_ingest(archive), tmp_path)
+    labels, rejections = written(admit_source(archive), tmp_path)
     assert list(labels["file"]) == [second]
     assert list(rejections["file"]) == [first]
     assert rejections["reason"][0].startswith("corrupt or unreadable file: 'utf-8' codec")
@@ -435,7 +435,7 @@ def test_synthetic_source_is_deterministic_and_labelled():
 
 
 def test_synthetic_source_ingests_cleanly():
-    result = ingest(iter_source("synthetic", MAX_BYTES, 10, 3), SIZE, MAX_PIXELS, AGE_MAX, False)
+    result = admit(iter_source("synthetic", MAX_BYTES, 10, 3), SIZE, MAX_PIXELS, AGE_MAX, False)
     assert result.files_seen == 10
     assert result.images.shape == (10, SIZE, SIZE, 3)
     assert result.rejections.empty

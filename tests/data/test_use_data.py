@@ -141,8 +141,16 @@ def test_set_ingest_source_finds_source_after_other_keys_and_only_in_ingest(tmp_
         "ingest": {"image_size": 32, "source": "data/raw/UTKFace"},
         "other": {"source": "untouched"},
     }
-    assert "  source: data/raw/UTKFace  # where the faces are\n" in text
+    # a longer value pushes its comment along (ruamel.yaml keeps one space before the `#`)
+    assert "  source: data/raw/UTKFace # where the faces are\n" in text
     assert text.startswith("# top comment\n") and "image_size: 32   # size\n" in text
+
+
+def test_set_ingest_source_keeps_the_comment_column_when_the_value_fits(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("lr: null     # tuned\ningest:\n  source: synthetic   # faces\n")
+    set_ingest_source("raw/UTK", path)
+    assert path.read_text() == "lr: null     # tuned\ningest:\n  source: raw/UTK     # faces\n"
 
 
 def test_set_ingest_source_without_a_source_line(tmp_path):

@@ -7,7 +7,6 @@ import io
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from model_fixtures import (
     use_tmp_store,
 )
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from tiny import free_port
 
 from utkface.data.synthetic import draw_face
 from utkface.mlops import registry
@@ -74,12 +74,6 @@ def browser() -> Iterator[Browser]:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

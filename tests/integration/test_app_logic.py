@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.models.model import ModelInfo
 from model_fixtures import (
@@ -14,10 +15,14 @@ from model_fixtures import (
     MODEL_NAME,
     log_tiny_serving_model,
     register_version,
+    scratch_reference,
     use_tmp_store,
 )
+from PIL import Image
 
 from utkface.app import logic
+from utkface.data.imaging import prepare_image
+from utkface.inference import faces
 from utkface.inference.client import InputLimits, PredictError
 from utkface.mlops import registry
 
@@ -27,7 +32,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelInfo]:
     with pytest.MonkeyPatch.context() as patch:
         root = tmp_path_factory.mktemp("app_logic")
         use_tmp_store(patch, root)
-        info = log_tiny_serving_model(root)
+        info = log_tiny_serving_model(root, varied=True)  # answers that differ by image
         register_version(info, age_mae=7.5, gender_accuracy=0.85, data_version="d-42")
         registry.registry_client().set_registered_model_alias(MODEL_NAME, registry.CHAMPION, "1")
         yield info
@@ -58,13 +63,31 @@ def test_faces_then_the_whole_image(champion: ModelInfo) -> None:
     row = logic.sample_images()["Synthetic faces: three in a row"]
     predictions = logic.predict_faces(model, row, limits.image_size)
     assert [p.face for p in predictions] == [1, 2, 3]
-    assert all(p.error is None and 0 <= p.age <= 116 for p in predictions)
+    assert [p.error for p in predictions] == [None] * 3
+    # the reference: each reported box cropped as UTKFace crops are, through the Keras file
+    photo = Image.fromarray(row)
+    crops = []
+    for prediction in predictions:
+        left, top, side, _ = faces.crop_box(prediction.box, *photo.size)
+        crops.append(prepare_image(photo.crop((left, top, left + side, top + side)), IMAGE_SIZE))
+    assert_like(predictions, scratch_reference(champion.model_uri, np.stack(crops)))
+    assert len({round(p.age, 3) for p in predictions}) == 3  # three faces, three answers
     blank = np.full((120, 200, 3), 90, dtype=np.uint8)
     assert logic.predict_faces(model, blank, limits.image_size) == []
     whole = logic.predict_whole(model, blank, limits.image_size)
     assert whole.box == (40, 0, 120, 120)  # the centre square the model sees
     assert whole.face is None
-    assert whole.gender in ("male", "female")
+    # a flat grey image is flat grey at any size: the model sees exactly this
+    seen = np.full((1, IMAGE_SIZE, IMAGE_SIZE, 3), 90, dtype=np.uint8)
+    assert_like([whole], scratch_reference(champion.model_uri, seen))
+
+
+def assert_like(predictions: list, expected: pd.DataFrame) -> None:
+    """The app's predictions are the reference answers, in order."""
+    assert [p.gender for p in predictions] == expected["gender"].tolist()
+    for name in ("age", "age_low", "age_high", "p_female"):
+        actual = [getattr(p, name) for p in predictions]
+        assert actual == pytest.approx(expected[name].tolist(), rel=1e-5), name
 
 
 def test_the_upload_limit_is_the_models() -> None:

@@ -29,6 +29,7 @@ def test_the_stages_are_the_pipeline() -> None:
         "check_params",
         "ingest",
         "features",
+        "prefix",
         "validate",
         "balance",
         "split",
@@ -75,8 +76,9 @@ def covered(key: str, listed: list[str]) -> bool:
     return any(key == entry or key.startswith(f"{entry}.") for entry in listed)
 
 
-# The default family, then the ensemble, which runs both families' code (the scratch CNN's too)
-FAMILIES = ({}, {"model": {"backbone": "ensemble"}})
+# The default family, the ensemble, which runs both families' code (the scratch CNN's too), and
+# the finetuned family
+FAMILIES = ({}, {"model": {"backbone": "ensemble"}}, {"model": {"backbone": "finetuned"}})
 
 
 @pytest.fixture(scope="module")

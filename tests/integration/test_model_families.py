@@ -1,6 +1,7 @@
 """The model families end to end on a tiny synthetic project with a throwaway MLflow store:
-every stage's `main()` for the pretrained family, then tune/train/evaluate again as an
-ensemble; the registered pyfunc predicts exactly what the stages' in-process models do."""
+every stage's `main()` for the pretrained family, then, each in a copy, the stages again for the
+finetuned family and an ensemble; the registered pyfunc predicts what the stages' in-process
+models do."""
 
 from __future__ import annotations
 
@@ -10,17 +11,24 @@ from pathlib import Path
 import keras
 import mlflow
 import numpy as np
+import onnx
 import pandas as pd
 import pytest
 import yaml
+from dvc_project import copied_project
 from mlflow import MlflowClient
+from onnx import numpy_helper
 from tiny import AGE_MAX, dag_params, with_overrides
 
 from utkface import paths
 from utkface.data.synthetic import synthetic_files
-from utkface.inference.families import OnnxHead
+from utkface.inference.evaluation import served_inputs
+from utkface.inference.families import OnnxHead, combine
 from utkface.inference.pyfunc import SYNTHETIC_TRAINING, to_base64
+from utkface.model.face_backbone import package_files
+from utkface.model.finetuned import GENDER_FEATURES, PREFIX
 from utkface.model.fitting import load_inputs
+from utkface.model.prefix_cache import prefix_graph
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +40,9 @@ FAMILIES = {
     "tune": {"head": {"learning_rates": [0.001, 0.003], "max_trials": 2, "epochs": 2}},
     "register": {"model_name": "families"},
 }
-DAG = ["ingest", "features", "validate", "balance", "split", "tune", "train", "evaluate"]
+DAG = [
+    "ingest", "features", "prefix", "validate", "balance", "split", "tune", "train", "evaluate"
+]  # fmt: skip
 
 
 def write_params(root: Path, backbone: str) -> None:
@@ -59,11 +69,25 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         yield root
 
 
+def enter(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`root` as the working directory and MLflow store (also MLflow's process-wide URI, which
+    a stage sets and which outranks the environment)."""
+    monkeypatch.chdir(root)
+    uri = f"sqlite:///{root}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    return root
+
+
 @pytest.fixture
 def in_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(project)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project}/mlflow.db")
-    return project
+    return enter(project, monkeypatch)
+
+
+@pytest.fixture
+def in_copy(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the project, for a test that changes it."""
+    return enter(copied_project(project, tmp_path / "families"), monkeypatch)
 
 
 def test_features_are_one_row_per_ingested_image(in_project: Path) -> None:
@@ -138,7 +162,7 @@ def test_evaluate_reports_the_intervals_coverage(in_project: Path) -> None:
     interval = yaml.safe_load(paths.AGE_INTERVAL.read_text())
     assert interval["kind"] == "bins" and len(interval["centres"]) > 1
     metrics = yaml.safe_load(paths.EVALUATE_METRICS.read_text())
-    assert 0.5 <= metrics["test_age_interval_coverage"] <= 1  # 36 test faces: a wide margin
+    assert metrics["test_age_interval_coverage"] >= 0.5  # of 80 %, on 36 test faces: a wide margin
     assert metrics["test_age_interval_width"] > 0
     buckets = pd.read_csv(paths.BY_AGE_BUCKET)
     assert {"age_interval_coverage", "age_interval_width"} <= set(buckets.columns)
@@ -158,8 +182,8 @@ def test_the_served_pretrained_model_predicts_as_the_stages_do(in_project: Path)
     assert served["gender"].tolist() == expected["gender"].tolist()
 
 
-def test_an_ensemble_averages_both_families(in_project: Path) -> None:
-    write_params(in_project, "ensemble")
+def test_an_ensemble_averages_both_families(in_copy: Path) -> None:
+    write_params(in_copy, "ensemble")
     run(["tune", "train", "evaluate"])
     assert sorted(p.name for p in paths.MODEL.iterdir()) == [
         "age_interval.json",
@@ -178,3 +202,53 @@ def test_an_ensemble_averages_both_families(in_project: Path) -> None:
     np.testing.assert_allclose(expected["age"], averaged, rtol=1e-6)
     train = yaml.safe_load(paths.TRAIN_METRICS.read_text())
     assert train["backbone"] == "ensemble" and {"pretrained", "scratch"} <= set(train)
+
+
+def _initializers(path: Path) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_the_finetuned_family_trains_the_age_networks_last_stage(in_copy: Path) -> None:
+    write_params(in_copy, "finetuned")
+    run(["prefix", "tune", "train", "evaluate"])
+    assert sorted(p.name for p in paths.MODEL.iterdir()) == [
+        "age_interval.json",
+        "finetuned.keras",
+        "finetuned.onnx",
+        "finetuned_age.onnx",
+    ]
+    cached = np.load(paths.PREFIX_ACTIVATIONS)
+    assert cached.shape == (COUNT, 2, 2, 7, 7, 128)  # each face: itself and 1 view, + mirrors
+    assert not np.array_equal(cached[:, 0], cached[:, 1])  # the view is jittered
+    # only the last stage's convolutions and the dense layer learned: the prefix, dlib's
+    # affine layers (frozen) and the graph are the wheel's
+    wheel = onnx.load(str(package_files().network("age")))
+    before, after = (
+        _initializers(package_files().network("age")),
+        _initializers(paths.FINETUNED_AGE_NETWORK),
+    )
+    assert before.keys() == after.keys()
+    changed = {name for name in before if not np.array_equal(before[name], after[name])}
+    prefix = {i.name for i in prefix_graph(wheel).graph.initializer}
+    op_of = {name: node.op_type for node in wheel.graph.node for name in node.input}
+    assert changed and not changed & prefix
+    assert {op_of[name] for name in changed} <= {"Conv", "Gemm"}
+    # the served model: its own age network in the backbone, the head on ONNX Runtime
+    registered = yaml.safe_load(paths.REGISTERED.read_text())
+    served = _served(str(registered["version"]))
+    inputs = served_inputs("finetuned", "test")
+    expected = combine([OnnxHead(paths.served_file("finetuned"))(inputs.images[:6])], AGE_MAX)
+    np.testing.assert_allclose(served["age"], expected["age"], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(served["p_female"], expected["p_female"], atol=1e-5)
+    # ... and the Keras model as trained, on the cached (float16) prefix of each face
+    keras_model = keras.saving.load_model(paths.member_model("finetuned"), compile=False)
+    test = load_inputs("finetuned", "test")
+    trained = keras_model.predict(
+        {PREFIX: test.images[PREFIX][:6, 0].astype("float32"),
+         GENDER_FEATURES: test.images[GENDER_FEATURES][:6]},
+        verbose=0,
+    )  # fmt: skip
+    np.testing.assert_allclose(served["age"], trained["age"].ravel(), atol=0.05)
+    np.testing.assert_allclose(served["p_female"], trained["gender"].ravel(), atol=5e-3)
+    train = yaml.safe_load(paths.TRAIN_METRICS.read_text())
+    assert train["backbone"] == "finetuned" and "val_age_mae" in train

@@ -2,7 +2,9 @@
 `dvc exp show`, `dvc plots diff`) on a tiny synthetic set, in a temporary copy of the project
 with its own git repository, DVC cache and throwaway MLflow store.
 
-The tests share one project and run in file order: each leaves it as the next expects.
+The module reproduces that project once (`project`, which tests only read) and runs three
+queued experiments once in a copy of it (`experiments`); a test that changes a project gets its
+own copy (`workspace`). Any test passes alone and in any order.
 """
 
 from __future__ import annotations
@@ -15,14 +17,17 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
-from dvc_project import clean_env, reproduced_project
+from dvc_project import clean_env, copied_project, reproduced_project
 from dvc_project import run as _run
 from dvc_project import stages_run as _stages_run
 from mlflow import MlflowClient
 from tiny import default_params, with_overrides
 
+from utkface.inference.pyfunc import to_base64
 from utkface.mlops.runs import ENDED_BY_TAG
 
 pytestmark = pytest.mark.slow
@@ -64,6 +69,24 @@ def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Pa
     return reproduced_project(
         tmp_path_factory.mktemp("project"), env, with_overrides(default_params(), TINY)
     )
+
+
+@pytest.fixture
+def workspace(project: Path, tmp_path: Path) -> Path:
+    """A copy of `project` for a test that changes it."""
+    return copied_project(project, tmp_path / "project")
+
+
+@pytest.fixture(scope="module")
+def experiments(
+    project: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A copy of `project` after `QUEUED` ran through `dvc exp run --queue` and `--run-all`."""
+    root = copied_project(project, tmp_path_factory.mktemp("experiments") / "project")
+    for name, change in QUEUED.items():
+        _run(["dvc", "exp", "run", "--queue", "-n", name, "-S", change], root, env)
+    _run(["dvc", "exp", "run", "--run-all", "-j", "1"], root, env)
+    return root
 
 
 def _client(root: Path) -> MlflowClient:
@@ -125,32 +148,33 @@ def test_metrics_and_plot_tables_are_committed_with_the_lock(
 
 
 def test_trained_model_beats_median_baseline(project: Path) -> None:
+    """A linear model on 24 px pixels gets to 0.65 x the median's age MAE and 0.91 gender
+    accuracy (tests/data/test_synthetic.py); the trained model got 0.36 and 0.95 here on 120
+    test faces. The age bar is out of the linear model's reach with room for other CPUs; gender
+    on 120 faces moves by 2 points by chance, so its bar stays well above chance only."""
     report = json.loads((project / "metrics/evaluate.json").read_text())
-    assert report["test_age_mae"] < 0.8 * report["test_baseline_age_mae"], report
-    assert report["test_gender_accuracy"] > 0.7, report
+    assert report["test_age_mae"] < 0.5 * report["test_baseline_age_mae"], report
+    assert report["test_gender_accuracy"] > 0.85, report
     subgroups = json.loads((project / "metrics/subgroups.json").read_text())
     assert {"age_bucket", "gender", "race", "per_class", "confusion_matrix"} <= set(subgroups)
     assert subgroups["worst"]["age"]["group"]
 
 
-def test_second_repro_does_nothing(project: Path, env: dict[str, str]) -> None:
-    done = _run(["dvc", "repro"], project, env)
+def test_second_repro_does_nothing(workspace: Path, env: dict[str, str]) -> None:
+    """Also in a copy, whose DVC has never seen these files: the lock is what they hash to."""
+    done = _run(["dvc", "repro"], workspace, env)
     assert "Running stage" not in done.stdout
     assert "up to date" in done.stdout
 
 
-def test_image_size_change_reruns_ingest_and_validate(project: Path, env: dict[str, str]) -> None:
-    params_file = project / "params.yaml"
-    original = params_file.read_text()
-    try:
-        params = yaml.safe_load(original)
-        params["ingest"]["image_size"] = TINY["ingest"]["image_size"] + 16
-        params_file.write_text(yaml.safe_dump(params, sort_keys=False))
-        status = json.loads(_run(["dvc", "status", "--json"], project, env).stdout)
-        assert {"ingest", "validate"} <= set(status)
-        assert "balance" not in status
-    finally:
-        params_file.write_text(original)
+def test_image_size_change_reruns_ingest_and_validate(workspace: Path, env: dict[str, str]) -> None:
+    params_file = workspace / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["ingest"]["image_size"] = TINY["ingest"]["image_size"] + 16
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(_run(["dvc", "status", "--json"], workspace, env).stdout)
+    assert {"ingest", "validate"} <= set(status)
+    assert "balance" not in status
 
 
 def test_mlflow_has_tuning_trials_training_run_and_challenger(
@@ -207,20 +231,29 @@ def test_plots_show_draws_the_declared_plots_only(project: Path, env: dict[str, 
     assert buckets == sorted(buckets, key=lambda name: int(name.split("-")[0].rstrip("+")))
 
 
-def test_promote_then_predict_with_the_champion(project: Path, env: dict[str, str]) -> None:
-    _run(["utkface", "promote"], project, env)
-    faces = project / "faces"
-    _run(["utkface", "synth", str(faces), "--count", "3"], project, env)
-    done = _run(["utkface", "predict", str(faces), "--json"], project, env)
-    predictions = json.loads(done.stdout)
-    assert len(predictions) == 3
-    assert all(p["gender"] in ("male", "female") and 0 <= p["p_female"] <= 1 for p in predictions)
+def test_promote_then_predict_with_the_champion(workspace: Path, env: dict[str, str]) -> None:
+    _run(["utkface", "promote"], workspace, env)
+    registered = json.loads((workspace / "models/registered.json").read_text())
+    client = _client(workspace)
+    champion = client.get_model_version_by_alias("utkface-age-gender", "champion")
+    assert int(champion.version) == registered["version"]  # the only version: it beat the median
+    faces = workspace / "faces"
+    _run(["utkface", "synth", str(faces), "--count", "4"], workspace, env)
+    done = _run(["utkface", "predict", str(faces), "--json"], workspace, env)
+    predicted = pd.DataFrame(json.loads(done.stdout))  # sorted by path
+    files = sorted(faces.iterdir())
+    assert [Path(path).name for path in predicted["path"]] == [f.name for f in files]
+    # the champion's pyfunc in this process, on the files' bytes
+    model = mlflow.pyfunc.load_model(f"models:/utkface-age-gender/{champion.version}")
+    expected = model.predict(pd.DataFrame({"image": [to_base64(f.read_bytes()) for f in files]}))
+    np.testing.assert_allclose(predicted["age"], expected["age"], atol=1e-4)
+    assert predicted["gender"].tolist() == expected["gender"].tolist()
 
 
-def test_lr_override_retrains_without_tuning(project: Path, env: dict[str, str]) -> None:
-    done = _run(["dvc", "exp", "run", "-n", "exp-lr-0005", "-S", "lr=0.0005"], project, env)
+def test_lr_override_retrains_without_tuning(workspace: Path, env: dict[str, str]) -> None:
+    done = _run(["dvc", "exp", "run", "-n", "exp-lr-0005", "-S", "lr=0.0005"], workspace, env)
     assert _stages_run(done.stdout) == {"check_params", "train", "evaluate"}
-    latest = _train_runs(project)[0]
+    latest = _train_runs(workspace)[0]
     assert float(latest.data.params["lr_used"]) == 0.0005
     assert latest.data.params["lr_source"] == "params"
     assert latest.info.run_name == latest.data.tags["dvc_exp_name"] == "exp-lr-0005"
@@ -228,21 +261,16 @@ def test_lr_override_retrains_without_tuning(project: Path, env: dict[str, str])
 
 
 def test_queued_experiments_restore_every_stage_they_do_not_change(
-    project: Path, env: dict[str, str]
+    experiments: Path, env: dict[str, str]
 ) -> None:
-    _run(["git", "checkout", "--", "."], project, env)  # back to the committed baseline ...
-    _run(["dvc", "checkout"], project, env)  # ... and its cached outputs
-    for name, change in QUEUED.items():
-        _run(["dvc", "exp", "run", "--queue", "-n", name, "-S", change], project, env)
-    _run(["dvc", "exp", "run", "--run-all", "-j", "1"], project, env)
     for name in QUEUED:
-        log = _run(["dvc", "queue", "logs", name], project, env).stdout
+        log = _run(["dvc", "queue", "logs", name], experiments, env).stdout
         ran = _stages_run(log)
         expected = {"train", "evaluate"} if name.startswith("exp-lr") else {"balance", "split"}
         assert expected <= ran, (name, log[-3000:])
         skipped = {"ingest", "features", "validate"} | (BEFORE_TRAIN if "lr" in name else set())
         assert not ran & skipped, (name, ran)
-    runs = {r.info.run_name: r for r in _train_runs(project)}
+    runs = {r.info.run_name: r for r in _train_runs(experiments)}
     assert set(QUEUED) <= set(runs)  # MLflow run names are the DVC experiment names
     assert {runs[n].data.params["lr_used"] for n in ("exp-lr-002", "exp-lr-004")} == {
         "0.002",
@@ -252,9 +280,9 @@ def test_queued_experiments_restore_every_stage_they_do_not_change(
 
 
 def test_exp_show_lists_params_and_test_metrics_of_main_and_each_experiment(
-    project: Path, env: dict[str, str]
+    experiments: Path, env: dict[str, str]
 ) -> None:
-    shown = json.loads(_run(["dvc", "exp", "show", "--json"], project, env).stdout)
+    shown = json.loads(_run(["dvc", "exp", "show", "--json"], experiments, env).stdout)
     baseline = next(entry for entry in shown if entry["rev"] != "workspace")
     rows = {"main": baseline["data"]}
     rows |= {e["name"]: e["revs"][0]["data"] for e in baseline.get("experiments") or []}
@@ -266,7 +294,7 @@ def test_exp_show_lists_params_and_test_metrics_of_main_and_each_experiment(
         assert "test_gender_accuracy" in metrics["metrics/evaluate.json"]["data"], name
         assert "best_val_objective" in metrics["metrics/tune.json"]["data"], name
         assert "lr" in data["params"]["params.yaml"]["data"], name
-    markdown = _run([*COMPACT, "--md"], project, env).stdout
+    markdown = _run([*COMPACT, "--md"], experiments, env).stdout
     table = [line for line in markdown.splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert header == [
@@ -278,16 +306,16 @@ def test_exp_show_lists_params_and_test_metrics_of_main_and_each_experiment(
     ], table[0]
     rows = {row.split("|")[1].split("[")[-1].strip(" ]"): row for row in table[2:]}
     assert "| 0.002 " in rows["exp-lr-002"] and "| 30 " in rows["exp-balance"], table
-    terminal = _run(COMPACT, project, env | {"COLUMNS": "80"}).stdout
+    terminal = _run(COMPACT, experiments, env | {"COLUMNS": "80"}).stdout
     assert all(len(line) <= 80 for line in terminal.splitlines()), terminal
     assert "exp-lr-002" in terminal and "test_gender_accuracy" in terminal, terminal
-    diff = _run(["dvc", "exp", "diff", "exp-lr-002", "exp-lr-004", "--json"], project, env)
+    diff = _run(["dvc", "exp", "diff", "exp-lr-002", "exp-lr-004", "--json"], experiments, env)
     assert "test_age_mae" in json.loads(diff.stdout)["metrics"]["metrics/evaluate.json"]
 
 
-def test_plots_diff_draws_both_experiments(project: Path, env: dict[str, str]) -> None:
+def test_plots_diff_draws_both_experiments(experiments: Path, env: dict[str, str]) -> None:
     args = ["dvc", "plots", "diff", "exp-lr-002", "exp-lr-004", "--json"]
-    shown = json.loads(_run(args, project, env).stdout)["data"]
+    shown = json.loads(_run(args, experiments, env).stdout)["data"]
     for title in ("Loss", "Predicted vs actual age (test)", "Age MAE per age bucket (test)"):
         (plot,) = shown[title]
         revs = {row["rev"] for row in plot["content"]["data"]["values"]}
@@ -303,16 +331,18 @@ def _experiment_metrics(root: Path, env: dict[str, str], name: str) -> dict:
 
 
 def test_an_experiment_pushed_from_one_clone_shows_in_another(
-    project: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    experiments: Path, env: dict[str, str], tmp_path: Path
 ) -> None:
     """DVC's way across machines: a shared git remote and a shared DVC remote."""
-    shared = tmp_path_factory.mktemp("shared")
+    project = copied_project(experiments, tmp_path / "project")  # it gets remotes
+    shared = tmp_path / "shared"
+    shared.mkdir()
     git_remote, dvc_remote = shared / "project.git", shared / "dvc-storage"
     _run(["git", "init", "-q", "--bare", "-b", "main", str(git_remote)], shared, env)
     _run(["git", "push", "-q", str(git_remote), "main"], project, env)
     _run(["dvc", "remote", "add", "--local", "-f", "-d", "shared", str(dvc_remote)], project, env)
     _run(["dvc", "exp", "push", str(git_remote), "exp-lr-002"], project, env)
-    other = tmp_path_factory.mktemp("other") / "clone"
+    other = tmp_path / "clone"
     _run(["git", "clone", "-q", str(git_remote), str(other)], shared, env)
     _run(["dvc", "remote", "add", "--local", "-f", "-d", "shared", str(dvc_remote)], other, env)
     _run(["dvc", "exp", "pull", str(git_remote), "exp-lr-002"], other, env)
@@ -337,34 +367,32 @@ def _wait_for_epochs(root: Path, process: subprocess.Popen[str]) -> str:
 
 
 def test_a_stopped_or_killed_training_is_never_left_running(
-    project: Path, env: dict[str, str]
+    workspace: Path, env: dict[str, str]
 ) -> None:
     """SIGTERM ends the run as KILLED at once; after SIGKILL the next train closes it."""
-    params_file = project / "params.yaml"
+    params_file = workspace / "params.yaml"
     committed = params_file.read_text()
     endless = with_overrides(yaml.safe_load(committed), {"model": {"head": {"epochs": 1000}}})
     params_file.write_text(yaml.safe_dump(endless, sort_keys=False))
-    client = _client(project)
-    try:
-        outcome = {}
-        for stop in (signal.SIGTERM, signal.SIGKILL):
-            process = subprocess.Popen(
-                [sys.executable, "-m", "stages.train"], cwd=project, env=env, text=True,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            )  # fmt: skip
-            run_id = _wait_for_epochs(project, process)
-            process.send_signal(stop)
-            process.wait(timeout=60)
-            outcome[stop] = run_id, process.returncode
-        terminated, returncode = outcome[signal.SIGTERM]
-        assert returncode == 128 + signal.SIGTERM
-        assert client.get_run(terminated).info.status == "KILLED"
-        killed, _ = outcome[signal.SIGKILL]
-        assert client.get_run(killed).info.status == "RUNNING"  # nobody could close it
-    finally:
-        params_file.write_text(committed)
-    _run(["dvc", "repro", "--force", "--single-item", "train"], project, env)
+    client = _client(workspace)
+    outcome = {}
+    for stop in (signal.SIGTERM, signal.SIGKILL):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stages.train"], cwd=workspace, env=env, text=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        run_id = _wait_for_epochs(workspace, process)
+        process.send_signal(stop)
+        process.wait(timeout=60)
+        outcome[stop] = run_id, process.returncode
+    terminated, returncode = outcome[signal.SIGTERM]
+    assert returncode == 128 + signal.SIGTERM
+    assert client.get_run(terminated).info.status == "KILLED"
+    killed, _ = outcome[signal.SIGKILL]
+    assert client.get_run(killed).info.status == "RUNNING"  # nobody could close it
+    params_file.write_text(committed)
+    _run(["dvc", "repro", "--force", "--single-item", "train"], workspace, env)
     run = client.get_run(killed)
     assert run.info.status == "KILLED"
     assert "marked KILLED by the next train run" in run.data.tags[ENDED_BY_TAG]
-    assert not [r for r in _train_runs(project) if r.info.status == "RUNNING"]
+    assert not [r for r in _train_runs(workspace) if r.info.status == "RUNNING"]

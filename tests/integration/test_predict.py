@@ -13,16 +13,20 @@ import numpy as np
 import pytest
 from mlflow.models.model import ModelInfo
 from model_fixtures import (
+    IMAGE_SIZE,
     MODEL_NAME,
     image_bytes,
     log_tiny_serving_model,
     register_version,
+    scratch_reference,
     use_tmp_store,
 )
 from PIL import Image
+from tiny import MAX_PIXELS
 
 from utkface.cli import predict as predict_command
 from utkface.cli import promote as promote_command
+from utkface.data.imaging import load_image, prepare_image
 from utkface.data.synthetic import draw_face
 from utkface.inference import client
 from utkface.inference.pyfunc import SYNTHETIC_TRAINING, SYNTHETIC_WARNING
@@ -35,7 +39,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelInfo]:
     with pytest.MonkeyPatch.context() as patch:
         root = tmp_path_factory.mktemp("predict")
         use_tmp_store(patch, root)
-        yield log_tiny_serving_model(root)
+        yield log_tiny_serving_model(root, varied=True)  # answers that differ by image
 
 
 @pytest.fixture
@@ -59,6 +63,19 @@ def by_name(entries: list[dict]) -> dict[str, dict]:
     return {Path(e["path"]).name: e for e in entries}
 
 
+def reference(logged: ModelInfo, *files: Path) -> list[dict]:
+    """The answers for whole image files, computed without the served model."""
+    images = np.stack([load_image(f.read_bytes(), IMAGE_SIZE, MAX_PIXELS) for f in files])
+    return scratch_reference(logged.model_uri, images).to_dict("records")
+
+
+def assert_answers(entries: list[dict], expected: list[dict]) -> None:
+    assert [e["gender"] for e in entries] == [x["gender"] for x in expected]
+    for name in ("age", "age_low", "age_high", "p_female"):
+        actual = [e[name] for e in entries]
+        assert actual == pytest.approx([x[name] for x in expected], rel=1e-5), name
+
+
 def test_find_images_recurses_and_reports_missing(folder: Path) -> None:
     files, missing = client.find_images([folder, folder / "notes.txt", folder / "nope.png"])
     assert [f.name for f in files] == ["a.png", "broken.jpg", "b.JPG", "notes.txt"]
@@ -76,16 +93,10 @@ def test_folder_json_has_predictions_and_per_file_error(
     out, err = capsys.readouterr()
     entries = by_name(json.loads(out))
     assert set(entries) == {"a.png", "b.JPG", "broken.jpg"}
-    for good in ("a.png", "b.JPG"):
-        entry = entries[good]
-        assert isinstance(entry["age"], float)
-        assert 0 <= entry["age"] <= 116
-        assert entry["gender"] in ("male", "female")
-        assert 0 <= entry["p_female"] <= 1
-        assert entry["age_low"] == pytest.approx(entry["age"] - 4)  # the tiny model's interval
-        assert entry["age_high"] == pytest.approx(entry["age"] + 6)
-        assert entry["face_check"] == "implausible"  # noise
-        assert entry["error"] is None
+    good = [entries["a.png"], entries["b.JPG"]]
+    assert_answers(good, reference(logged, folder / "a.png", folder / "nested" / "b.JPG"))
+    assert good[0]["age"] != pytest.approx(good[1]["age"])  # each file its own answer
+    assert [(e["face_check"], e["error"]) for e in good] == [("implausible", None)] * 2  # noise
     broken = entries["broken.jpg"]
     assert broken["error"] == "not an image (unrecognised format)"
     assert broken["age"] is None
@@ -129,8 +140,8 @@ def test_default_is_the_champion(
     assert promote_command.run(parser.parse_args([])) == 0
     capsys.readouterr()
     assert run(folder / "a.png", "--json") == 0  # all answered
-    (entry,) = json.loads(capsys.readouterr().out)
-    assert entry["gender"] in ("male", "female")
+    entries = json.loads(capsys.readouterr().out)
+    assert_answers(entries, reference(logged, folder / "a.png"))  # the champion is `logged`
 
 
 def test_bad_model_uri_is_a_clear_error(
@@ -168,7 +179,15 @@ def test_detect_faces_predicts_each_face_with_its_box(
     (x1, _, w1, _), (x2, _, w2, _) = (e["box"] for e in two)
     assert x1 >= 20 and x1 + w1 <= 140  # within the left face
     assert x2 >= 160 and x2 + w2 <= 280  # within the right face
-    assert all(0 <= e["age"] <= 116 and e["gender"] in ("male", "female") for e in two)
+    # the reference: each reported box cropped as UTKFace crops are (`faces.crop_box`), at the
+    # model's input size, through the Keras file
+    photo = Image.open(tmp_path / "two.jpg").convert("RGB")
+    crops = []
+    for entry in two:
+        left, top, side, _ = client.faces.crop_box(tuple(entry["box"]), *photo.size)
+        crops.append(prepare_image(photo.crop((left, top, left + side, top + side)), IMAGE_SIZE))
+    assert_answers(two, scratch_reference(logged.model_uri, np.stack(crops)).to_dict("records"))
+    assert two[0]["age"] != pytest.approx(two[1]["age"])  # two faces, two answers
     errors = {Path(e["path"]).name: e["error"] for e in entries if e["error"]}
     assert errors["noise.png"] == client.NO_FACE
     assert "run without --detect-faces" in errors["noise.png"]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -48,6 +49,16 @@ def test_process_alive() -> None:
         assert not runs.process_alive(zombie.pid)
     finally:
         zombie.wait()
+
+
+def test_another_users_process_is_alive(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert runs.process_alive(1)  # init, root's
+
+    def denied(process: psutil.Process) -> str:
+        raise psutil.AccessDenied(process.pid)  # as macOS answers for another user's process
+
+    monkeypatch.setattr(psutil.Process, "status", denied)
+    assert runs.process_alive(os.getpid())
 
 
 def test_orphans_of_dead_processes_on_this_host_are_closed(experiment: str) -> None:

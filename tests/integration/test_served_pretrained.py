@@ -20,14 +20,18 @@ import pandas as pd
 import pytest
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PyFuncModel
-from model_fixtures import FACE_SIZE, log_tiny_serving_model, save_tiny_head, use_tmp_store
+from model_fixtures import (
+    FACE_SIZE,
+    astronaut_face,
+    log_tiny_serving_model,
+    save_tiny_head,
+    use_tmp_store,
+)
 from PIL import Image
 from raw_files import STORED, stored
-from skimage import data
 from tiny import AGE_MAX, MAX_PIXELS
 
 from utkface.data.imaging import load_image
-from utkface.inference import faces
 from utkface.model.face_backbone import FaceBackbone, package_files
 from utkface.scoring.age_interval import AgeInterval
 
@@ -42,14 +46,6 @@ def png(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def astronaut_face() -> np.ndarray:
-    """The face in scikit-image's public-domain NASA portrait, cropped as `--detect-faces`
-    crops a face, at the model's input size."""
-    photo = data.astronaut()
-    (crop,) = faces.crop_faces(photo, faces.detect_faces(photo))
-    return np.asarray(Image.fromarray(crop).resize((FACE_SIZE, FACE_SIZE)))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +95,7 @@ def _frameworks_after(body: str, cwd: Path) -> tuple[list[str], str]:
 
 def test_predict_loads_and_answers_without_tensorflow(logged: ModelInfo, tmp_path: Path) -> None:
     photo = tmp_path / "face.png"
-    photo.write_bytes(png(astronaut_face()))
+    photo.write_bytes(png(astronaut_face(FACE_SIZE)))
     body = f"""
 from utkface.cli.main import main
 try:
@@ -142,19 +138,24 @@ print("label:", logic.label(face))
 def test_every_exif_orientation_gets_the_answer_of_the_upright_photo(
     pyfunc: PyFuncModel,
 ) -> None:
-    upright = Image.fromarray(astronaut_face())
+    upright = Image.fromarray(astronaut_face(FACE_SIZE))
     cells = [b64(stored(upright, orientation)) for orientation in STORED]
     answers = pyfunc.predict(pd.DataFrame({"image": cells}))
     expected = answers.iloc[[0] * len(STORED)].reset_index(drop=True)  # orientation 1
     pd.testing.assert_frame_equal(answers, expected)
-    sideways = pyfunc.predict(pd.DataFrame({"image": [b64(png(np.rot90(astronaut_face())))]}))
+    sideways = pyfunc.predict(
+        pd.DataFrame({"image": [b64(png(np.rot90(astronaut_face(FACE_SIZE))))]})
+    )
     assert sideways.loc[0, "face_check"] == "implausible"  # turned without a tag: not upright
 
 
 def test_the_interval_comes_from_the_heads_bins(
     logged: ModelInfo, pyfunc: PyFuncModel, tmp_path: Path
 ) -> None:
-    photos = [astronaut_face(), np.asarray(Image.fromarray(astronaut_face()).rotate(8))]
+    photos = [
+        astronaut_face(FACE_SIZE),
+        np.asarray(Image.fromarray(astronaut_face(FACE_SIZE)).rotate(8)),
+    ]
     answers = pyfunc.predict(pd.DataFrame({"image": [b64(png(p)) for p in photos]}))
     # the reference, without the pyfunc: the backbone's features into the Keras head (the same
     # seeded head as the fixture's, with its bins output), then the interval of the config
@@ -176,7 +177,7 @@ def test_the_interval_comes_from_the_heads_bins(
 def test_a_face_passes_the_face_check_and_noise_does_not(pyfunc: PyFuncModel) -> None:
     noise = np.random.default_rng(0).integers(0, 256, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     flat = np.full((FACE_SIZE, FACE_SIZE, 3), 128, dtype=np.uint8)
-    cells = [b64(png(p)) for p in (astronaut_face(), noise, flat)]
+    cells = [b64(png(p)) for p in (astronaut_face(FACE_SIZE), noise, flat)]
     answers = pyfunc.predict(pd.DataFrame({"image": cells}))
     assert answers["face_check"].tolist() == ["ok", "implausible", "implausible"]
     assert answers["age"].notna().all()  # answered all the same, never an error

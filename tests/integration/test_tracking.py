@@ -4,15 +4,20 @@ experiment (artifacts beside a SQLite store), lineage tags, flattened params, pe
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import keras
 import mlflow
 import numpy as np
 import pytest
+import yaml
+from dvc_project import clean_env, run
 from mlflow import MlflowClient
 
 from utkface.cli import predict as predict_command
@@ -165,6 +170,134 @@ def test_data_version_reads_the_image_cache_and_the_splits_by_default(
     assert tracking.data_version() != version
 
 
+WRITE_DATA = """\
+from pathlib import Path
+import pandas as pd
+Path("data/ingested").mkdir(parents=True, exist_ok=True)
+Path("data/split").mkdir(parents=True, exist_ok=True)
+Path("data/ingested/images.npy").write_bytes(b"images")
+for i, name in enumerate(("train", "val", "test")):
+    table = pd.DataFrame({"index": [i, i + 3], "age": [20 + i, 40], "gender": [0, 1]})
+    table.to_parquet(f"data/split/{name}.parquet", index=False)
+"""
+STAGE = """\
+import json
+from utkface.mlops import tracking
+report = {"changed": tracking.changed_params(), "version": tracking.data_version()}
+open("report.json", "w").write(json.dumps(report))
+"""
+
+
+def _write_data(root: Path) -> None:
+    """An image cache and three split tables where the stages write them."""
+    subprocess.run([sys.executable, "-c", WRITE_DATA], cwd=root, check=True)
+
+
+def test_split_tables_are_logged_as_mlflow_datasets(store: str, tmp_path: Path) -> None:
+    _write_data(tmp_path)
+    tracking.use_experiment("tests-tracking")
+    with mlflow.start_run() as run:
+        tracking.log_split_datasets(["train", "val"], "v1")
+    inputs = MlflowClient(store).get_run(run.info.run_id).inputs.dataset_inputs
+    logged = {i.dataset.name: (i.dataset, {t.key: t.value for t in i.tags}) for i in inputs}
+    assert sorted(logged) == ["train", "val"]
+    table = tmp_path / "data" / "split" / "train.parquet"
+    train, tags = logged["train"]
+    assert train.digest == hashlib.md5(table.read_bytes()).hexdigest()
+    assert train.source_type == "local"
+    assert '"num_rows": 2' in train.profile
+    assert tags == {"mlflow.data.context": "training", "data_version": "v1"}
+    assert logged["val"][1]["mlflow.data.context"] == "validation"
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git and DVC project whose `data` stage writes the image cache and the splits (as
+    outputs: a file and a folder) and whose `report` stage asks `tracking` for the changed
+    params and the data version while DVC runs it; reproduced and committed."""
+    root = tmp_path_factory.mktemp("dvc-project")
+    env = clean_env()
+    (root / "params.yaml").write_text("seed: 42\nlr: null\n")
+    (root / "make_data.py").write_text(WRITE_DATA)
+    (root / "report.py").write_text(STAGE)
+    stages = {
+        "data": {
+            "cmd": "python make_data.py",
+            "deps": ["make_data.py"],
+            "outs": ["data/ingested/images.npy", "data/split"],
+        },
+        "report": {
+            "cmd": "python report.py",
+            "deps": ["report.py", "data/ingested/images.npy", "data/split"],
+            "params": ["seed"],
+            "outs": [{"report.json": {"cache": False}}],
+        },
+    }
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    run(["git", "init", "-q", "-b", "main"], root, env)
+    run(["dvc", "init", "-q"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "project"], root, env)
+    run(["dvc", "repro"], root, env)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "repro"], root, env)
+    return root
+
+
+def test_the_data_version_comes_from_dvc_lock_and_equals_hashing_the_files(
+    dvc_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = yaml.safe_load((dvc_project / "dvc.lock").read_text())
+    (images,) = [o for o in lock["stages"]["data"]["outs"] if o["path"].endswith("images.npy")]
+    monkeypatch.chdir(dvc_project)
+    with monkeypatch.context() as reading:
+        reading.setattr(tracking, "_md5", _unexpected_read)
+        md5s = tracking.file_md5s()
+        version = tracking.data_version()
+    assert md5s[Path("data/ingested/images.npy")] == images["md5"]
+    for path, md5 in md5s.items():
+        assert md5 == hashlib.md5(path.read_bytes()).hexdigest(), path
+    reported = json.loads((dvc_project / "report.json").read_text())
+    assert reported["version"] == version  # what the stage found under `dvc repro`
+    outside = shutil.copytree(dvc_project / "data", tmp_path / "plain" / "data")
+    monkeypatch.chdir(outside.parent)  # no DVC: the files are hashed
+    assert tracking.data_version() == version
+
+
+def test_a_file_changed_since_dvc_recorded_it_is_hashed(
+    dvc_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = shutil.copytree(dvc_project, tmp_path / "copy", symlinks=True)
+    monkeypatch.chdir(copy)
+    recorded = tracking.data_version()
+    images = copy / "data" / "ingested" / "images.npy"
+    images.unlink()  # DVC may have linked it to its cache
+    images.write_bytes(b"other images")
+    assert tracking.data_version() != recorded
+    assert tracking.file_md5s()[Path("data/ingested/images.npy")] == (
+        hashlib.md5(b"other images").hexdigest()
+    )
+
+
+def test_a_stage_run_by_dvc_sees_the_params_dvc_exp_run_set(
+    dvc_project: Path, tmp_path: Path
+) -> None:
+    """`tracking.changed_params` asks DVC while `dvc repro` / `dvc exp run` hold the
+    repository's lock."""
+    assert json.loads((dvc_project / "report.json").read_text())["changed"] == {}
+    copy = shutil.copytree(dvc_project, tmp_path / "copy", symlinks=True)
+    env = clean_env()
+    run(["dvc", "exp", "run", "-S", "seed=3", "-S", "lr=0.0005"], copy, env)
+    assert json.loads((copy / "report.json").read_text())["changed"] == {
+        "lr": 0.0005,
+        "seed": 3,
+    }
+
+
+def _unexpected_read(path: Path) -> str:
+    raise AssertionError(f"{path} was hashed although dvc.lock records it")
+
+
 def test_lineage_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     monkeypatch.chdir(REPO)
@@ -181,6 +314,14 @@ def test_lineage_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert tags["git_changes"] == "none"
 
 
+def test_no_params_changes_outside_git(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "params.yaml").write_text("seed: 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert tracking.changed_params() == {}
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    assert tracking.changed_params() == {}
+
+
 def _git(root: Path, *args: str) -> None:
     subprocess.run(
         ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
@@ -192,12 +333,13 @@ def _git(root: Path, *args: str) -> None:
 
 @pytest.fixture
 def committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A git repository with params.yaml, a module and a metrics file committed."""
+    """A git and DVC repository with params.yaml, a module and a metrics file committed."""
     (tmp_path / "params.yaml").write_text("seed: 42\nlr: null\ntrain: {epochs: 60}\n")
     (tmp_path / "stage.py").write_text("x = 1\n")
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "evaluate.json").write_text("{}\n")
     _git(tmp_path, "init", "-q")
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True)
     _git(tmp_path, "add", "-A")
     _git(tmp_path, "commit", "-q", "-m", "base")
     monkeypatch.chdir(tmp_path)
@@ -256,7 +398,7 @@ def test_flatten_uses_dotted_keys() -> None:
         "lr": None,
     }
     assert tracking.flatten({}) == {}
-    assert tracking.flatten({"a": 1}, prefix="x.") == {"x.a": 1}
+    assert type(tracking.flatten({"n": 1})["n"]) is int  # a Python value, not NumPy's
 
 
 # --- per-epoch logging ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ promoted through it."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,8 @@ from utkface.mlops.tracking_server import ServerConfig, TrackingServerError
 
 QUEUED = {"team-lr-002": "lr=0.002", "team-lr-004": "lr=0.004"}
 QUEUE_TIMEOUT_S = 900
+# `utkface promote`'s gate decided by the age MAE alone: no rise allowed, gender accuracy free
+GATE = {"promote": {"max_age_mae_increase": 0.0, "max_gender_accuracy_decrease": 1.0}}
 
 
 def _utkface(*args: str) -> subprocess.CompletedProcess[str]:
@@ -44,6 +47,25 @@ def test_remote_listening_is_allowed_when_asked() -> None:
 def test_database_names_must_be_plain_identifiers() -> None:
     with pytest.raises(TrackingServerError, match="plain PostgreSQL name"):
         ServerConfig(Path("/srv/x"), db_name="mlflow; DROP DATABASE postgres")
+
+
+def test_server_pid_is_that_of_a_live_process(tmp_path: Path) -> None:
+    config = ServerConfig(tmp_path)
+    assert tracking_server.server_pid(config) is None  # no server.pid
+    config.pid_file.write_text("not a pid")
+    assert tracking_server.server_pid(config) is None
+    config.pid_file.write_text(str(os.getpid()))
+    assert tracking_server.server_pid(config) == os.getpid()
+    config.pid_file.write_text("1")  # init: root's, alive whoever asks
+    assert tracking_server.server_pid(config) == 1
+    server = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        os.waitid(os.P_PID, server.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        config.pid_file.write_text(str(server.pid))
+        assert tracking_server.server_pid(config) is None
+    finally:
+        server.wait()
+    assert tracking_server.server_pid(config) is None  # reaped: gone
 
 
 @pytest.mark.slow
@@ -156,7 +178,7 @@ def test_two_queued_experiments_run_at_once_into_the_server_and_one_is_promoted(
 ) -> None:
     uri = tracking_server_config.tracking_uri
     env = clean_env(MLFLOW_TRACKING_URI=uri)
-    root = reproduced_project(tmp_path / "project", env, dag_params())
+    root = reproduced_project(tmp_path / "project", env, dag_params(GATE))
     assert not (root / "mlflow.db").exists()  # every run went to the server
     for name, change in QUEUED.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", change], root, env)
@@ -185,14 +207,22 @@ def test_two_queued_experiments_run_at_once_into_the_server_and_one_is_promoted(
     assert all(v.status == "READY" for v in registered.values())
     assert "Traceback" not in tracking_server_config.log.read_text(errors="replace")
 
-    first, second = QUEUED
+    def champion() -> str:
+        return client.get_model_version_by_alias(model_name, registry.CHAMPION).version
+
+    def age_mae(name: str) -> float:
+        return runs[name][0].data.metrics["test_age_mae"]
+
+    better, worse = sorted(QUEUED, key=age_mae)
+    assert age_mae(better) < age_mae(worse), "equal MAEs: the gate's outcome is not known"
     # forced: a tiny model need not beat the median baseline that gates a first champion
-    promoted = run(["utkface", "promote", "--exp", first, "--force"], root, env)
-    assert client.get_model_version_by_alias(model_name, registry.CHAMPION).version == (
-        registered[first].version
-    ), promoted.stdout
-    gated = run(["utkface", "promote", "--exp", second], root, env, check=False)
-    assert "test_age_mae" in gated.stdout + gated.stderr  # the gate compared through the server
-    champion = client.get_model_version_by_alias(model_name, registry.CHAMPION).version
-    expected = registered[second if gated.returncode == 0 else first].version
-    assert champion == expected, (gated.returncode, gated.stdout, gated.stderr)
+    run(["utkface", "promote", "--exp", worse, "--force"], root, env)
+    assert champion() == registered[worse].version
+    # GATE: the age MAE may not rise at all, so the age MAE alone decides
+    passed = run(["utkface", "promote", "--exp", better], root, env, check=False)
+    assert passed.returncode == 0, (passed.stdout, passed.stderr)
+    assert champion() == registered[better].version
+    refused = run(["utkface", "promote", "--exp", worse], root, env, check=False)
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    assert "test_age_mae" in refused.stdout + refused.stderr  # compared through the server
+    assert champion() == registered[better].version

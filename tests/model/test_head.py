@@ -49,7 +49,13 @@ def test_the_age_output_is_the_mean_of_the_bin_distribution() -> None:
     np.testing.assert_allclose(out["age"][:, 0], out[AGE_BINS] @ centres, rtol=1e-5)
     assert not head.get_layer("age").trainable
     np.testing.assert_allclose(out[AGE_BINS].sum(axis=1), 1.0, rtol=1e-5)
-    assert ((out["gender"] >= 0) & (out["gender"] <= 1)).all()
+    # the gender output is the sigmoid of its logit, computed here from the hidden layer
+    hidden = keras.Model(head.input, head.get_layer("gender").input).predict(
+        data.images[:8], verbose=0
+    )
+    kernel, bias = head.get_layer("gender").get_weights()
+    expected = 1 / (1 + np.exp(-(hidden.astype(float) @ kernel + bias)))
+    np.testing.assert_allclose(out["gender"], expected, rtol=1e-5)
 
 
 def test_the_bin_loss_targets_the_nearest_centre() -> None:

@@ -14,8 +14,8 @@ from tiny import NO_AUGMENT, SIZE, TINY_MODEL, images, split, synthetic_faces, t
 from utkface.data.dataset import SplitData
 from utkface.data.labels import AGE, GENDER
 from utkface.model import fitting
-from utkface.model.network import build_model, compile_model, with_test_time_flip
-from utkface.params import LossWeights, ModelParams, TrainParams
+from utkface.model.network import PIXELS, build_model, compile_model, with_test_time_flip
+from utkface.params import LossWeights, ModelParams, ReduceLrParams, TrainParams
 
 RANDOM_LAYERS = (
     keras.layers.RandomFlip,
@@ -70,9 +70,16 @@ def test_gender_is_a_probability_even_for_extreme_images() -> None:
             np.full((1, SIZE, SIZE, 3), 255, "uint8"),
         ]
     )
-    gender = model.predict(batch, verbose=0)[GENDER]
-    assert np.all((gender >= 0.0) & (gender <= 1.0))
-    assert np.all(np.isfinite(model.predict(batch, verbose=0)[AGE]))
+    out = model.predict(batch, verbose=0)
+    # black and white reach the network as -1 and 1: the rescaling inside the model
+    pixels = keras.Model(model.input, model.get_layer(PIXELS).output).predict(batch[-2:], verbose=0)
+    assert (pixels[0] == -1).all() and (pixels[1] == 1).all()
+    # the gender output is the sigmoid of its logit, computed here from the last hidden layer
+    hidden = keras.Model(model.input, model.get_layer(GENDER).input).predict(batch, verbose=0)
+    kernel, bias = model.get_layer(GENDER).get_weights()
+    expected = 1 / (1 + np.exp(-(hidden.astype(float) @ kernel + bias)))
+    np.testing.assert_allclose(out[GENDER], expected, rtol=1e-5)
+    assert np.isfinite(out[AGE]).all()
 
 
 def test_age_bias_starts_at_the_prior() -> None:
@@ -120,8 +127,11 @@ def test_each_augmentation_changes_training_outputs(knob: dict) -> None:
     model = build_model(cfg, SIZE, seed=0)
     assert sum(isinstance(layer, RANDOM_LAYERS) for layer in model.layers) == 1
     x = images(16)
-    first, second = numpy(model(x, training=True)), numpy(model(x, training=True))
-    assert not np.allclose(first[AGE], second[AGE])
+    # what the network is fed: the images after augmentation (the outputs could be flat, from
+    # dead ReLUs at initialisation, whatever they are fed)
+    augmented = keras.Model(model.input, model.get_layer(PIXELS).output)
+    first, second = (keras.ops.convert_to_numpy(augmented(x, training=True)) for _ in range(2))
+    assert not np.allclose(first, second)
     inference = [model.predict(x, verbose=0)[AGE] for _ in range(2)]
     np.testing.assert_array_equal(*inference)
 
@@ -132,6 +142,8 @@ def test_without_augmentation_or_dropout_training_outputs_repeat() -> None:
     model = build_model(cfg, SIZE, seed=0)
     assert not any(isinstance(layer, RANDOM_LAYERS) for layer in model.layers)
     x = images(16)
+    augmented = keras.Model(model.input, model.get_layer(PIXELS).output)
+    np.testing.assert_allclose(augmented(x, training=True), x / 127.5 - 1, atol=1e-6)  # rescaled
     first, second = numpy(model(x, training=True)), numpy(model(x, training=True))
     np.testing.assert_allclose(first[AGE], second[AGE], rtol=1e-6)
 
@@ -171,7 +183,11 @@ def test_fit_history_names_the_metrics_per_head() -> None:
     expected = {"age_mae", "gender_accuracy", "val_age_mae", "val_gender_accuracy", "val_loss"}
     assert expected <= set(history)
     assert all(len(history[name]) == 2 for name in expected)
-    assert all(0.0 <= acc <= 1.0 for acc in history["val_gender_accuracy"])
+    # the last epoch's validation accuracy is the share of the 4 faces the fitted model gets right
+    val = split(4, seed=1)
+    p_female = model.predict(val.images, verbose=0)[GENDER].ravel()
+    right = float(np.mean((p_female > 0.5) == (val.gender == 1)))
+    assert history["val_gender_accuracy"][-1] == pytest.approx(right)
 
 
 # --- input pipeline and fit -------------------------------------------------------------------
@@ -224,8 +240,18 @@ def test_cosine_schedule_warms_up_peaks_at_lr_and_decays_to_zero() -> None:
 def test_plateau_schedule_keeps_the_lr_and_lowers_it_on_plateaus() -> None:
     cfg = TrainParams(lr_schedule="plateau")
     assert fitting.learning_rate(cfg, 0.01, epochs=10, steps_per_epoch=5) == 0.01
-    _, history = fitting.fit(TINY_MODEL, cfg, 0.01, split(8), split(4, seed=1), seed=0, epochs=1)
-    assert history["learning_rate"] == [pytest.approx(0.01)]
+    # a rate so small that the weights cannot move: val_loss never improves by ReduceLROnPlateau's
+    # min_delta (1e-4), so from the second epoch on every epoch is a plateau of patience 1
+    lr = 1e-8
+    cfg = TrainParams(
+        lr_schedule="plateau",
+        batch_size=4,
+        reduce_lr=ReduceLrParams(patience=1, factor=0.5, min_lr=0.0),
+    )
+    _, history = fitting.fit(TINY_MODEL, cfg, lr, split(8), split(4, seed=1), seed=0, epochs=4)
+    assert max(history["val_loss"]) - min(history["val_loss"]) < 1e-4  # the plateau
+    # each epoch logs the rate it trained with: halved after epochs 2 and 3
+    assert history["learning_rate"] == pytest.approx([lr, lr, lr / 2, lr / 4], rel=1e-5)
 
 
 def test_fit_follows_the_cosine_schedule_epoch_by_epoch() -> None:

@@ -250,8 +250,6 @@ def test_search_runs_one_nested_mlflow_run_per_trial_and_summarizes(
     assert {t["status"] for t in trials} == {"COMPLETED"}
     assert sorted(t["hyperparameters"]["lr"] for t in trials) == LEARNING_RATES
     for row in trials:
-        assert row["val_age_mae"] is not None and row["val_gender_accuracy"] is not None
-        assert 0.0 <= row["val_gender_accuracy"] <= 1.0
         assert row["best_epoch"] in (0, 1)
         # the score is the combined objective of the best epoch's metrics
         assert row[search.OBJECTIVE] == pytest.approx(

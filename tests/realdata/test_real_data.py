@@ -1,5 +1,6 @@
-"""The real UTKFace development folder (`../shared/utkface/crop_part1_dev`): ingest, GX validation,
-balance and split behave on real data. Everything derived from it is written under tmp_path."""
+"""The real UTKFace development folder (`../shared/utkface/crop_part1_dev`): admission, GX
+validation, balance and split behave on real data. All of it runs in memory: nothing derived
+from the folder is written."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from tiny import default_params
 
-from stages.ingest import main as ingest_main
 from stages.validate import validate
-from utkface import paths
 from utkface.checks.expectations import new_context
+from utkface.data.admission import admit, summarize
 from utkface.data.balancing import balance_plan
+from utkface.data.sources import iter_source
 from utkface.data.splitting import assign_splits, build_splits, check_no_leakage
-from utkface.params import Params, load_params
+from utkface.params import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "utkface" / "crop_part1_dev"
@@ -33,25 +33,23 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def ingested(tmp_path_factory) -> dict:
-    """Run the ingest stage on the real folder in a scratch directory, as DVC would."""
-    work = tmp_path_factory.mktemp("real")
+def ingested() -> dict:
+    """Admit the real folder with the default params, as the ingest stage does."""
     raw = default_params()
     raw["ingest"] = {**raw["ingest"], "source": str(REAL), "image_size": SIZE}
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(work)
-        ingest_main()
-        params = load_params()
-        out = {
-            "params": params,
-            "images": np.load(paths.IMAGES),
-            "labels": pd.read_parquet(paths.LABELS),
-            "rejections": pd.read_csv(paths.INGEST_REJECTIONS),
-            "summary": yaml.safe_load(paths.INGEST_METRICS.read_text()),
-        }
-    assert REPO.resolve() not in work.resolve().parents  # nothing derived lands in the repo
-    return out
+    params = parse_params(raw)
+    cfg = params.ingest
+    files = iter_source(cfg.source, cfg.max_file_bytes, cfg.synthetic_count, params.seed)
+    admission = admit(
+        files, cfg.image_size, cfg.max_image_pixels, params.validate_.age_max, progress=False
+    )
+    return {
+        "params": params,
+        "images": admission.images,
+        "labels": admission.labels,
+        "rejections": admission.rejections,
+        "summary": summarize(admission, cfg.source, cfg.image_size),
+    }
 
 
 @pytest.fixture(scope="module")

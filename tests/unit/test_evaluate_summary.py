@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stages.evaluate import worst_groups
+from utkface.scoring.report import worst_groups
 
 
 def test_worst_groups_say_which_grouping_and_metric() -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import tomllib
 from importlib import metadata, util
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from utkface import tensorflow_build
 from utkface.mlops.code import PROJECT_ROOT
@@ -55,9 +57,19 @@ def test_the_cpu_and_gpu_extras_each_bring_one_build_and_nothing_else_does(machi
         assert not [r for r in extras[name] if r.name == PROJECT and r.extras & {"cpu", "gpu"}]
 
 
-def test_this_environment_has_one_build_and_pins_it() -> None:
+def test_this_environment_has_one_build_and_pins_the_one_that_provides_tensorflow() -> None:
     (build,) = tensorflow_build.installed_builds()
-    assert tensorflow_build.distribution() == build
+    pinned = tensorflow_build.distribution()
+    # what pip knows independently: the distribution whose files hold the `tensorflow` package
+    # that imports here (`tensorflow/__init__.py`), found without importing it
+    origin = Path(util.find_spec("tensorflow").origin).resolve()
+    owners = [
+        canonicalize_name(name)
+        for name in metadata.packages_distributions()["tensorflow"]
+        if origin in {Path(f.locate()).resolve() for f in metadata.files(name) or []}
+    ]
+    assert owners == [canonicalize_name(build)]
+    assert canonicalize_name(pinned) == owners[0]
     tensorflow_build.require_tensorflow()
 
 

@@ -61,9 +61,14 @@ class ModelCard:
 
 def default_model_uri() -> str:
     """`--model` as passed by `utkface app`, else the champion named in params.yaml."""
-    return os.environ.get(MODEL_ENV) or registry.champion_uri(
-        load_params(only=("register",)).register_.model_name
-    )
+    return os.environ.get(MODEL_ENV) or registry.champion_uri(_registered_model_name())
+
+
+@cache
+def _registered_model_name() -> str:
+    """params.yaml's model name, parsed once per app process (Streamlit re-runs the page
+    script, not the process, on every interaction)."""
+    return load_params(only=("register",)).register_.model_name
 
 
 def model_card(uri: str) -> ModelCard:

@@ -9,13 +9,11 @@ the ingest stage depends on `data/raw`, which DVC hashes.
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAML
 
 from utkface import paths
 from utkface.data.sources import ARCHIVE_SUFFIXES
@@ -39,28 +37,27 @@ def copy_into_raw(source: Path, raw_dir: Path = paths.RAW) -> Path:
     return target
 
 
-def _yaml_scalar(value: str) -> str:
-    """`value` as written after `source:`: plain if YAML reads it back unchanged, else quoted."""
-    try:
-        if yaml.safe_load(f"source: {value}") == {"source": value}:
-            return value
-    except yaml.YAMLError:
-        pass
-    return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar
+def _round_trip() -> YAML:
+    """ruamel.yaml in round-trip mode: comments, key order, quoting and flow style survive."""
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # a long path stays on its line
+    # ruamel writes None as an empty value; params.yaml spells it `null` (`lr: null`)
+    yaml.representer.add_representer(
+        type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    return yaml
 
 
 def set_ingest_source(value: str, params_file: Path = paths.PARAMS) -> None:
-    """Rewrite the `source:` line of the `ingest:` section, keeping comments and layout."""
-    text = params_file.read_text()
-    pattern = re.compile(
-        r"(^ingest:\n(?:[ \t]+.*\n|\s*\n)*?[ \t]+source:[ \t]*)"
-        r"(\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\n]|'')*'|[^\s#][^\n]*?)(?=[ \t]+#|[ \t]*$)",
-        re.M,
-    )
-    if not pattern.search(text):
+    """Set `ingest.source` in `params_file`, keeping its comments and layout."""
+    yaml = _round_trip()
+    params = yaml.load(params_file)
+    ingest = params.get("ingest") if isinstance(params, dict) else None
+    if not isinstance(ingest, dict) or "source" not in ingest:
         raise ValueError(f"{params_file}: no ingest.source line found")
-    scalar = _yaml_scalar(value)
-    params_file.write_text(pattern.sub(lambda m: m.group(1) + scalar, text, count=1))
+    ingest["source"] = value
+    yaml.dump(params, params_file)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,9 @@ from utkface.data.augment import SPEC_COLUMNS, apply_spec
 
 @dataclass
 class SplitData:
-    images: np.ndarray  # uint8 (n, S, S, 3) images, or float32 (n, F) face features
+    # uint8 (n, S, S, 3) images, float32 (n, F) face features, or the finetuned family's
+    # arrays by input name (`utkface.model.finetuned`)
+    images: np.ndarray | dict[str, np.ndarray]
     age: np.ndarray  # float32 (n,), years (capped in train, true in val / test)
     gender: np.ndarray  # float32 (n,), 1.0 = female
     table: pd.DataFrame  # the split's rows, in the order of the arrays
@@ -31,7 +33,12 @@ def sample_rows(data: SplitData, size: int, seed: int) -> SplitData:
     if size >= len(data.age):
         return data
     keep = np.sort(np.random.default_rng(seed).choice(len(data.age), size=size, replace=False))
-    return SplitData(data.images[keep], data.age[keep], data.gender[keep], data.table.iloc[keep])
+    images = (
+        {name: array[keep] for name, array in data.images.items()}
+        if isinstance(data.images, dict)
+        else data.images[keep]
+    )
+    return SplitData(images, data.age[keep], data.gender[keep], data.table.iloc[keep])
 
 
 def load_split(

@@ -13,9 +13,15 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from utkface.data.rejections import Category
+
 
 class ImageError(ValueError):
-    """Bytes that are not a usable image; the message says why."""
+    """Bytes that are not a usable image; the message says why, `category` in a word."""
+
+    def __init__(self, message: str, category: Category) -> None:
+        super().__init__(message)
+        self.category = category
 
 
 def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -> Image.Image:
@@ -31,7 +37,7 @@ def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -
     upright (`upright`).
     """
     if not data:
-        raise ImageError("empty file (0 bytes)")
+        raise ImageError("empty file (0 bytes)", Category.EMPTY)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -40,7 +46,8 @@ def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageError(
-                    f"decompression bomb refused: {width}x{height} pixels exceeds {max_pixels}"
+                    f"decompression bomb refused: {width}x{height} pixels exceeds {max_pixels}",
+                    Category.DECOMPRESSION_BOMB,
                 )
             if target_size and image.format == "JPEG" and image.mode in ("RGB", "L"):
                 image.draft(image.mode, (target_size, target_size))
@@ -48,11 +55,13 @@ def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"decompression bomb refused: {error}") from None
+        raise ImageError(
+            f"decompression bomb refused: {error}", Category.DECOMPRESSION_BOMB
+        ) from None
     except UnidentifiedImageError:
-        raise ImageError("not an image (unrecognised format)") from None
+        raise ImageError("not an image (unrecognised format)", Category.NOT_AN_IMAGE) from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"corrupt or truncated image: {error}") from None
+        raise ImageError(f"corrupt or truncated image: {error}", Category.CORRUPT) from None
     return upright(image)
 
 

@@ -33,6 +33,14 @@ class LabelError(ValueError):
     """A file name that does not carry valid UTKFace labels."""
 
 
+class MalformedName(LabelError):
+    """A file name that is not ``age_gender_race_timestamp`` with numeric fields."""
+
+
+class LabelOutOfRange(LabelError):
+    """A well-formed name with an age, gender or race outside its range."""
+
+
 @dataclass(frozen=True)
 class FaceLabels:
     image_id: str
@@ -54,24 +62,24 @@ def image_id(file_name: str) -> str:
 
 def parse_file_name(file_name: str, age_max: int) -> FaceLabels:
     """Labels encoded in a UTKFace file name, age in [AGE_MIN, age_max]; raises `LabelError`
-    saying what is wrong."""
+    saying what is wrong (`MalformedName` or `LabelOutOfRange`)."""
     stem = image_id(file_name)
     match = _NAME.match(stem)
     if match is None:
         fields = stem.split("_")
         if len(fields) != 4:
-            raise LabelError(
+            raise MalformedName(
                 f"malformed name: expected age_gender_race_timestamp (4 fields), "
                 f"found {len(fields)} field(s) in {stem!r}"
             )
-        raise LabelError(f"malformed name: non-numeric field in {stem!r}")
+        raise MalformedName(f"malformed name: non-numeric field in {stem!r}")
     age, gender, race = (int(match[k]) for k in ("age", "gender", "race"))
     if not AGE_MIN <= age <= age_max:
-        raise LabelError(f"age {age} out of range [{AGE_MIN}, {age_max}]")
+        raise LabelOutOfRange(f"age {age} out of range [{AGE_MIN}, {age_max}]")
     if gender not in (0, 1):
-        raise LabelError(f"gender {gender} not in {{0, 1}}")
+        raise LabelOutOfRange(f"gender {gender} not in {{0, 1}}")
     if not 0 <= race < len(RACES):
-        raise LabelError(f"race {race} not in {{0..{len(RACES) - 1}}}")
+        raise LabelOutOfRange(f"race {race} not in {{0..{len(RACES) - 1}}}")
     return FaceLabels(stem, age, gender, race, match["timestamp"])
 
 

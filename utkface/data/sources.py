@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from utkface.data.labels import IMAGE_SUFFIXES
+from utkface.data.rejections import Category
 
 SYNTHETIC = "synthetic"
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
@@ -41,24 +42,34 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """Why a file must not be read at all: in words, and its category."""
+
+    reason: str
+    category: Category
+
+
+@dataclass(frozen=True)
 class RawFile:
     """One candidate file. `refusal` is set when it must not be read at all."""
 
     name: str
     read: Callable[[], bytes]
-    refusal: str | None = None
+    refusal: Refusal | None = None
 
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_SUFFIXES)
 
 
-def _unsafe_member(name: str) -> str | None:
+def _unsafe_member(name: str) -> Refusal | None:
     path = PurePosixPath(name.replace("\\", "/"))
     if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        return "unsafe archive member: absolute path refused"
+        return Refusal("unsafe archive member: absolute path refused", Category.UNSAFE_PATH)
     if ".." in path.parts:
-        return "unsafe archive member: '..' in path refused (path traversal)"
+        return Refusal(
+            "unsafe archive member: '..' in path refused (path traversal)", Category.UNSAFE_PATH
+        )
     return None
 
 
@@ -82,26 +93,30 @@ def _utf8_named(raw: RawFile) -> RawFile:
         raw.name.encode("utf-8")
     except UnicodeEncodeError:
         shown = _escaped(raw.name)
-        return RawFile(shown, raw.read, f"file name is not valid UTF-8: {shown}")
+        refusal = Refusal(f"file name is not valid UTF-8: {shown}", Category.NAME_NOT_UTF8)
+        return RawFile(shown, raw.read, refusal)
     return raw
 
 
-def _too_big(size: int, max_bytes: int) -> str | None:
+def _too_big(size: int, max_bytes: int) -> Refusal | None:
     if size > max_bytes:
-        return f"file too large: {size} bytes exceeds max_file_bytes={max_bytes}"
+        return Refusal(
+            f"file too large: {size} bytes exceeds max_file_bytes={max_bytes}", Category.TOO_LARGE
+        )
     return None
 
 
-def _outside(path: Path, real_root: Path) -> str | None:
+def _outside(path: Path, real_root: Path) -> Refusal | None:
     """Why a folder entry must not be read: a link that leads out of the source folder (or
     nowhere). Links inside it, and a source folder that is itself a link, are fine."""
     if not path.exists():
-        return "unsafe path: broken link refused"
+        return Refusal("unsafe path: broken link refused", Category.UNSAFE_PATH)
     real = path.resolve()
     if not real.is_relative_to(real_root):
-        return (
+        return Refusal(
             "unsafe path: link out of the source folder refused "
-            f"(it leads to {_escaped(str(real))})"
+            f"(it leads to {_escaped(str(real))})",
+            Category.UNSAFE_PATH,
         )
     return None
 
@@ -160,7 +175,9 @@ def _tar_files(archive: Path, max_bytes: int) -> Iterator[RawFile]:
                 continue
             refusal = _unsafe_member(member.name)
             if refusal is None and not member.isfile():
-                refusal = "unsafe archive member: links and devices refused"
+                refusal = Refusal(
+                    "unsafe archive member: links and devices refused", Category.UNSAFE_PATH
+                )
             refusal = refusal or _too_big(member.size, max_bytes)
 
             def read(member: tarfile.TarInfo = member) -> bytes:

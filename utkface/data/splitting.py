@@ -1,4 +1,4 @@
-"""Stage `split`: train / val / test by source image, stratified by age bucket x gender.
+"""The `split` stage's rule: train / val / test by source image, stratified by age bucket x gender.
 
 Every ingested image is assigned to exactly one split, stratified on its age bucket
 (`age_buckets`, true age) and gender, so all rows derived from one photo (the original and each

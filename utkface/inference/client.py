@@ -25,6 +25,7 @@ from PIL import Image
 
 from utkface.data.imaging import ImageError, decode_image, prepare_image
 from utkface.data.labels import AGE, GENDER, IMAGE_SUFFIXES
+from utkface.data.rejections import Category
 from utkface.inference import faces
 from utkface.inference.families import AGE_HIGH, AGE_LOW, P_FEMALE
 from utkface.inference.pyfunc import (
@@ -163,7 +164,7 @@ def predict_files(
 def decode_rgb(data: bytes, limits: InputLimits) -> np.ndarray:
     """The RGB uint8 pixels of image bytes, refused (`ImageError`) where the model would."""
     if len(data) > limits.max_image_bytes:
-        raise ImageError(too_large(len(data), limits.max_image_bytes))
+        raise ImageError(too_large(len(data), limits.max_image_bytes), Category.TOO_LARGE)
     return np.asarray(decode_image(data, limits.max_pixels).convert("RGB"))
 
 

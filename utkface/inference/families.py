@@ -1,8 +1,9 @@
 """Each model family's saved model run for inference, and the one rule that turns their outputs
 into an answer: what `train` (validation), `evaluate` (test) and the served model all call.
 
-The pretrained head runs on ONNX Runtime (`pretrained.onnx`, exported by `train`), so serving
-a pretrained model imports neither TensorFlow nor Keras. The scratch CNN stays a Keras model
+The heads of the pretrained and finetuned families run on ONNX Runtime (`pretrained.onnx`,
+`finetuned.onnx`, exported by `train`) on the backbone's face features, so serving them imports
+neither TensorFlow nor Keras. The scratch CNN stays a Keras model
 (`scratch.keras`): Keras, and with it TensorFlow, is imported only when such a model loads.
 """
 
@@ -30,6 +31,7 @@ from utkface.scoring.age_interval import AGE_HIGH, AGE_LOW, AgeInterval
 
 P_FEMALE = "p_female"
 BATCH = 64
+HEADS = ("pretrained", "finetuned")  # the families answering from face features
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class Family(Protocol):
 
 
 class OnnxHead:
-    """The pretrained head's ONNX graph: face features in, outputs out; one session, reused."""
+    """A head's ONNX graph: face features in, outputs out; one session, reused."""
 
     def __init__(self, path: Path, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -100,7 +102,7 @@ class KerasCnn:
 
 def load_family(member: str, path: Path) -> OnnxHead | KerasCnn:
     """The saved model of `member` at `path` (`paths.served_file`), ready to predict."""
-    return OnnxHead(path) if member == "pretrained" else KerasCnn(path)
+    return OnnxHead(path) if member in HEADS else KerasCnn(path)
 
 
 def combine(

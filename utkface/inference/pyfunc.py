@@ -47,9 +47,11 @@ from PIL import Image
 
 from utkface.data.imaging import ImageError, load_image
 from utkface.data.labels import AGE, GENDER
+from utkface.data.rejections import Category
 from utkface.inference.families import (
     AGE_HIGH,
     AGE_LOW,
+    HEADS,
     P_FEMALE,
     KerasCnn,
     combine,
@@ -132,17 +134,21 @@ def to_base64(data: bytes) -> str:
 def decode_row(value: Any, max_image_bytes: int) -> bytes:
     """One request cell (base64 string) to image bytes; raises `ImageError`."""
     if not isinstance(value, str):
-        raise ImageError(f"expected a base64-encoded image string, got {type(value).__name__}")
+        raise ImageError(
+            f"expected a base64-encoded image string, got {type(value).__name__}",
+            Category.NOT_AN_IMAGE,
+        )
     if len(value) > 4 * (max_image_bytes // 3 + 1):  # refuse before decoding a huge payload
         raise ImageError(
-            f"image of about {len(value) * 3 // 4} bytes exceeds the limit of {max_image_bytes}"
+            f"image of about {len(value) * 3 // 4} bytes exceeds the limit of {max_image_bytes}",
+            Category.TOO_LARGE,
         )
     try:
         data = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise ImageError("not valid base64") from None
+        raise ImageError("not valid base64", Category.NOT_AN_IMAGE) from None
     if len(data) > max_image_bytes:
-        raise ImageError(too_large(len(data), max_image_bytes))
+        raise ImageError(too_large(len(data), max_image_bytes), Category.TOO_LARGE)
     return data
 
 
@@ -156,7 +162,7 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
             m: load_family(m, Path(context.artifacts[model_artifact(m)])) for m in self.members
         }
         files = BackboneFiles(Path(context.artifacts[BACKBONE_ARTIFACT]))
-        self.backbone = FaceBackbone(files) if "pretrained" in self.members else None
+        self.backbone = FaceBackbone(files) if set(HEADS) & set(self.members) else None
         self.landmarks = self.backbone.landmarks if self.backbone else Landmarks(files)
         self.face_size = int(config["face_size"])
         # the side of the square image each family is prepared at
@@ -182,7 +188,7 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
         else:
             plausible = self.landmarks.plausible(faces)
         outputs = [
-            family(features if member == "pretrained" else np.stack(images[self.sizes[member]]))
+            family(features if member in HEADS else np.stack(images[self.sizes[member]]))
             for member, family in self.families.items()
         ]
         answers = combine(outputs, self.age_max, self.interval)

@@ -3,8 +3,9 @@
 
 A request whose declared size (Content-Length) is over the limit is answered 413 before any of
 its body is read; a body sent without a size (chunked) is read here as it arrives and refused
-once it passes the limit, so no more than the limit (and one chunk) of it is ever held. uvicorn runs
-`utkface.inference.server:app` with the model URI and the limit in the environment.
+once it passes the limit, so no more than the limit (and one chunk) of it is ever held.
+`utkface serve` runs uvicorn with the factory `utkface.inference.server:create_app` (`--factory`),
+which reads the model URI and the limit from the environment.
 """
 
 from __future__ import annotations

@@ -44,7 +44,9 @@ class _KerasFlavor:
         mlflow.keras.save_model(path=path, **kwargs)
 
 
-def log_keras_model(model: keras.Model, example: np.ndarray, name: str = "model") -> ModelInfo:
+def log_keras_model(
+    model: keras.Model, example: np.ndarray | dict[str, np.ndarray], name: str = "model"
+) -> ModelInfo:
     """Log `model` (Keras flavor) to the active run with its signature and an input example."""
     outputs = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
     return Model.log(

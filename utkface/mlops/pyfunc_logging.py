@@ -1,8 +1,8 @@
 """Logging the served model (`utkface.inference.pyfunc`) to MLflow with its config, its
-lineage, exactly the project code it runs, each family's saved model (the pretrained head's
-ONNX graph, the scratch CNN's Keras file) and the backbone's files: the landmark model (the
-face check), manifest and licence notices, and for the pretrained family its ONNX graphs with
-the feature outputs exposed."""
+lineage, exactly the project code it runs, each family's saved model (a head's ONNX graph,
+the scratch CNN's Keras file) and the backbone's files: the landmark model (the face check),
+manifest and licence notices, and for the head families its ONNX graphs with the feature
+outputs exposed (the finetuned family's own age network in place of the package's)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mlflow.models.model import ModelInfo
 
 from utkface import paths, tensorflow_build
 from utkface.inference import served_model
+from utkface.inference.families import HEADS
 from utkface.inference.pyfunc import (
     BACKBONE_ARTIFACT,
     IMAGE,
@@ -66,10 +67,12 @@ def log_serving_model(
     artifacts = {model_artifact(m): str(paths.served_file(m, model_folder)) for m in config.members}
     with tempfile.TemporaryDirectory() as tmp:
         package = copy_code([PYFUNC_MODULE], Path(tmp) / "code")
+        finetuned = paths.FINETUNED_AGE_NETWORK.relative_to(paths.MODEL)
         backbone = face_backbone.export(
             face_backbone.package_files(),
             Path(tmp) / "backbone",
-            networks="pretrained" in config.members,
+            networks=bool(set(HEADS) & set(config.members)),
+            replaced={"age": model_folder / finetuned} if "finetuned" in config.members else None,
         )
         artifacts[BACKBONE_ARTIFACT] = str(backbone.folder)
         return mlflow.pyfunc.log_model(

@@ -30,6 +30,10 @@ LINEAGE_KEYS = ("git_commit", "git_changes", "dvc_exp_name", "data_version")
 BACKBONE, TRAINED_ON, TRAINING_IMAGES = "backbone", "trained_on", "training_images"
 FAMILIES = {
     "pretrained": "a head on the frozen features of pretrained face networks (run on ONNX Runtime)",
+    "finetuned": (
+        "a head on pretrained face networks, the age network's last stage fine-tuned with it "
+        "(run on ONNX Runtime)"
+    ),
     "scratch": "a CNN trained from scratch",
     "ensemble": "the average of a head on pretrained face networks and a CNN from scratch",
 }
@@ -71,7 +75,7 @@ Limits:
 class ModelCardFacts:
     """What a version's card states besides its metrics and lineage."""
 
-    backbone: str  # pretrained | scratch | ensemble
+    backbone: str  # pretrained | finetuned | scratch | ensemble
     trained_on: str  # e.g. "synthetic demo set" or "real images"
     training_images: int
     synthetic: bool = False  # trained on the synthetic demo set

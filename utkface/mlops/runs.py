@@ -14,11 +14,11 @@ import signal
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import mlflow
+import psutil
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
@@ -40,17 +40,13 @@ def process_tags() -> dict[str, str]:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether `pid` is a live process (a zombie, dead but not yet reaped, is not)."""
+    """Whether `pid` is a live process: a zombie (dead, not yet reaped) is not, another user's
+    process is."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:  # ZombieProcess too, where the platform raises it
         return False
-    except PermissionError:  # exists, another user's
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (macOS): kill(0) is the answer
+    except psutil.AccessDenied:  # exists, another user's
         return True
 
 

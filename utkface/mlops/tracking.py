@@ -1,4 +1,4 @@
-"""MLflow wiring: one tracking store, experiment names and lineage tags (no Keras here).
+"""MLflow wiring: one tracking store, experiment names, lineage tags, datasets (no Keras here).
 
 The store is `MLFLOW_TRACKING_URI` when set, otherwise `mlflow.db` (SQLite) at the repository
 root. Queued DVC experiments run in a temporary copy under `.dvc/tmp/exps/`, so the root is
@@ -12,20 +12,29 @@ import functools
 import hashlib
 import os
 import subprocess
-from collections.abc import Iterable, Mapping
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 import mlflow
-import yaml
+import mlflow.data
+import pandas as pd
 from mlflow import MlflowClient
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 
 from utkface import paths
 
+if TYPE_CHECKING:
+    from dvc.output import Output
+    from dvc.repo import Repo
+
 TRAIN_EXPERIMENT = "utkface-age-gender"
 TUNE_EXPERIMENT = "utkface-age-gender-tuning"
+DATA_FILES = (paths.IMAGES, *map(paths.split_table, paths.SPLIT_NAMES))
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -140,19 +149,36 @@ def git_commit() -> str:
     return head.strip() if head else "unknown"
 
 
+def _dvc_repo() -> Repo | None:
+    """The DVC repository around the working directory; None outside one (or in a copy that
+    lost its .git). DVC is imported here: it comes with the pipeline extra, and the serving
+    install imports this module too."""
+    from dvc.exceptions import NotDvcRepoError
+    from dvc.repo import Repo
+    from dvc.scm import SCMError
+
+    try:
+        return Repo()
+    except (NotDvcRepoError, SCMError):
+        return None
+
+
 def changed_params() -> dict[str, Any]:
     """The params.yaml keys (dotted) whose values differ from HEAD's, with the workspace
-    values: what `dvc exp run -S ...` set. Empty outside a git repository."""
-    committed = _git("show", f"HEAD:{paths.PARAMS.as_posix()}")
-    if committed is None or not paths.PARAMS.exists():
+    values: what `dvc exp run -S ...` set (`dvc params diff`; DVC reads the files without its
+    repository lock, so a stage can ask while `dvc repro` runs it). A list comes as DVC shows
+    it, '[1, 3]'. Empty outside a DVC repository in git."""
+    from dvc.scm import NoSCMError
+
+    repo = _dvc_repo()
+    if repo is None:
         return {}
-    before = flatten(yaml.safe_load(committed) or {})
-    after = flatten(yaml.safe_load(paths.PARAMS.read_text()) or {})
-    return {
-        k: after.get(k)
-        for k in sorted(before.keys() | after.keys())
-        if before.get(k) != after.get(k)
-    }
+    with repo:
+        try:
+            diff = repo.params.diff().get("diff", {}).get(paths.PARAMS.as_posix(), {})
+        except NoSCMError:  # `dvc init --no-scm`: no HEAD to compare with
+            return {}
+    return {key: diff[key]["new"] for key in sorted(diff)}
 
 
 def changed_files() -> list[str]:
@@ -199,17 +225,72 @@ def run_name(stage: str) -> str:
     return f"{stage} {_listed(params, most=3)}" if params else f"{stage} @{git_commit()[:7]}"
 
 
-def data_version(
-    files: Iterable[Path] = (paths.IMAGES, *map(paths.split_table, paths.SPLIT_NAMES)),
-) -> str:
-    """md5 over the image cache and the three split tables: what a model was trained and
-    tested on. Equal versions mean comparable test metrics."""
-    digest = hashlib.md5()
-    for path in files:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+def _size_on_disk(path: Path) -> int:
+    if path.is_dir():
+        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+    return path.stat().st_size
+
+
+def _output_md5s(output: Output, where: Path) -> dict[Path, str]:
+    """An output's md5 from dvc.lock; a folder's files' md5s from its listing in DVC's cache
+    (none if the cache lacks it)."""
+    if not output.hash_info.isdir:
+        return {where: output.hash_info.value}
+    listing = output.get_obj()
+    if listing is None:
+        return {}
+    return {where.joinpath(*key): hash_info.value for key, _, hash_info in listing}
+
+
+def _recorded_md5s(files: Iterable[Path]) -> dict[Path, str]:
+    """The md5s DVC recorded in dvc.lock for `files` or the output folders holding them, by
+    absolute path. An output whose size on disk differs from the record changed since."""
+    wanted = {path.absolute() for path in files}
+    repo = _dvc_repo()
+    if repo is None:
+        return {}
+    recorded: dict[Path, str] = {}
+    with repo:
+        for output in repo.index.outs:
+            where = Path(output.fs_path)
+            if not any(path == where or where in path.parents for path in wanted):
+                continue
+            if output.hash_info.value and _size_on_disk(where) == output.meta.size:
+                recorded |= _output_md5s(output, where)
+    return recorded
+
+
+def file_md5s(files: Iterable[Path] = DATA_FILES) -> dict[Path, str]:
+    """Each file's md5: as DVC recorded it when its stage ran (dvc.lock), so a stage does not
+    re-read hundreds of MB; hashed here where DVC has no record (a stage's main() run outside
+    DVC, as the tests do). Both give the same md5 for the same bytes."""
+    files = list(files)
+    recorded = _recorded_md5s(files)
+    return {path: recorded.get(path.absolute()) or _md5(path) for path in files}
+
+
+def _md5(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "md5").hexdigest()
+
+
+def data_version(files: Iterable[Path] = DATA_FILES) -> str:
+    """md5 over the md5s of the image cache and the three split tables: what a model was
+    trained and tested on. Equal versions mean comparable test metrics."""
+    return hashlib.md5("".join(file_md5s(files).values()).encode()).hexdigest()
+
+
+def log_split_datasets(names: Sequence[str], version: str) -> None:
+    """Log the split tables `names` ('train', 'val', 'test') as the active run's MLflow
+    datasets, MLflow's record of what a run trained and tested on: each named after its split,
+    its digest the table's md5, tagged with the `data_version`."""
+    md5s = file_md5s(map(paths.split_table, names))
+    for name, (table, md5) in zip(names, md5s.items(), strict=True):
+        source = LocalArtifactDatasetSource(str(table.absolute()))
+        with warnings.catch_warnings():  # a hint for model signatures, not for a record
+            warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+            dataset = mlflow.data.from_pandas(pd.read_parquet(table), source, name=name, digest=md5)
+            mlflow.log_input(dataset, context=SPLIT_CONTEXTS[name], tags={"data_version": version})
 
 
 def lineage_tags(version: str) -> dict[str, str]:
@@ -221,13 +302,8 @@ def lineage_tags(version: str) -> dict[str, str]:
     }
 
 
-def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'train': {'epochs': 3}} -> {'train.epochs': 3}, the keys `dvc exp show` uses too."""
-    flat: dict[str, Any] = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
+def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
+    """{'train': {'epochs': 3}} -> {'train.epochs': 3}, the keys `dvc exp show` uses too; an
+    empty mapping adds no key."""
+    (flat,) = pd.json_normalize(params, sep=".").to_dict(orient="records")
     return flat

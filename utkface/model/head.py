@@ -15,6 +15,7 @@ anywhere without custom objects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import pairwise
 
 import keras
@@ -22,7 +23,10 @@ import numpy as np
 from keras import layers
 
 from utkface.data.labels import AGE, AGE_BINS, GENDER
+from utkface.model.layerwise_lr import adam, layer_multipliers
 from utkface.params import HeadParams, TrainParams
+
+HEAD = "face_head"  # the model's name, also where it is nested (the finetuned family)
 
 
 def age_bin_centres(ages: np.ndarray, bins: int) -> np.ndarray:
@@ -64,7 +68,14 @@ def build_head(cfg: HeadParams, features: np.ndarray, ages: np.ndarray, seed: in
     age = expectation(bins)
     expectation.set_weights([centres[:, None]])
     gender = layers.Dense(1, activation="sigmoid", name=GENDER)(x)
-    return keras.Model(inputs, {AGE: age, GENDER: gender, AGE_BINS: bins}, name="face_head")
+    return keras.Model(inputs, {AGE: age, GENDER: gender, AGE_BINS: bins}, name=HEAD)
+
+
+def _expectation(model: keras.Model) -> keras.layers.Layer:
+    """The head's fixed `age` layer, in `model` or in the head nested in it."""
+    if AGE in {layer.name for layer in model.layers}:
+        return model.get_layer(AGE)
+    return model.get_layer(HEAD).get_layer(AGE)
 
 
 def compile_head(
@@ -72,12 +83,16 @@ def compile_head(
     cfg: HeadParams,
     train: TrainParams,
     lr: float | keras.optimizers.schedules.LearningRateSchedule,
+    multipliers: Mapping[str, float] | None = None,
 ) -> keras.Model:
     """Adam, the three losses weighted by `cfg`, and the `age_mae` / `gender_accuracy`
-    metrics of the scratch CNN, so tune, train and the plots compare both families."""
-    centres = model.get_layer(AGE).get_weights()[0][:, 0].tolist()
+    metrics of the scratch CNN, so tune, train and the plots compare both families. A model
+    with the head nested in it (the finetuned family) may give some of its layers a fraction
+    of the rate (`multipliers` by layer name)."""
+    centres = _expectation(model).get_weights()[0][:, 0].tolist()
+    rates = layer_multipliers(model, multipliers) if multipliers else None
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=lr),
+        optimizer=adam(lr, rates),
         loss={
             AGE: keras.losses.Huber(delta=train.huber_delta),
             GENDER: keras.losses.BinaryCrossentropy(),
@@ -99,4 +114,4 @@ def compile_head(
 def serving_head(model: keras.Model) -> keras.Model:
     """The head as saved and served: only the `age` and `gender` outputs."""
     outputs = {name: model.get_layer(name).output for name in (AGE, GENDER)}
-    return keras.Model(model.input, outputs, name="face_head")
+    return keras.Model(model.input, outputs, name=HEAD)

@@ -7,7 +7,8 @@ objectives unweighted and years of MAE would swamp accuracy:
 
 With gender_weight = 10, one percentage point of gender accuracy is worth 0.1 year of MAE.
 
-Each model family has its own search: the scratch CNN's (`tune.*`) and the pretrained head's
+Each model family has its own search: the scratch CNN's (`tune.*`), the finetuned family's
+(`tune.finetune.*`) and the pretrained head's
 (`tune.head.*`). Every trial builds the model with `build_member` and fits it with `fit_model`,
 the loop `train` uses: the same learning-rate schedule (over the search's `epochs`) and the
 same callbacks. The winner's values, all of them, reach `train` as one `TunedValues` per
@@ -63,10 +64,13 @@ class ObjectiveCallback(keras.callbacks.Callback):
 
 
 def member_params(params: Params, member: Member, knobs: dict[str, Any]) -> ModelParams:
-    """`params.model` with one trial's knobs applied to `member`'s part (the head's or the
-    CNN's)."""
+    """`params.model` with one trial's knobs applied to `member`'s part (the head's,
+    fine-tuning's or the CNN's)."""
     if member == "pretrained":
         return params.model.model_copy(update={"head": params.model.head.model_copy(update=knobs)})
+    if member == "finetuned":
+        finetune = params.model.finetune.model_copy(update=knobs)
+        return params.model.model_copy(update={"finetune": finetune})
     return params.model.model_copy(update=knobs)
 
 

@@ -1,8 +1,10 @@
 """PNG figures for the evaluate and train stages (and their MLflow runs).
 
-Each function takes data and an output path, writes a PNG and returns the path. Figures are
-built with matplotlib's object API on an explicit Agg canvas, so nothing depends on (or changes)
-the pyplot backend or its global figure registry, and no figure outlives its call.
+Each `plot_*` function takes data and an output path, writes a PNG and returns the path; the
+`*_figure` function of the same name builds the matplotlib Figure it saves, so what is drawn can
+be read back. Figures are built with matplotlib's object API on an explicit Agg canvas, so
+nothing depends on (or changes) the pyplot backend or its global figure registry, and no figure
+outlives its call.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 def plot_age_scatter(age: ArrayLike, pred_age: ArrayLike, path: str | Path) -> Path:
     """Predicted against true age, with the ideal y = x line and the MAE in the title."""
+    return _save(age_scatter_figure(age, pred_age), path)
+
+
+def age_scatter_figure(age: ArrayLike, pred_age: ArrayLike) -> Figure:
+    """The figure of `plot_age_scatter`."""
     age, pred_age = np.asarray(age, dtype=float), np.asarray(pred_age, dtype=float)
     fig = Figure(figsize=(5.5, 5.5), dpi=DPI)
     ax = fig.add_subplot()
@@ -43,13 +50,20 @@ def plot_age_scatter(age: ArrayLike, pred_age: ArrayLike, path: str | Path) -> P
     mae = mean_absolute_error(age, pred_age)
     ax.set_title(f"Age: predicted vs true (MAE {mae:.2f} years)")
     ax.legend(loc="upper left")
-    return _save(fig, path)
+    return fig
 
 
 def plot_confusion(
     cm: Sequence[Sequence[int]] | np.ndarray, path: str | Path, labels: Sequence[str] = GENDERS
 ) -> Path:
     """Confusion matrix (rows = true, columns = predicted) with the count in every cell."""
+    return _save(confusion_figure(cm, labels), path)
+
+
+def confusion_figure(
+    cm: Sequence[Sequence[int]] | np.ndarray, labels: Sequence[str] = GENDERS
+) -> Figure:
+    """The figure of `plot_confusion`."""
     cm = np.asarray(cm, dtype=int)
     fig = Figure(figsize=(4.5, 4), dpi=DPI)
     ax = fig.add_subplot()
@@ -62,7 +76,7 @@ def plot_confusion(
     for (row, col), count in np.ndenumerate(cm):
         color = "white" if count > half else "black"
         ax.text(col, row, str(count), ha="center", va="center", color=color, fontsize=12)
-    return _save(fig, path)
+    return fig
 
 
 BUCKET_METRICS = {"age_mae": "age MAE (years)", "gender_accuracy": "gender accuracy"}
@@ -71,6 +85,11 @@ BUCKET_METRICS = {"age_mae": "age MAE (years)", "gender_accuracy": "gender accur
 def plot_by_bucket(table: pd.DataFrame, metric: str, path: str | Path) -> Path:
     """`metric` ('age_mae' or 'gender_accuracy') per true-age bucket of a `by_bucket_table`,
     one bar per bucket labelled with its number of test faces."""
+    return _save(by_bucket_figure(table, metric), path)
+
+
+def by_bucket_figure(table: pd.DataFrame, metric: str) -> Figure:
+    """The figure of `plot_by_bucket`."""
     label = BUCKET_METRICS[metric]
     fig = Figure(figsize=(7, 4), dpi=DPI)
     ax = fig.add_subplot()
@@ -78,7 +97,7 @@ def plot_by_bucket(table: pd.DataFrame, metric: str, path: str | Path) -> Path:
     ax.bar_label(bars, labels=[f"n={n}" for n in table["n"]], fontsize=8)
     ax.margins(y=0.12)
     ax.set(xlabel="true age bucket (years)", ylabel=label, title=f"{label} by age bucket")
-    return _save(fig, path)
+    return fig
 
 
 def _caption(true_age: float, true_gender: int, pred_age: float, p_female: float) -> str:
@@ -100,6 +119,19 @@ def plot_sample_grid(
 ) -> Path:
     """Faces (uint8, shape (n, S, S, 3)) in a grid, captioned 'true 34 F / pred 31 F (0.93)';
     the caption is red where the predicted gender is wrong."""
+    figure = sample_grid_figure(images, true_age, true_gender, pred_age, p_female, cols)
+    return _save(figure, path)
+
+
+def sample_grid_figure(
+    images: np.ndarray,
+    true_age: ArrayLike,
+    true_gender: ArrayLike,
+    pred_age: ArrayLike,
+    p_female: ArrayLike,
+    cols: int = 4,
+) -> Figure:
+    """The figure of `plot_sample_grid`."""
     rows = -(-len(images) // cols)
     fig = Figure(figsize=(cols * 2.2, rows * 2.4), dpi=DPI)
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
@@ -110,7 +142,7 @@ def plot_sample_grid(
         ax.imshow(image)
         wrong = int(gender_labels(p)) != int(gender)
         ax.set_title(_caption(age, gender, pred, p), fontsize=7, color="red" if wrong else "black")
-    return _save(fig, path)
+    return fig
 
 
 LEARNING_PANELS = (
@@ -122,10 +154,15 @@ LEARNING_PANELS = (
 
 def plot_learning_curves(history: pd.DataFrame, path: str | Path) -> Path:
     """Training against validation per epoch: total loss, age MAE and gender accuracy."""
+    return _save(learning_curves_figure(history), path)
+
+
+def learning_curves_figure(history: pd.DataFrame) -> Figure:
+    """The figure of `plot_learning_curves`."""
     fig = Figure(figsize=(13, 3.8), dpi=DPI)
     for ax, (metric, label) in zip(fig.subplots(1, 3), LEARNING_PANELS, strict=True):
         ax.plot(history["epoch"], history[metric], marker="o", markersize=3, label="train")
         ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", markersize=3, label="val")
         ax.set(xlabel="epoch", ylabel=label, title=label)
         ax.legend()
-    return _save(fig, path)
+    return fig

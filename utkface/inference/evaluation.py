@@ -1,0 +1,94 @@
+"""A split predicted as the served model predicts (each family run from its saved file on
+the inputs the served model would give it, combined by `families.combine`, each answer with the
+calibrated age interval), and the served model's config."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from utkface import paths
+from utkface.data.dataset import SplitData, load_split
+from utkface.data.labels import AGE
+from utkface.inference.families import (
+    AGE_HIGH,
+    AGE_LOW,
+    P_FEMALE,
+    Family,
+    KerasCnn,
+    combine,
+)
+from utkface.inference.pyfunc import SYNTHETIC_TRAINING, ServingConfig
+from utkface.model import face_backbone
+from utkface.params import Member, Params
+from utkface.scoring.age_interval import AgeInterval
+
+
+def served_inputs(member: Member, split: str) -> SplitData:
+    """What the served model gives family `member` for one split's faces: the image for the
+    scratch CNN, the face features for a head. The finetuned family's are computed here by the
+    age network it saved (on the aligned chips `features` cached) beside the gender network's
+    cached ones; the pretrained family's are those `features` cached."""
+    if member == "scratch":
+        return load_split(split)
+    data = load_split(split, images_path=paths.FEATURE_TABLE, augment=False)
+    if member == "pretrained":
+        return data
+    chips = np.load(paths.AGE_CHIPS, mmap_mode="r")[data.table["cache_index"].to_numpy()]
+    with tempfile.TemporaryDirectory() as folder:
+        files = face_backbone.export(
+            face_backbone.package_files(),
+            Path(folder),
+            replaced={"age": paths.FINETUNED_AGE_NETWORK},
+        )
+        age = face_backbone.FaceBackbone(files).network_features("age", np.asarray(chips))
+    features = np.concatenate([age, data.images[:, age.shape[1] :]], axis=1)
+    return SplitData(features, data.age, data.gender, data.table)
+
+
+def predict_split(
+    families: dict[Member, Family],
+    inputs: dict[Member, SplitData],
+    age_max: int,
+    interval: AgeInterval,
+) -> pd.DataFrame:
+    """True labels beside the predicted ages (clamped) with their intervals and the
+    probabilities of female, the families' predictions combined as the served model does."""
+    outputs = [family(inputs[member].images) for member, family in families.items()]
+    predicted = combine(outputs, age_max, interval)
+    table = next(iter(inputs.values())).table
+    frame = table[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
+    frame["pred_age"] = predicted[AGE].to_numpy()
+    frame["p_female"] = predicted[P_FEMALE].to_numpy(dtype=float)
+    frame[AGE_LOW], frame[AGE_HIGH] = predicted[AGE_LOW], predicted[AGE_HIGH]
+    return frame
+
+
+def serving_config(
+    params: Params, families: dict[Member, Family], interval: AgeInterval
+) -> ServingConfig:
+    """The served model's config; clients crop faces to the largest input of its families."""
+    sizes = [
+        family.input_size if isinstance(family, KerasCnn) else params.features.image_size
+        for family in families.values()
+    ]
+    return ServingConfig(
+        image_size=max(sizes),
+        max_image_bytes=params.register_.max_image_bytes,
+        max_pixels=params.ingest.max_image_pixels,
+        age_max=params.validate_.age_max,
+        age_interval=interval.to_config(),
+        face_size=params.features.image_size,
+        members=tuple(families),
+        trained_on=trained_on(params),
+    )
+
+
+def trained_on(params: Params) -> str:
+    """What trained the model, in words, for its card and the synthetic-data warnings."""
+    if params.ingest.is_synthetic:
+        return SYNTHETIC_TRAINING
+    return "real images"

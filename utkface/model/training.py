@@ -1,0 +1,193 @@
+"""Training a model family: what `tune` handed over applied to the params, the one fit loop,
+the model finished for serving and saved, and the summary `metrics/train.json` holds.
+
+`pretrained` fits the head on the cached face features, `scratch` the CNN on images, and
+`ensemble` both (the served model averages them). What `tune` found (`models/tuned.json`) is
+applied in full: per family, its best value of every searched knob, and its learning rate unless
+params' top-level `lr` is a number, so `dvc exp run -S lr=0.0005` retrains without re-running
+`tune` (with `ensemble`, that rate is used for both families). MLflow is the caller's: this
+module returns what to log.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import pandas as pd
+
+from utkface import paths
+from utkface.data.dataset import SplitData
+from utkface.model import finetuned
+from utkface.model.batchnorm import recompute_statistics
+from utkface.model.fitting import fit, load_inputs, stops_early
+from utkface.model.head import serving_head
+from utkface.model.head_export import save_head_onnx
+from utkface.model.network import with_test_time_flip
+from utkface.model.saving import save_model
+from utkface.params import (
+    HEAD_MEMBERS,
+    EarlyStoppingParams,
+    Member,
+    ModelParams,
+    Params,
+    Tuned,
+    TunedValues,
+)
+
+MEMBER = "member"
+
+
+def resolve_lr(fixed_lr: float | None, tuned: TunedValues | None) -> tuple[float, str]:
+    """The learning rate to train with and where it came from ('params' or 'tune')."""
+    if fixed_lr is not None:
+        return fixed_lr, "params"
+    if tuned is None:
+        raise ValueError(
+            f"lr is null/auto but {paths.TUNED} has no tuned values for this model family: run "
+            "the tune stage (dvc repro tune) or set a number, e.g. dvc exp run -S lr=0.001"
+        )
+    return tuned.lr, "tune"
+
+
+def load_tuned() -> Tuned:
+    """What tune handed over (nothing before tune has run)."""
+    if not paths.TUNED.exists():
+        return Tuned()
+    return Tuned.model_validate_json(paths.TUNED.read_text())
+
+
+def member_config(params: Params, member: Member, tuned: TunedValues | None) -> ModelParams:
+    """`params.model` with the knobs tuned for `member` applied."""
+    if tuned is None:
+        return params.model
+    if member == "pretrained":
+        return params.model.model_copy(update={"head": tuned.head_params(params.model.head)})
+    if member == "finetuned":
+        finetune = tuned.finetune_params(params.model.finetune)
+        return params.model.model_copy(update={"finetune": finetune})
+    return tuned.model_params(params.model)
+
+
+def history_table(history: dict[str, list[float]]) -> pd.DataFrame:
+    """Per-epoch history as the DVC plots / MLflow table (epoch starts at 1)."""
+    table = pd.DataFrame(history)
+    table.insert(0, "epoch", np.arange(1, len(table) + 1))
+    return table
+
+
+def best_epoch_metrics(history: pd.DataFrame, es: EarlyStoppingParams | None) -> dict[str, float]:
+    """Metrics at the epoch whose weights EarlyStopping kept: the best `es.monitor` from epoch
+    `es.start_from_epoch + 1` on, or the last epoch when training ended before that (or
+    without early stopping, `es` None)."""
+    watched = history.iloc[es.start_from_epoch :] if es else history.iloc[:0]
+    row = history.loc[watched[es.monitor].idxmin()] if len(watched) else history.iloc[-1]
+    return {k: float(v) for k, v in row.items()} | {"epochs_run": len(history)}
+
+
+def inference_model(
+    model: keras.Model, params: Params, train: SplitData, member: Member = "scratch"
+) -> keras.Model:
+    """The model to save. A head: its `age` and `gender` outputs. The CNN: BatchNorm
+    statistics recomputed over the training split (`train.precise_batchnorm`), then each face
+    averaged with its mirror (`model.test_time_flip`)."""
+    if member == "pretrained":
+        return serving_head(model)
+    if member == "finetuned":
+        return finetuned.serving_model(model)
+    if params.train.precise_batchnorm:
+        recompute_statistics(model, train.images, params.train.batch_size, params.seed)
+    return with_test_time_flip(model) if params.model.test_time_flip else model
+
+
+def effective_model_params(params: Params, tuned: Tuned) -> dict:
+    """The model params train uses, tuned knobs applied, keyed as in params.yaml: the head's
+    for `pretrained`, with fine-tuning's for `finetuned`, the CNN's for `scratch`, both
+    families' for `ensemble`."""
+    logged: dict = {"backbone": params.model.backbone}
+    for member in params.model.members:
+        cfg = member_config(params, member, tuned.of(member))
+        if member in HEAD_MEMBERS:
+            logged["head"] = cfg.head.model_dump()
+        if member == "finetuned":
+            logged["finetune"] = cfg.finetune.model_dump()
+        if member == "scratch":
+            logged |= cfg.model_dump(exclude={"backbone", "head", "finetune"})
+    return logged
+
+
+def epochs(member: Member, cfg: ModelParams, params: Params) -> int:
+    """How many epochs `member` fits (the heads: no early stopping)."""
+    return {"pretrained": cfg.head.epochs, "finetuned": cfg.finetune.epochs}.get(
+        member, params.train.epochs
+    )
+
+
+@dataclass
+class TrainedMember:
+    """One model family as trained: the saved model, its history (with a `member` column),
+    its summary for metrics/train.json, the validation inputs it was judged on and its speed."""
+
+    model: keras.Model
+    history: pd.DataFrame
+    summary: dict
+    val: SplitData
+    speed: dict[str, float]  # seconds and images per second: MLflow's, not DVC's
+
+    def example(self, rows: int = 2) -> np.ndarray | dict[str, np.ndarray]:
+        """The first validation inputs, as the saved model takes them (its input example)."""
+        if isinstance(self.val.images, dict):
+            return finetuned.example_inputs(self.val, rows)
+        return self.val.images[:rows]
+
+    def report(self) -> str:
+        """E.g. 'lr=0.001 (tune), 12 epochs in 30s (4000 rows/s): val_age_mae=5.10 ...'."""
+        s = self.summary
+        return (
+            f"lr={s['lr_used']} ({s['lr_source']}), {s['epochs_run']} epochs in "
+            f"{self.speed['seconds']:.0f}s ({self.speed['images_per_second']:.0f} rows/s): "
+            f"val_age_mae={s['val_age_mae']:.2f} "
+            f"val_gender_accuracy={s['val_gender_accuracy']:.3f}"
+        )
+
+
+def train_member(
+    params: Params,
+    member: Member,
+    tuned: TunedValues | None,
+    lr: float,
+    lr_source: str,
+    callbacks: list[keras.callbacks.Callback],
+) -> TrainedMember:
+    """Fit, finish and save `member` (its model file, and the head's ONNX graph)."""
+    cfg = member_config(params, member, tuned)
+    train, val = load_inputs(member, "train"), load_inputs(member, "val")
+    used = {"lr_used": lr, "lr_source": lr_source, "train_rows": len(train.age)}
+    started = time.perf_counter()
+    model, history = fit(
+        cfg,
+        params.train,
+        lr,
+        train,
+        val,
+        params.seed,
+        epochs(member, cfg, params),
+        callbacks=callbacks,
+        member=member,
+    )
+    seconds = time.perf_counter() - started
+    served = inference_model(model, params, train, member)
+    table = history_table(history)
+    early = params.train.early_stopping if stops_early(member) else None
+    speed = {"seconds": seconds, "images_per_second": len(train.age) * len(table) / seconds}
+    summary = best_epoch_metrics(table, early) | used
+    paths.MODEL.mkdir(parents=True, exist_ok=True)
+    save_model(served, paths.member_model(member))  # the same weights, the same bytes
+    if member == "pretrained":  # served on ONNX Runtime, with the bins for its interval
+        save_head_onnx(model, paths.served_file(member))
+    if member == "finetuned":  # the head as above, the age network with its trained stage
+        finetuned.export(model, paths.served_file(member), paths.FINETUNED_AGE_NETWORK)
+    table.insert(1, MEMBER, member)
+    return TrainedMember(served, table, summary, val, speed)
