@@ -69,8 +69,14 @@ def reproduced_project(root: Path, env: dict[str, str], params: dict[str, Any]) 
             shutil.copy2(source, target)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], root, env)
+    return committed_and_reproduced(root, env)
+
+
+def committed_and_reproduced(root: Path, env: dict[str, str]) -> Path:
+    """The git repository at `root` committed, `dvc repro`, then dvc.lock and the metrics
+    committed."""
     run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "tiny project"], root, env)
+    run(["git", "commit", "-q", "-m", "project"], root, env)
     run(["dvc", "repro"], root, env)
     run(["git", "add", "-A"], root, env)
     run(["git", "commit", "-q", "-m", "dvc repro"], root, env)

@@ -109,7 +109,7 @@ def test_repro_writes_every_stage_output(project: Path) -> None:
         "data/split/train.parquet",
         "data/split/test.parquet",
         "data/features/features.npy",
-        "models/model/pretrained.keras",
+        "models/model/finetuned.keras",
         "models/registered.json",
         "metrics/features.json",
         "metrics/ingest.json",
@@ -349,7 +349,7 @@ def test_an_experiment_pushed_from_one_clone_shows_in_another(
     pulled, here = (_experiment_metrics(root, env, "exp-lr-002") for root in (other, project))
     assert pulled["test_age_mae"] == here["test_age_mae"]
     _run(["dvc", "exp", "apply", "exp-lr-002"], other, env)  # its models came with it
-    assert (other / "models/model/pretrained.keras").is_file()
+    assert (other / "models/model/finetuned.keras").is_file()
     assert json.loads((other / "metrics/train.json").read_text())["lr_used"] == 0.002
 
 
@@ -372,7 +372,7 @@ def test_a_stopped_or_killed_training_is_never_left_running(
     """SIGTERM ends the run as KILLED at once; after SIGKILL the next train closes it."""
     params_file = workspace / "params.yaml"
     committed = params_file.read_text()
-    endless = with_overrides(yaml.safe_load(committed), {"model": {"head": {"epochs": 1000}}})
+    endless = with_overrides(yaml.safe_load(committed), {"model": {"finetune": {"epochs": 1000}}})
     params_file.write_text(yaml.safe_dump(endless, sort_keys=False))
     client = _client(workspace)
     outcome = {}

@@ -17,7 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
-from dvc_project import clean_env, run
+from dvc_project import clean_env, committed_and_reproduced, run
 from mlflow import MlflowClient
 
 from utkface.cli import predict as predict_command
@@ -236,12 +236,7 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
     run(["git", "init", "-q", "-b", "main"], root, env)
     run(["dvc", "init", "-q"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "project"], root, env)
-    run(["dvc", "repro"], root, env)
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "repro"], root, env)
-    return root
+    return committed_and_reproduced(root, env)
 
 
 def test_the_data_version_comes_from_dvc_lock_and_equals_hashing_the_files(
