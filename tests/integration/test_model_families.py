@@ -235,6 +235,11 @@ def test_the_finetuned_family_trains_the_age_networks_last_stage(in_copy: Path) 
     assert {op_of[name] for name in changed} <= {"Conv", "Gemm"}
     # the served model: its own age network in the backbone, the head on ONNX Runtime
     registered = yaml.safe_load(paths.REGISTERED.read_text())
+    uri = f"models:/families/{registered['version']}"
+    local = Path(mlflow.artifacts.download_artifacts(uri))
+    requirements = (local / "requirements.txt").read_text()
+    assert "onnxruntime" in requirements and "tensorflow" not in requirements
+    assert "keras" not in requirements
     served = _served(str(registered["version"]))
     inputs = served_inputs("finetuned", "test")
     expected = combine([OnnxHead(paths.served_file("finetuned"))(inputs.images[:6])], AGE_MAX)
