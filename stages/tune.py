@@ -15,7 +15,6 @@ them under the chief's parent run.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import time
@@ -31,6 +30,7 @@ from utkface.mlops.keras_logging import EpochLogger, tracked_tuner
 from utkface.mlops.runs import stage_run
 from utkface.model.fitting import load_inputs
 from utkface.model.search import OBJECTIVE, is_worker, search, tuned_values
+from utkface.outputs import write_json
 from utkface.params import Member, Params, Tuned, load_params, run_main
 
 ORACLE_TAG = "keras_tuner_oracle"
@@ -148,7 +148,7 @@ def main() -> None:
             )
         report = summaries[members[0]] if len(members) == 1 else summaries
         paths.TUNE_METRICS.parent.mkdir(parents=True, exist_ok=True)
-        paths.TUNE_METRICS.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(paths.TUNE_METRICS, report)
         paths.TUNED.parent.mkdir(parents=True, exist_ok=True)
         paths.TUNED.write_text(Tuned(**tuned).model_dump_json(indent=2) + "\n")
         mlflow.log_artifact(str(paths.TUNE_METRICS))
