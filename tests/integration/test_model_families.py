@@ -26,7 +26,7 @@ from utkface.inference.evaluation import served_inputs
 from utkface.inference.families import OnnxHead, combine
 from utkface.inference.pyfunc import SYNTHETIC_TRAINING, to_base64
 from utkface.model.face_backbone import package_files
-from utkface.model.finetuned import GENDER_FEATURES, PREFIX
+from utkface.model.finetuned import FEATURES, PREFIX
 from utkface.model.fitting import load_inputs
 from utkface.model.prefix_cache import prefix_graph
 
@@ -250,7 +250,7 @@ def test_the_finetuned_family_trains_the_age_networks_last_stage(in_copy: Path) 
     test = load_inputs("finetuned", "test")
     trained = keras_model.predict(
         {PREFIX: test.images[PREFIX][:6, 0].astype("float32"),
-         GENDER_FEATURES: test.images[GENDER_FEATURES][:6]},
+         FEATURES: test.images[FEATURES][:6]},
         verbose=0,
     )  # fmt: skip
     np.testing.assert_allclose(served["age"], trained["age"].ravel(), atol=0.05)

@@ -38,8 +38,7 @@ from utkface.model.head_export import save_head_onnx
 from utkface.params import ModelParams, TrainParams
 
 PREFIX = "prefix"  # input: (2, H, W, C), a view of the face and its mirror
-GENDER_FEATURES = "gender_features"  # input: the gender network's part of the features
-AGE_FEATURES = "age_features"  # the age network's part, before fine-tuning
+FEATURES = "features"  # input: the cached features; the model keeps the gender network's part
 LAST_STAGE_MODEL = "age_last_stage"
 AGE_OUTPUTS = (*EXPOSED["age"], "probabilities")  # in the order of the features' age part
 NCHW_MAPS = {"layer_3_relu"}  # flattened as ONNX Runtime flattens them
@@ -59,25 +58,14 @@ def last_stage(network: keras.Model) -> keras.Model:
     return model
 
 
-@functools.cache
-def age_feature_size() -> int:
-    """How many of the features' leading columns come from the age network."""
-    return sum(int(np.prod(o.shape[1:])) for o in last_stage(age_network()).outputs)
-
-
 def load_finetune_inputs(split: str) -> SplitData:
-    """One split's inputs as `images`: the cached prefix activations (all views), the gender
-    network's features, and the age network's features before fine-tuning (on which the
-    head's standardisation adapts)."""
+    """One split's inputs as `images`: the cached prefix activations (all views) and the cached
+    features (the age network's part before fine-tuning, on which the head's standardisation
+    adapts, then the gender network's part, which the model uses as it is)."""
     data = load_split(split, images_path=paths.FEATURE_TABLE, augment=False)
     prefix = np.load(paths.PREFIX_ACTIVATIONS, mmap_mode="r")
     rows = data.table["cache_index"].to_numpy()
-    size = age_feature_size()
-    images = {
-        PREFIX: np.asarray(prefix[rows]),
-        GENDER_FEATURES: np.ascontiguousarray(data.images[:, size:]),
-        AGE_FEATURES: np.ascontiguousarray(data.images[:, :size]),
-    }
+    images = {PREFIX: np.asarray(prefix[rows]), FEATURES: data.images}
     return SplitData(images, data.age, data.gender, data.table)
 
 
@@ -88,7 +76,7 @@ def build_finetuned(
     compiles it, the last stage at `backbone_lr_ratio` of the head's rate."""
     stage = last_stage(age_network())
     prefix = keras.Input(train.images[PREFIX].shape[2:], name=PREFIX)
-    gender = keras.Input(train.images[GENDER_FEATURES].shape[1:], name=GENDER_FEATURES)
+    features = keras.Input(train.images[FEATURES].shape[1:], name=FEATURES)
     both = [stage(prefix[:, i]) for i in range(2)]  # the face, its mirror
     parts = []
     for name, face, mirror in zip(AGE_OUTPUTS, *both, strict=True):
@@ -96,10 +84,10 @@ def build_finetuned(
         if name in NCHW_MAPS:
             mean = keras.ops.transpose(mean, (0, 3, 1, 2))
         parts.append(keras.ops.reshape(mean, (-1, int(np.prod(mean.shape[1:])))))
-    before = np.concatenate([train.images[AGE_FEATURES], train.images[GENDER_FEATURES]], axis=1)
-    head = build_head(cfg.head, before, train.age, seed)
-    outputs = head(keras.ops.concatenate([*parts, gender], axis=1))
-    model = keras.Model({PREFIX: prefix, GENDER_FEATURES: gender}, outputs, name="finetuned")
+    age_size = sum(int(part.shape[1]) for part in parts)
+    head = build_head(cfg.head, train.images[FEATURES], train.age, seed)
+    outputs = head(keras.ops.concatenate([*parts, features[:, age_size:]], axis=1))
+    model = keras.Model({PREFIX: prefix, FEATURES: features}, outputs, name="finetuned")
     ratio = {LAST_STAGE_MODEL: cfg.finetune.backbone_lr_ratio}
     return model, functools.partial(compile_head, cfg=cfg.head, train=train_cfg, multipliers=ratio)
 
@@ -107,10 +95,10 @@ def build_finetuned(
 def finetune_dataset(
     data: SplitData, batch_size: int, shuffle: bool, seed: int, targets: dict[str, np.ndarray]
 ) -> tf.data.Dataset:
-    """Batches of ({PREFIX, GENDER_FEATURES}, targets): while training (`shuffle`) one view
-    per face drawn anew every epoch, else the face itself (view 0)."""
+    """Batches of ({PREFIX, FEATURES}, targets): while training (`shuffle`) one view per face
+    drawn anew every epoch, else the face itself (view 0)."""
     prefix = data.images[PREFIX]
-    inputs = {PREFIX: prefix, GENDER_FEATURES: data.images[GENDER_FEATURES]}
+    inputs = {PREFIX: prefix, FEATURES: data.images[FEATURES]}
     ds = tf.data.Dataset.from_tensor_slices((inputs, targets))
     if shuffle:
         views = prefix.shape[1]
@@ -124,14 +112,14 @@ def finetune_dataset(
 
 def _view(inputs: dict, targets: dict, view: tf.Tensor | int) -> tuple[dict, dict]:
     chosen = tf.cast(tf.gather(inputs[PREFIX], view), tf.float32)
-    return {PREFIX: chosen, GENDER_FEATURES: inputs[GENDER_FEATURES]}, targets
+    return {PREFIX: chosen, FEATURES: inputs[FEATURES]}, targets
 
 
 def example_inputs(data: SplitData, rows: int) -> dict[str, np.ndarray]:
     """The first `rows` faces as the saved model takes them: each face's own view."""
     return {
         PREFIX: np.asarray(data.images[PREFIX][:rows, 0], dtype=np.float32),
-        GENDER_FEATURES: data.images[GENDER_FEATURES][:rows],
+        FEATURES: data.images[FEATURES][:rows],
     }
 
 
