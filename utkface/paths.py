@@ -12,6 +12,7 @@ DVC_LOCK = Path("dvc.lock")
 DATA = Path("data")
 RAW = DATA / "raw"
 PARAMS_CHECKED = DATA / "params.checked"  # what every stage depends on: see stages/check_params
+VALIDATED = DATA / "validated"  # what every stage after validate depends on: see stages/validate
 
 INGESTED = DATA / "ingested"
 IMAGES = INGESTED / "images.npy"

@@ -1,10 +1,16 @@
-"""Great Expectations suites of the `validate` stage, the frames they check, and how to run them.
+"""Great Expectations suites of the data checks, the frames they check, and how to run them.
 
-GX validates tables, so facts about the image cache and about class sizes are first turned into
-small derived frames: a one-row image array summary, and a class-count table with one row per
-expected class (empty classes included, so a missing class fails instead of disappearing).
-Every expectation carries a stable short name in ``meta["name"]``; ``validate.warn_only`` lists
-names whose failures only warn (GX severity "warning"), all others are critical.
+Each check tests what the step before it could not guarantee. Ingest already refuses bad names,
+out-of-range labels, unreadable images and byte-identical copies, so `validate` checks what
+ingest cannot know: enough rows per gender and per age bucket, the share of files it rejected,
+images with the same content under different bytes (a re-encoded or resized copy), and how far
+the labels moved from the committed run's (a warning). `features` checks the share of faces whose
+landmarks are implausible, which only the face networks can tell.
+
+GX validates tables, so each fact is first turned into a small derived frame (one row per class,
+per image, or per kind of label). Every expectation carries a stable short name in
+``meta["name"]``; ``validate.warn_only`` lists names whose failures only warn (GX severity
+"warning"), all others are critical but `label_drift`, which always warns.
 """
 
 from __future__ import annotations
@@ -30,24 +36,24 @@ from great_expectations.expectations import Expectation
 from great_expectations.expectations.metadata_types import FailureSeverity
 from great_expectations.expectations.row_conditions import Column
 
-from utkface.data.labels import AGE_MIN, GENDERS, LABEL_COLUMNS, RACES, age_buckets, bucket_names
+from utkface.checks.near_duplicates import NEAR_BITS, difference_hash, nearest
+from utkface.data.labels import GENDERS, RACES, age_buckets, bucket_names
 from utkface.params import Params
 
 CHECK_NAMES = (
-    "age_range",
-    "gender_values",
-    "race_values",
-    "unique_ids",
-    "no_nulls",
     "row_count",
-    "image_shape",
+    "rejected_share",
+    "duplicate_content",
     "gender_counts",
     "age_bucket_counts",
+    "label_drift",
+    "implausible_faces",
 )
+ALWAYS_WARNS = ("label_drift",)  # a new data set moves the labels on purpose
 EXAMPLES = 5  # offending values reported per failed expectation
 DOCS_SITE = "validation_docs"
 # Column naming the offending rows of each frame in the results (the summary has a single row).
-ID_COLUMNS = {"labels": "image_id", "class_counts": "class"}
+ID_COLUMNS = {"content": "image_id", "class_counts": "class", "label_drift": "kind"}
 
 
 @dataclass(frozen=True)
@@ -100,113 +106,153 @@ def class_counts(
     return pd.DataFrame(rows, columns=["kind", "class", "count", "minimum"])
 
 
-def array_summary(labels: pd.DataFrame, image_shape: tuple[int, ...]) -> pd.DataFrame:
-    """One row describing the image cache next to the labels table that indexes it.
-
-    ``cache_indices_covered`` counts the indices 0..N-1 some row points at; it equals N (and
-    ``rows``) exactly when the rows' ``cache_index`` values are a permutation of 0..N-1.
-    """
-    images = image_shape[0] if image_shape else 0
-    index = labels.get("cache_index", pd.Series(dtype=float)).dropna()
-    covered = index[(index >= 0) & (index < images)].nunique()
+def rejected_share(ingest_summary: Mapping[str, Any]) -> pd.DataFrame:
+    """One row: the files ingest saw and the share of them it rejected."""
+    seen, rejected = ingest_summary["files_seen"], ingest_summary["rejected"]
     return pd.DataFrame(
-        {
-            "rows": [len(labels)],
-            "images": [images],
-            "image_dims": ["x".join(str(d) for d in image_shape[1:])],
-            "cache_indices_covered": [int(covered)],
-        }
+        {"files_seen": [seen], "rejected": [rejected], "share": [rejected / max(seen, 1)]}
     )
 
 
-def frames(
-    labels: pd.DataFrame, image_shape: tuple[int, ...], params: Params
-) -> dict[str, pd.DataFrame]:
-    """The tables `build_suites` expects, by name: the labels and the two derived frames."""
-    cfg = params.validate_
+def content(labels: pd.DataFrame, images: np.ndarray) -> pd.DataFrame:
+    """Each image's id, with the Hamming distance to its nearest other image's difference hash
+    and that image's id (`checks.near_duplicates`), by the labels' `cache_index`."""
+    hashes = np.stack([difference_hash(images[i]) for i in labels["cache_index"]])
+    distance, index = nearest(hashes)
+    ids = labels["image_id"].to_numpy()
+    return pd.DataFrame(
+        {"image_id": ids, "nearest_bits": distance, "nearest_id": ids[index] if len(ids) else ids}
+    )
+
+
+def label_distribution(labels: pd.DataFrame, age_edges: Sequence[int]) -> dict[str, dict]:
+    """The share of each gender, age bucket and race: what `label_drift` compares."""
+    kinds = {
+        "gender": [GENDERS[g] for g in labels["gender"]],
+        "age_bucket": list(age_buckets(labels["age"], age_edges)),
+        "race": [RACES[r] for r in labels["race"]],
+    }
     return {
-        "labels": labels,
-        "image_array": array_summary(labels, image_shape),
-        "class_counts": class_counts(
-            labels, params.age_buckets, cfg.min_per_gender, cfg.min_per_age_bucket
-        ),
+        kind: {name: round(n / len(values), 6) for name, n in sorted(Counter(values).items())}
+        for kind, values in kinds.items()
     }
 
 
-def build_suites(params: Params) -> dict[str, gx.ExpectationSuite]:
-    """One suite per frame of `frames`; raises ValueError on unknown `warn_only` names."""
+def label_drift(
+    current: Mapping[str, Mapping[str, float]], reference: Mapping[str, Mapping[str, float]] | None
+) -> pd.DataFrame:
+    """Per kind of label, the total variation distance between the shares of `current` and of
+    `reference` (half their summed absolute differences: 0 equal, 1 disjoint); no rows without
+    a reference."""
+    rows = []
+    for kind, shares in current.items():
+        if reference is None or kind not in reference:
+            continue
+        before = reference[kind]
+        gaps = [abs(shares.get(c, 0.0) - before.get(c, 0.0)) for c in set(shares) | set(before)]
+        rows.append((kind, round(0.5 * sum(gaps), 6)))
+    return pd.DataFrame(rows, columns=["kind", "distance"])
+
+
+def implausible_share(plausible: np.ndarray) -> pd.DataFrame:
+    """One row: the faces checked and the share whose landmarks are implausible."""
+    faces = len(plausible)
+    share = float((~plausible).sum()) / max(faces, 1)
+    return pd.DataFrame({"faces": [faces], "share": [share]})
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named expectation: its GX type and arguments."""
+
+    name: str
+    kind: type[Expectation]
+    arguments: dict[str, Any]
+
+
+def data_checks(params: Params) -> dict[str, list[Check]]:
+    """The checks of the `validate` stage, by the frame they run on."""
     cfg = params.validate_
-    check_warn_only(cfg.warn_only)
-    size = params.ingest.image_size
     x = gx.expectations
-
-    def expect(name: str, kind: type[Expectation], **kwargs: Any) -> Expectation:
-        severity = FailureSeverity.WARNING if name in cfg.warn_only else FailureSeverity.CRITICAL
-        notes = f"{name} ({severity.value})"  # shown on the suite's Data Docs page
-        return kind(meta={"name": name}, notes=notes, severity=severity, **kwargs)
-
-    checks = {
+    return {
         "labels": [
-            expect(
+            Check(
                 "row_count",
                 x.ExpectTableRowCountToBeBetween,
-                min_value=cfg.min_rows,
-                max_value=cfg.max_rows,
-            ),
-            *(expect("no_nulls", x.ExpectColumnValuesToNotBeNull, column=c) for c in LABEL_COLUMNS),
-            expect("unique_ids", x.ExpectColumnValuesToBeUnique, column="image_id"),
-            expect(
-                "age_range",
-                x.ExpectColumnValuesToBeBetween,
-                column="age",
-                min_value=AGE_MIN,
-                max_value=cfg.age_max,
-            ),
-            expect(
-                "gender_values",
-                x.ExpectColumnValuesToBeInSet,
-                column="gender",
-                value_set=list(range(len(GENDERS))),
-            ),
-            expect(
-                "race_values",
-                x.ExpectColumnValuesToBeInSet,
-                column="race",
-                value_set=list(range(len(RACES))),
-            ),
+                {"min_value": cfg.min_rows, "max_value": cfg.max_rows},
+            )
         ],
-        "image_array": [
-            expect(
-                "image_shape", x.ExpectColumnPairValuesToBeEqual, column_A="images", column_B="rows"
-            ),
-            expect(
-                "image_shape",
-                x.ExpectColumnValuesToBeInSet,
-                column="image_dims",
-                value_set=[f"{size}x{size}x3"],
-            ),
-            expect(
-                "image_shape",
-                x.ExpectColumnPairValuesToBeEqual,
-                column_A="cache_indices_covered",
-                column_B="images",
-            ),
+        "ingest": [
+            Check(
+                "rejected_share",
+                x.ExpectColumnValuesToBeBetween,
+                {"column": "share", "max_value": cfg.max_rejected_share},
+            )
+        ],
+        "content": [
+            Check(
+                "duplicate_content",
+                x.ExpectColumnValuesToBeBetween,
+                {
+                    "column": "nearest_bits",
+                    "min_value": NEAR_BITS + 1,
+                    "mostly": 1.0 - cfg.max_duplicate_share,
+                },
+            )
         ],
         "class_counts": [
-            expect(
+            Check(
                 name,
                 x.ExpectColumnPairValuesAToBeGreaterThanB,
-                column_A="count",
-                column_B="minimum",
-                or_equal=True,
-                row_condition=Column("kind") == kind,
+                {
+                    "column_A": "count",
+                    "column_B": "minimum",
+                    "or_equal": True,
+                    "row_condition": Column("kind") == kind,
+                },
             )
             for name, kind in (("gender_counts", "gender"), ("age_bucket_counts", "age_bucket"))
         ],
+        "label_drift": [
+            Check(
+                "label_drift",
+                x.ExpectColumnValuesToBeBetween,
+                {"column": "distance", "max_value": cfg.max_label_drift},
+            )
+        ],
     }
+
+
+def face_checks(params: Params) -> dict[str, list[Check]]:
+    """The check of the `features` stage: the share of implausible faces."""
     return {
-        frame: gx.ExpectationSuite(name=frame, expectations=expectations)
-        for frame, expectations in checks.items()
+        "faces": [
+            Check(
+                "implausible_faces",
+                gx.expectations.ExpectColumnValuesToBeBetween,
+                {"column": "share", "max_value": params.validate_.max_implausible_share},
+            )
+        ]
+    }
+
+
+def build_suites(
+    checks: Mapping[str, Sequence[Check]], warn_only: Sequence[str]
+) -> dict[str, gx.ExpectationSuite]:
+    """One suite per frame; raises ValueError on unknown `warn_only` names."""
+    check_warn_only(warn_only)
+
+    def expectation(check: Check) -> Expectation:
+        warns = check.name in warn_only or check.name in ALWAYS_WARNS
+        severity = FailureSeverity.WARNING if warns else FailureSeverity.CRITICAL
+        notes = f"{check.name} ({severity.value})"  # shown on the suite's Data Docs page
+        return check.kind(
+            meta={"name": check.name}, notes=notes, severity=severity, **check.arguments
+        )
+
+    return {
+        frame: gx.ExpectationSuite(name=frame, expectations=[expectation(c) for c in frame_checks])
+        for frame, frame_checks in checks.items()
     }
 
 
