@@ -102,7 +102,7 @@ def latency(members: tuple[str, ...]) -> tuple[float, float]:
 
     from utkface import paths
     from utkface.inference.evaluation import serving_config
-    from utkface.mlops.pyfunc_logging import log_serving_model
+    from utkface.inference.pyfunc_logging import log_serving_model
     from utkface.params import load_params
 
     config = serving_config(load_params(), *served_families(members))

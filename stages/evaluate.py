@@ -21,9 +21,9 @@ from utkface import paths
 from utkface.data.dataset import load_split
 from utkface.inference.evaluation import predict_split, served_inputs, serving_config
 from utkface.inference.families import load_family
+from utkface.inference.pyfunc_logging import log_serving_model
 from utkface.mlops import registry, tracking
 from utkface.mlops.promotion import VAL_AGE_MAE, VAL_GENDER_ACCURACY
-from utkface.mlops.pyfunc_logging import log_serving_model
 from utkface.mlops.runs import stage_run
 from utkface.outputs import write_json
 from utkface.params import load_params, run_main

@@ -29,8 +29,8 @@ from utkface import paths
 from utkface.data.labels import AGE, GENDER
 from utkface.inference.faces import crop_faces, detect_faces
 from utkface.inference.pyfunc import ServingConfig
+from utkface.inference.pyfunc_logging import log_serving_model
 from utkface.mlops import promotion, registry, tracking
-from utkface.mlops.pyfunc_logging import log_serving_model
 from utkface.model.head import build_head, serving_head
 from utkface.model.head_export import save_head_onnx
 from utkface.model.network import build_model

@@ -1,7 +1,7 @@
 """utkface-pipeline: the library behind the DVC stages, the `utkface` command and the web app.
 
 Layers, each importing only from those below it (see docs/architecture.md):
-`cli`, `app` -> `inference`, `mlops` -> `model`, `scoring`, `checks` -> `data` ->
+`cli`, `app` -> `inference` -> `mlops` -> `model`, `scoring`, `checks` -> `data` ->
 `params`, `paths`, `console`, `tensorflow_build`.
 """
 

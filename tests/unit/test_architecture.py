@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from utkface.inference.pyfunc_logging import PYFUNC_MODULE
 from utkface.mlops.code import code_files
-from utkface.mlops.pyfunc_logging import PYFUNC_MODULE
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = (REPO / "docs/architecture.md").read_text()

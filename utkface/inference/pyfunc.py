@@ -17,7 +17,7 @@ the model carries (`utkface.model.face_backbone`). The families run as
 the scratch CNN on Keras. An ensemble averages the families' ages and probabilities.
 
 This module and the few it imports are all the project code a logged model carries
-(`utkface.mlops.pyfunc_logging`): no training, tracking or app code.
+(`utkface.inference.pyfunc_logging`): no training, tracking or app code.
 
 Bad rows (not base64, not an image, too large) make the whole request fail with
 `INVALID_PARAMETER_VALUE`, which `mlflow models serve` answers with HTTP 400 and a message naming
