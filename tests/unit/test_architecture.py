@@ -1,10 +1,12 @@
 """docs/architecture.md says true things about the tree: its module map names every module of
-the library and every stage, and its list of the code a registered model carries is what
-`mlops.code` copies into it."""
+the library and every stage, its layer diagram draws the layers import-linter checks
+(tests/unit/test_import_contract.py), and its list of the code a registered model carries is
+what `mlops.code` copies into it."""
 
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 from utkface.inference.pyfunc_logging import PYFUNC_MODULE
@@ -13,6 +15,7 @@ from utkface.mlops.code import code_files
 REPO = Path(__file__).resolve().parents[2]
 DOC = (REPO / "docs/architecture.md").read_text()
 MODULE_MAP = DOC.split("```")[1]  # the first code block
+LAYER_DIAGRAM = DOC.split("```")[3]  # the second
 
 
 def _words(text: str) -> set[str]:
@@ -40,6 +43,19 @@ def test_the_module_map_names_no_module_that_is_gone() -> None:
         assert name in files, name
     for name in re.findall(r"^\s*([a-z_]+)/", MODULE_MAP, re.M):
         assert name in folders, name
+
+
+def test_the_layer_diagram_draws_the_layers_contract_in_order() -> None:
+    """Top to bottom and left to right, the names left of each row's description."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (contract,) = (c for c in config["contracts"] if c["type"] == "layers")
+    layers = [name.strip() for layer in contract["layers"] for name in layer.split("|")]
+    drawn = [
+        name
+        for line in LAYER_DIAGRAM.splitlines()
+        for name in re.findall(r"\w+", line.strip().split("   ")[0])
+    ]
+    assert drawn == layers
 
 
 def test_the_carried_code_list_is_what_the_registered_model_carries() -> None:
