@@ -56,16 +56,9 @@ def run(
     return done
 
 
-def reproduced_project(root: Path, env: dict[str, str], params: dict[str, Any]) -> Path:
+def _project(root: Path, env: dict[str, str], params: dict[str, Any]) -> Path:
     """The code of this checkout at `root` with `params` as params.yaml (never the workspace's,
-    which `dvc exp run` rewrites); committed, `dvc repro`, then dvc.lock and the metrics
-    committed, as the README's contributing notes say."""
-    return committed_and_reproduced(new_project(root, env, params), env)
-
-
-def new_project(root: Path, env: dict[str, str], params: dict[str, Any]) -> Path:
-    """The code of this checkout at `root` with `params` as params.yaml, in a new git
-    repository with nothing committed and nothing reproduced."""
+    which `dvc exp run` rewrites), in a new git repository."""
     for name in PROJECT_FILES:
         source, target = REPO / name, root / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +69,20 @@ def new_project(root: Path, env: dict[str, str], params: dict[str, Any]) -> Path
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], root, env)
     return root
+
+
+def committed_project(root: Path, env: dict[str, str], params: dict[str, Any]) -> Path:
+    """`_project` committed, nothing reproduced: enough for `dvc exp run check_params`."""
+    _project(root, env, params)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "project"], root, env)
+    return root
+
+
+def reproduced_project(root: Path, env: dict[str, str], params: dict[str, Any]) -> Path:
+    """`_project` committed, `dvc repro`, then dvc.lock and the metrics committed, as the
+    README's contributing notes say."""
+    return committed_and_reproduced(_project(root, env, params), env)
 
 
 def committed_and_reproduced(root: Path, env: dict[str, str]) -> Path:

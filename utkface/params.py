@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 import annotated_types
-import yaml
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from ruamel.yaml import YAML, YAMLError
 
 from utkface import paths
 
@@ -311,15 +311,6 @@ class PromoteParams(_Section):
     max_gender_accuracy_decrease: Annotated[float, Field(ge=0.0, le=1.0)] = 0.005
 
 
-def _scientific(text: str) -> float | str:
-    """A number in scientific notation without a decimal point (`1e-06`, which YAML 1.1 does not
-    read as a float) as a float; any other text as it is."""
-    try:
-        return float(text) if "e" in text.lower() else text
-    except ValueError:
-        return text
-
-
 class Params(_Section):
     seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 42
     lr: float | str | None = None
@@ -353,8 +344,6 @@ class Params(_Section):
     def _lr_or_auto(cls, value: Any) -> Any:
         if value is None or value == "auto":
             return value
-        if isinstance(value, str):  # `dvc exp run -S lr=0.000001` writes 1e-06, which YAML
-            value = _scientific(value)  # reads back as a string
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
             raise ValueError("must be null, 'auto' or a number between 0 and 1")
         return float(value)
@@ -478,12 +467,14 @@ def load_params(path: Path = paths.PARAMS, only: Sequence[str] | None = None) ->
     """Read and validate params.yaml once; every stage starts here. With `only` (top-level
     keys, as in the file), just those sections are read and validated and the rest keep their
     defaults: a command that reads `register` keeps working when another section holds a bad
-    value (the `check_params` stage refuses it before the pipeline runs)."""
+    value (the `check_params` stage refuses it before the pipeline runs). The file is read as
+    YAML 1.2, as DVC reads and writes it: `dvc exp run -S train.reduce_lr.min_lr=0.000005`
+    writes `5e-06`, a number in YAML 1.2 and a string in YAML 1.1."""
     if not path.exists():
         raise ParamsError(f"{path}: not found (run from the repository root)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
+        raw = YAML(typ="safe", pure=True).load(path) or {}
+    except YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must hold a mapping of keys, got {type(raw).__name__}")

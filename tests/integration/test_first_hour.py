@@ -60,7 +60,7 @@ def test_the_first_hour(tmp_path: Path) -> None:
 
     # two queued experiments: promote picks the better one on validation, which passes the gate
     tuned = json.loads((root / paths.TRAIN_METRICS).read_text())["lr_used"]
-    # the champion's own rate, and one too small (written out: YAML reads 1e-06 as a string)
+    # the champion's own rate, and one too small
     queued = {"lr-same": f"{tuned}", "lr-tiny": "0.000001"}
     for name, lr in queued.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"lr={lr}"], root, env)

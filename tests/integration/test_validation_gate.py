@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from dvc_project import clean_env, new_project, run
+from dvc_project import clean_env, committed_project, run
 from tiny import default_params, with_overrides
 
 pytestmark = pytest.mark.slow
@@ -16,9 +16,7 @@ pytestmark = pytest.mark.slow
 def test_data_that_fails_validation_costs_no_feature_extraction(tmp_path: Path) -> None:
     env = clean_env()
     too_few = {"ingest": {"synthetic_count": 60}, "validate": {"min_rows": 100}}
-    root = new_project(tmp_path / "project", env, with_overrides(default_params(), too_few))
-    run(["git", "add", "-A"], root, env)
-    run(["git", "commit", "-q", "-m", "project"], root, env)
+    root = committed_project(tmp_path / "project", env, with_overrides(default_params(), too_few))
     done = run(["dvc", "repro"], root, env, check=False)
     assert done.returncode != 0
     ran = [line.split("'")[1] for line in done.stdout.splitlines() if "Running stage" in line]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args, get_origin
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
-from utkface.params import PILLOW_MAX_PIXELS, ParamsError, load_params, parse_params
+from utkface.params import PILLOW_MAX_PIXELS, Params, ParamsError, load_params, parse_params
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,11 +142,75 @@ def test_good_lr(value, fixed):
     assert params.fixed_lr == fixed
 
 
-@pytest.mark.parametrize(("text", "fixed"), [("1e-06", 1e-06), ("5E-4", 0.0005)])
-def test_lr_in_scientific_notation_as_dvc_writes_it(text, fixed):
-    # `dvc exp run -S lr=0.000001` writes `lr: 1e-06`, which YAML 1.1 reads as a string
-    assert yaml.safe_load(f"lr: {text}")["lr"] == text
-    assert parse_params({"lr": text}).fixed_lr == fixed
+def _float_keys(model: type[BaseModel] = Params, prefix: str = "") -> dict[str, bool]:
+    """Every key of `model` holding a number, dotted as in params.yaml: True for a list of them."""
+    keys = {}
+    for name, field in model.model_fields.items():
+        key, annotation = f"{prefix}{field.alias or name}", field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys |= _float_keys(annotation, f"{key}.")
+        elif annotation is float or float in get_args(annotation):
+            keys[key] = False
+        elif get_origin(annotation) is list and get_args(get_args(annotation)[0])[:1] == (float,):
+            keys[key] = True
+    return keys
+
+
+FLOAT_KEYS = _float_keys()
+
+
+def _nested(key: str, text: str) -> str:
+    """`key: text` as params.yaml nests a dotted key, e.g. `train:\n  epochs: 5`."""
+    *parents, leaf = key.split(".")
+    lines = [f"{'  ' * depth}{part}:" for depth, part in enumerate(parents)]
+    return "\n".join([*lines, f"{'  ' * len(parents)}{leaf}: {text}\n"])
+
+
+def test_the_float_keys_include_those_dvc_writes_in_scientific_notation():
+    assert {"lr", "train.reduce_lr.min_lr", "model.finetune.backbone_lr_ratio"} <= set(FLOAT_KEYS)
+    assert FLOAT_KEYS["tune.learning_rates"] and FLOAT_KEYS["tune.head.learning_rates"]
+    assert "train.epochs" not in FLOAT_KEYS  # an int
+
+
+@pytest.mark.parametrize("text", ["5e-06", "3e-05", "1E-4"])
+@pytest.mark.parametrize("key", sorted(FLOAT_KEYS))
+def test_every_float_key_reads_scientific_notation_as_dvc_writes_it(tmp_path, key, text):
+    # `dvc exp run -S train.reduce_lr.min_lr=0.000005` writes `min_lr: 5e-06`: a number in
+    # YAML 1.2 (as DVC reads it), a string in YAML 1.1
+    path = tmp_path / "params.yaml"
+    path.write_text(_nested(key, f"[{text}]" if FLOAT_KEYS[key] else text))
+    value = load_params(path).model_dump(by_alias=True)
+    for part in key.split("."):
+        value = value[part]
+    assert value == ([float(text)] if FLOAT_KEYS[key] else float(text))
+
+
+def test_values_as_dvc_writes_them_read_as_before(tmp_path):
+    # what `dvc exp run -S` wrote for ints, lists, booleans, null and a flow mapping
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "lr: null\n"
+        "balance:\n  enabled: false\n  max_per_age: 020\n"
+        "model:\n  filters:\n  - 32\n  - 64\n  dropout: 0\n"
+        "train:\n  epochs: 5\n  reduce_lr: {monitor: val_loss, factor: 0.5, min_lr: 1.0e-06}\n"
+        "tune:\n  search_space:\n    dropout:\n    - 0.2\n    - 0.4\n"
+    )
+    params = load_params(path)
+    assert params.lr is None and params.balance.enabled is False
+    assert params.balance.max_per_age == 20  # YAML 1.2 has no octal without `0o`
+    assert params.model.filters == [32, 64] and params.model.dropout == 0.0
+    assert params.train.epochs == 5 and params.train.reduce_lr.min_lr == 1e-06
+    assert params.tune.search_space == {"dropout": [0.2, 0.4]}
+
+
+def test_yaml_1_1_booleans_and_duplicate_keys_are_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("balance:\n  enabled: yes\n")  # a string in YAML 1.2, as DVC reads it
+    with pytest.raises(ParamsError, match=r"balance\.enabled must be true or false, got 'yes'"):
+        load_params(path)
+    path.write_text("seed: 1\nseed: 2\n")
+    with pytest.raises(ParamsError, match=r'(?s)not valid YAML: .*duplicate key "seed"'):
+        load_params(path)
 
 
 def test_min_per_age_above_max_per_age():
