@@ -18,6 +18,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.error import MarkedYAMLError
 
 from utkface import paths
 
@@ -463,6 +464,17 @@ def parse_params(raw: dict[str, Any]) -> Params:
         raise ParamsError(_format_errors(error)) from None
 
 
+def yaml_problem(error: YAMLError) -> str:
+    """ruamel.yaml's error (several lines, with excerpts of the file) in one line: what is
+    wrong and where."""
+    if not isinstance(error, MarkedYAMLError) or error.problem is None:
+        return " ".join(str(error).split())
+    context = f"{error.context}: " if error.context else ""
+    mark = error.problem_mark
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    return f"{context}{error.problem}{where}"
+
+
 def load_params(path: Path = paths.PARAMS, only: Sequence[str] | None = None) -> Params:
     """Read and validate params.yaml once; every stage starts here. With `only` (top-level
     keys, as in the file), just those sections are read and validated and the rest keep their
@@ -475,7 +487,7 @@ def load_params(path: Path = paths.PARAMS, only: Sequence[str] | None = None) ->
     try:
         raw = YAML(typ="safe", pure=True).load(path) or {}
     except YAMLError as error:
-        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+        raise ParamsError(f"{path}: not valid YAML: {yaml_problem(error)}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: must hold a mapping of keys, got {type(raw).__name__}")
     if only is not None:

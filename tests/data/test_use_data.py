@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from utkface.cli.main import main
 from utkface.cli.use_data import copy_into_raw, set_ingest_source
 from utkface.params import load_params
 
@@ -166,3 +167,29 @@ def test_set_ingest_source_without_a_source_line(tmp_path):
 def test_set_ingest_source_with_yaml_special_characters(params_file, value):
     set_ingest_source(value, params_file)
     assert load_params(params_file).ingest.source == value
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("seed: 1\n", "params.yaml: no ingest.source line found"),
+        (
+            "ingest: {source: synthetic\n",
+            "params.yaml: not valid YAML: while parsing a flow mapping: expected ',' or '}', "
+            "but got '<stream end>' (line 2, column 1)",
+        ),
+    ],
+)
+def test_use_data_with_a_bad_params_file_exits_2_before_copying(
+    text, message, tmp_path, user_folder, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(SystemExit) as stopped:
+        main(["use-data", str(user_folder)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [f"use-data: {message}"]
+    assert not (tmp_path / "data").exists()

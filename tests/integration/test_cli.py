@@ -40,7 +40,12 @@ def run_cli(args: list[str], cwd: Path) -> tuple[str, str]:
         capture_output=True,
         text=True,
         timeout=120,
-        env={"MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "PATH": ""},
+        # this checkout's code, not the installed package's
+        env={
+            "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db",
+            "PATH": "",
+            "PYTHONPATH": str(REPO),
+        },
     )
     *_, status, loaded = done.stdout.splitlines()
     return f"{status}\n{loaded}", done.stderr
@@ -65,15 +70,19 @@ BAD_REGISTER_LINES = [
 ]
 
 
-@pytest.mark.parametrize("command", ["promote", "serve", "app"])
-def test_commands_with_bad_params_they_read_print_one_line_per_key(
-    command: str, tmp_path: Path
+# Every command that reads params.yaml, with arguments that get it that far
+PARAMS_COMMANDS = [["promote"], ["serve"], ["app"], ["predict", "face.png"]]
+
+
+@pytest.mark.parametrize("args", PARAMS_COMMANDS, ids=lambda args: args[0])
+def test_commands_with_bad_params_they_read_print_one_line_per_key_and_exit_2(
+    args: list[str], tmp_path: Path
 ) -> None:
     (tmp_path / "params.yaml").write_text(BAD_PARAMS + BAD_REGISTER)
-    out, err = run_cli([command], tmp_path)
-    assert out.startswith(("exit 1", "exit 2"))
-    assert "Traceback" not in err
-    assert err.splitlines()[0] == f"{command}: invalid params.yaml:"
+    (tmp_path / "face.png").write_bytes(b"never read")
+    out, err = run_cli(args, tmp_path)
+    assert out.splitlines()[0] == "exit 2"  # as documented: invalid params.yaml or arguments
+    assert err.splitlines()[0] == f"{args[0]}: invalid params.yaml:"
     assert sorted(err.splitlines()[1:]) == sorted(BAD_REGISTER_LINES)  # not seed or ingest's
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from utkface import app
 from utkface.mlops import tracking
 from utkface.mlops.registry import champion_uri
-from utkface.params import ParamsError, load_params
+from utkface.params import load_params
 
 PAGE = Path(app.__file__).resolve().with_name("page.py")
 
@@ -32,12 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """1 for bad params or a store copied from another clone; otherwise this process becomes
-    Streamlit and never returns."""
+    """1 for a store copied from another clone; otherwise this process becomes Streamlit and
+    never returns."""
+    uri = args.model or champion_uri(load_params(only=("register",)).register_.model_name)
     try:
-        uri = args.model or champion_uri(load_params(only=("register",)).register_.model_name)
         tracking.check_store()
-    except (ParamsError, tracking.StoreMovedError) as error:
+    except tracking.StoreMovedError as error:
         print(f"app: {error}", file=sys.stderr)
         return 1
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), app.MODEL_ENV: uri}

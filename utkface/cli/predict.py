@@ -20,7 +20,6 @@ from utkface.inference.client import (
     predict_files,
     synthetic_warning,
 )
-from utkface.params import ParamsError
 
 ALL_ANSWERED, NONE_ANSWERED, SOME_FAILED = 0, 1, 3  # 2: invalid params.yaml or arguments
 EXIT_CODES = (
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         if warning := synthetic_warning(limits):
             print(f"predict: warning: {warning}", file=sys.stderr)
         predicted = predict_files(model, files, limits, detect=args.detect_faces)
-    except (PredictError, ParamsError, MlflowException) as error:
+    except (PredictError, MlflowException) as error:
         print(f"predict: {error}", file=sys.stderr)
         return NONE_ANSWERED
     predictions = sorted([*missing, *predicted], key=lambda p: p.path)

@@ -20,7 +20,7 @@ from utkface.mlops.promotion import (
     promote,
     promote_best,
 )
-from utkface.params import ParamsError, load_params
+from utkface.params import load_params
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     """0: promoted (or already champion); 1: refused by the gate; 2: nothing to decide on."""
     try:
         name, outcomes = decide_on(args)
-    except (ParamsError, PromotionError, MlflowException) as error:
+    except (PromotionError, MlflowException) as error:
         print(f"promote: {error}", file=sys.stderr)
         return 2
     return [report(name, outcome) for outcome in outcomes][-1]  # the deciding one

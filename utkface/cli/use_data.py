@@ -11,12 +11,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
-from ruamel.yaml import YAML
+from ruamel.yaml import YAML, YAMLError
 
 from utkface import paths
 from utkface.data.sources import ARCHIVE_SUFFIXES
+from utkface.params import yaml_problem
 
 
 def copy_into_raw(source: Path, raw_dir: Path = paths.RAW) -> Path:
@@ -49,14 +52,24 @@ def _round_trip() -> YAML:
     return yaml
 
 
-def set_ingest_source(value: str, params_file: Path = paths.PARAMS) -> None:
-    """Set `ingest.source` in `params_file`, keeping its comments and layout."""
+def read_params(params_file: Path = paths.PARAMS) -> tuple[YAML, Any]:
+    """`params_file` read for a round trip, and its reader; ValueError when it is not YAML or
+    has no `ingest.source` line."""
     yaml = _round_trip()
-    params = yaml.load(params_file)
+    try:
+        params = yaml.load(params_file)
+    except YAMLError as error:
+        raise ValueError(f"{params_file}: not valid YAML: {yaml_problem(error)}") from None
     ingest = params.get("ingest") if isinstance(params, dict) else None
     if not isinstance(ingest, dict) or "source" not in ingest:
         raise ValueError(f"{params_file}: no ingest.source line found")
-    ingest["source"] = value
+    return yaml, params
+
+
+def set_ingest_source(value: str, params_file: Path = paths.PARAMS) -> None:
+    """Set `ingest.source` in `params_file`, keeping its comments and layout."""
+    yaml, params = read_params(params_file)
+    params["ingest"]["source"] = value
     yaml.dump(params, params_file)
 
 
@@ -65,10 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """2, with nothing copied, for a bad params.yaml or PATH."""
     try:
+        read_params()
         target = copy_into_raw(args.path)
     except (OSError, ValueError) as error:
-        print(f"use-data: {error}")
+        print(f"use-data: {error}", file=sys.stderr)
         return 2
     subprocess.run(["dvc", "add", str(target)], check=True)
     set_ingest_source(target.as_posix())
