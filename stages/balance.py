@@ -58,7 +58,6 @@ def main() -> None:
     report = balance_report(labels, plan, counts, cfg)
     paths.PLAN.parent.mkdir(parents=True, exist_ok=True)
     plan.to_parquet(paths.PLAN, index=False)
-    paths.BALANCE_METRICS.parent.mkdir(parents=True, exist_ok=True)
     write_json(paths.BALANCE_METRICS, report)
     counts[["age", "before", "after"]].to_csv(paths.BALANCE_HISTOGRAM, index=False)
     print(

@@ -63,7 +63,6 @@ def main() -> None:
     paths.SPLIT.mkdir(parents=True, exist_ok=True)
     for name, table in splits.items():
         table.to_parquet(paths.split_table(name), index=False)
-    paths.SPLIT_METRICS.parent.mkdir(parents=True, exist_ok=True)
     write_json(paths.SPLIT_METRICS, report)
     sizes = ", ".join(
         f"{name} {report[name]['rows']} rows ({report[name]['augmented']} augmented) "

@@ -147,7 +147,6 @@ def main() -> None:
                 | {f"{prefix}seconds": seconds[member]}
             )
         report = summaries[members[0]] if len(members) == 1 else summaries
-        paths.TUNE_METRICS.parent.mkdir(parents=True, exist_ok=True)
         write_json(paths.TUNE_METRICS, report)
         paths.TUNED.parent.mkdir(parents=True, exist_ok=True)
         paths.TUNED.write_text(Tuned(**tuned).model_dump_json(indent=2) + "\n")

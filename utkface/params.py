@@ -106,10 +106,8 @@ class ModelAugmentParams(_Section):
     contrast: Annotated[float, Field(ge=0, le=0.9)] = 0.15
 
 
-BACKBONES = ("pretrained", "finetuned", "scratch", "ensemble")
 Backbone = Literal["pretrained", "finetuned", "scratch", "ensemble"]
 Member = Literal["pretrained", "finetuned", "scratch"]
-HEAD_MEMBERS = ("pretrained", "finetuned")  # the families whose answer comes from the head
 
 
 class HeadParams(_Section):

@@ -28,7 +28,6 @@ from utkface.model.head_export import save_head_onnx
 from utkface.model.network import with_test_time_flip
 from utkface.model.saving import save_model
 from utkface.params import (
-    HEAD_MEMBERS,
     EarlyStoppingParams,
     Member,
     ModelParams,
@@ -109,12 +108,12 @@ def effective_model_params(params: Params, tuned: Tuned) -> dict:
     logged: dict = {"backbone": params.model.backbone}
     for member in params.model.members:
         cfg = member_config(params, member, tuned.of(member))
-        if member in HEAD_MEMBERS:
+        if member == "scratch":
+            logged |= cfg.model_dump(exclude={"backbone", "head", "finetune"})
+        else:  # a family answering from the head
             logged["head"] = cfg.head.model_dump()
         if member == "finetuned":
             logged["finetune"] = cfg.finetune.model_dump()
-        if member == "scratch":
-            logged |= cfg.model_dump(exclude={"backbone", "head", "finetune"})
     return logged
 
 
