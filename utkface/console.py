@@ -4,25 +4,22 @@
 imports TensorFlow, Keras, MLflow or Great Expectations, because they read their logging
 settings from the environment at import time.
 
-TensorFlow 2.21's C++ lines are another matter: absl writes them to the process's stderr before
-TensorFlow reads `TF_CPP_MIN_LOG_LEVEL` ("All log messages before absl::InitializeLog()...",
-oneDNN's banner, `E0000 ... use_unbounded_threadpool` for a tf.data attribute its own runtime
-does not know), and no setting reaches absl's pre-initialisation logging from Python.
-`filter_native_stderr` drops exactly those lines at the file descriptor, for a stage's process.
+A stage that loads TensorFlow 2.21 still writes a few C++ lines to stderr, which
+docs/troubleshooting.md explains: absl's "All log messages before absl::InitializeLog()..." and
+oneDNN's banner, logged while TensorFlow's libraries load, before anything in the process can
+set a log level, and `node_def_util.cc ... use_unbounded_threadpool`, an error-level line that
+only hiding every error would hide. They stay: filtering them would route stderr through a pipe
+and a thread, which lose the last lines of a process that dies natively (a segfault's traceback).
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import os
-import re
-import sys
-import threading
 
 ENVIRONMENT = {
     "KERAS_BACKEND": "tensorflow",
-    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ info lines: the oneDNN and CPU banners
+    "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow's C++ info lines once loaded: the CPU banner
     "GX_ANALYTICS_ENABLED": "false",  # Great Expectations sends no usage statistics
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",  # a progress bar per tiny download
     "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow 3 sends usage events unless told not to
@@ -43,38 +40,3 @@ def quiet_libraries() -> None:
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
-
-
-# TensorFlow's C++ start-up lines that say nothing to a user (see the module docstring)
-NATIVE_NOISE = re.compile(
-    rb"WARNING: All log messages before absl::InitializeLog\(\) is called"
-    rb"|[IWE]0000 [\d:. ]+\d+ (port|cpu_feature_guard|node_def_util)\.cc:\d+\]"
-    rb"|To enable the following instructions: .* rebuild TensorFlow"
-)
-
-
-def filter_native_stderr() -> None:
-    """Route this process's stderr (file descriptor 2, which native code writes to) through a
-    thread that forwards every line but `NATIVE_NOISE` to the real stderr; at exit, the pipe is
-    closed and drained, so no line is lost."""
-    sys.stderr.flush()
-    real = os.dup(2)
-    read, write = os.pipe()
-    os.dup2(write, 2)
-    os.close(write)
-
-    def forward() -> None:
-        with os.fdopen(read, "rb") as source:
-            for line in source:
-                if not NATIVE_NOISE.match(line):
-                    os.write(real, line)
-
-    thread = threading.Thread(target=forward, name="stderr-filter", daemon=True)
-    thread.start()
-
-    def drain() -> None:
-        sys.stderr.flush()
-        os.dup2(real, 2)  # closes the pipe's last write end: the thread reads to its end
-        thread.join(timeout=10)
-
-    atexit.register(drain)

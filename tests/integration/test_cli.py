@@ -1,11 +1,14 @@
 """The `utkface` command and the stages as a user meets them: help and light commands start
-without TensorFlow, bad params end every stage with one line per bad key, and a command only
-refuses bad values in the sections it reads."""
+without TensorFlow, bad params end every stage with one line per bad key, a command only
+refuses bad values in the sections it reads, and a stage that crashes keeps its last lines."""
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -123,9 +126,45 @@ def test_a_stage_process_with_bad_params_prints_no_traceback(tmp_path: Path) -> 
     assert without_tensorflow_log(done.stderr) == ["evaluate: invalid params.yaml:", *BAD_LINES]
 
 
+CRASH = """\
+import ctypes
+import sys
+
+print("crash: the last line before the crash", file=sys.stderr, flush=True)
+ctypes.string_at(0)  # a native crash: SIGSEGV
+"""
+
+
+def test_a_stage_process_that_crashes_natively_keeps_its_last_stderr_lines(
+    tmp_path: Path,
+) -> None:
+    """A stage's stderr is the process's own (no pipe), so its caller (DVC) gets every line
+    even when the process dies natively, faulthandler's traceback written while it dies too."""
+    stages = tmp_path / "stages"
+    stages.mkdir()
+    shutil.copy2(REPO / "stages" / "__init__.py", stages)
+    (stages / "crash.py").write_text(CRASH)
+    done = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-m", "stages.crash"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": f"{tmp_path}{os.pathsep}{REPO}", "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == -signal.SIGSEGV
+    lines = without_tensorflow_log(done.stderr)
+    assert lines[:2] == [
+        "crash: the last line before the crash",
+        "Fatal Python error: Segmentation fault",
+    ]
+    assert f'File "{stages / "crash.py"}", line 5 in <module>' in done.stderr
+
+
 # TensorFlow 2.21 writes its C++ banners through absl before absl's logging is set up, and
 # TF_CPP_MIN_LOG_LEVEL no longer hides them: 'WARNING: All log messages before
-# absl::InitializeLog() ...' and 'I0000 00:00:... port.cc:153] oneDNN custom operations ...'.
+# absl::InitializeLog() ...' and 'I0000 00:00:... port.cc:153] oneDNN custom operations ...'
+# (docs/troubleshooting.md).
 TENSORFLOW_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IWEF]\d{4} )")
 
 
