@@ -17,6 +17,7 @@ import mlflow
 import numpy as np
 import pytest
 import yaml
+from dvc_data.hashfile import hash as dvc_hash
 from dvc_project import clean_env, committed_and_reproduced, run
 from mlflow import MlflowClient
 
@@ -239,14 +240,16 @@ def dvc_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return committed_and_reproduced(root, env)
 
 
-def test_the_data_version_comes_from_dvc_lock_and_equals_hashing_the_files(
+def test_the_data_version_is_made_of_the_md5s_dvc_records(
     dvc_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Untouched since `dvc repro`: the md5s are those in dvc.lock, from DVC's state database
+    without reading a file again, and equal to hashing the files, as outside DVC."""
     lock = yaml.safe_load((dvc_project / "dvc.lock").read_text())
     (images,) = [o for o in lock["stages"]["data"]["outs"] if o["path"].endswith("images.npy")]
     monkeypatch.chdir(dvc_project)
     with monkeypatch.context() as reading:
-        reading.setattr(tracking, "_md5", _unexpected_read)
+        reading.setattr(dvc_hash, "file_md5", _unexpected_read)
         md5s = tracking.file_md5s()
         version = tracking.data_version()
     assert md5s[Path("data/ingested/images.npy")] == images["md5"]
@@ -259,19 +262,40 @@ def test_the_data_version_comes_from_dvc_lock_and_equals_hashing_the_files(
     assert tracking.data_version() == version
 
 
-def test_a_file_changed_since_dvc_recorded_it_is_hashed(
+def _edit_in_place(path: Path, first_byte: bytes) -> bytes:
+    """Overwrite the file's first byte, keeping its size and inode; its new content."""
+    with path.open("r+b") as handle:
+        handle.write(first_byte)
+    return path.read_bytes()
+
+
+def test_a_same_size_edit_changes_the_data_version(
     dvc_project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """An edit that keeps a file's size (and inode) after DVC's state database holds its md5:
+    the image cache's new md5 is the one `dvc commit` then records; a split table's too."""
     copy = shutil.copytree(dvc_project, tmp_path / "copy", symlinks=True)
+    env = clean_env()
     monkeypatch.chdir(copy)
-    recorded = tracking.data_version()
-    images = copy / "data" / "ingested" / "images.npy"
-    images.unlink()  # DVC may have linked it to its cache
-    images.write_bytes(b"other images")
-    assert tracking.data_version() != recorded
-    assert tracking.file_md5s()[Path("data/ingested/images.npy")] == (
-        hashlib.md5(b"other images").hexdigest()
-    )
+    images, table = Path("data/ingested/images.npy"), Path("data/split/test.parquet")
+    for path in (images, table):  # a file of its own: DVC may have linked it to its cache
+        data = path.read_bytes()
+        path.unlink()
+        path.write_bytes(data)
+    recorded = tracking.data_version()  # DVC's state database now holds every file's md5
+    edited = _edit_in_place(images, b"I")
+    assert len(edited) == len(b"images")
+    md5s = tracking.file_md5s()
+    assert md5s[images] == hashlib.md5(b"Images").hexdigest()
+    run(["dvc", "commit", "--force", "data"], copy, env)
+    lock = yaml.safe_load((copy / "dvc.lock").read_text())
+    (out,) = [o for o in lock["stages"]["data"]["outs"] if o["path"] == images.as_posix()]
+    assert md5s[images] == out["md5"]
+    after_images = tracking.data_version()
+    assert after_images != recorded
+    table_bytes = _edit_in_place(table, b"X")
+    assert tracking.file_md5s()[table] == hashlib.md5(table_bytes).hexdigest()
+    assert tracking.data_version() not in (recorded, after_images)
 
 
 def test_a_stage_run_by_dvc_sees_the_params_dvc_exp_run_set(
@@ -289,8 +313,8 @@ def test_a_stage_run_by_dvc_sees_the_params_dvc_exp_run_set(
     }
 
 
-def _unexpected_read(path: Path) -> str:
-    raise AssertionError(f"{path} was hashed although dvc.lock records it")
+def _unexpected_read(path: str, *args: object, **kwargs: object) -> str:
+    raise AssertionError(f"{path} was read although DVC's state database holds its md5")
 
 
 def test_lineage_tags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,7 @@ resolved to the repository that holds that copy: their runs land in the store th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -28,7 +29,6 @@ from mlflow.exceptions import MlflowException
 from utkface import paths
 
 if TYPE_CHECKING:
-    from dvc.output import Output
     from dvc.repo import Repo
 
 TRAIN_EXPERIMENT = "utkface-age-gender"
@@ -225,53 +225,22 @@ def run_name(stage: str) -> str:
     return f"{stage} {_listed(params, most=3)}" if params else f"{stage} @{git_commit()[:7]}"
 
 
-def _size_on_disk(path: Path) -> int:
-    if path.is_dir():
-        return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
-    return path.stat().st_size
-
-
-def _output_md5s(output: Output, where: Path) -> dict[Path, str]:
-    """An output's md5 from dvc.lock; a folder's files' md5s from its listing in DVC's cache
-    (none if the cache lacks it)."""
-    if not output.hash_info.isdir:
-        return {where: output.hash_info.value}
-    listing = output.get_obj()
-    if listing is None:
-        return {}
-    return {where.joinpath(*key): hash_info.value for key, _, hash_info in listing}
-
-
-def _recorded_md5s(files: Iterable[Path]) -> dict[Path, str]:
-    """The md5s DVC recorded in dvc.lock for `files` or the output folders holding them, by
-    absolute path. An output whose size on disk differs from the record changed since."""
-    wanted = {path.absolute() for path in files}
-    repo = _dvc_repo()
-    if repo is None:
-        return {}
-    recorded: dict[Path, str] = {}
-    with repo:
-        for output in repo.index.outs:
-            where = Path(output.fs_path)
-            if not any(path == where or where in path.parents for path in wanted):
-                continue
-            if output.hash_info.value and _size_on_disk(where) == output.meta.size:
-                recorded |= _output_md5s(output, where)
-    return recorded
-
-
 def file_md5s(files: Iterable[Path] = DATA_FILES) -> dict[Path, str]:
-    """Each file's md5: as DVC recorded it when its stage ran (dvc.lock), so a stage does not
-    re-read hundreds of MB; hashed here where DVC has no record (a stage's main() run outside
-    DVC, as the tests do). Both give the same md5 for the same bytes."""
-    files = list(files)
-    recorded = _recorded_md5s(files)
-    return {path: recorded.get(path.absolute()) or _md5(path) for path in files}
+    """Each file's md5 as DVC computes it, the md5 it records in dvc.lock. In a DVC repository
+    it comes from DVC's state database, which keeps the md5s DVC computed by inode, mtime and
+    size, so a stage does not re-read the hundreds of MB DVC has just hashed, and a file edited
+    since (its size kept or not) is hashed again; outside one (a stage's main() run by the
+    tests) every file is hashed."""
+    from dvc.fs import localfs
+    from dvc_data.hashfile.hash import hash_file
 
-
-def _md5(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "md5").hexdigest()
+    repo = _dvc_repo()
+    with repo or contextlib.nullcontext():  # closes the repository and its state database
+        state = None if repo is None else repo.state
+        return {  # "md5": DVC 3's hash of an output (dvc.lock's `hash: md5`)
+            path: hash_file(str(path.absolute()), localfs, "md5", state=state)[1].value
+            for path in files
+        }
 
 
 def data_version(files: Iterable[Path] = DATA_FILES) -> str:
