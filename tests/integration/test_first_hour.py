@@ -1,23 +1,33 @@
 """A newcomer's first hour, following the README on a fresh copy of the project: the same
 figures on a second `dvc repro --force`, a bad `-S` value that costs no work, a queue of two
-experiments whose better one `utkface promote` picks, and exit codes a script can trust."""
+experiments whose better one `utkface promote` picks, exit codes a script can trust, and the
+README's test command still passing after its experiments."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from dvc_project import clean_env, reproduced_project, run, stages_run
+from dvc_project import REPO, clean_env, reproduced_project, run, stages_run
 from tiny import dag_params
 
 from utkface import paths
 from utkface.data.synthetic import draw_face
 
 pytestmark = pytest.mark.slow
+
+README_TEST = "tests/unit/test_readme.py"
+# the tests of the figures the docs quote from the committed run
+FIGURE_TESTS = [
+    f"{README_TEST}::test_quoted_figures_equal_the_committed_metrics",
+    f"{README_TEST}::test_readme_quotes_no_committed_figure_without_a_marker",
+]
 
 
 def _digests(root: Path) -> dict[str, str]:
@@ -28,6 +38,19 @@ def _digests(root: Path) -> dict[str, str]:
 
 def _version(root: Path) -> int:
     return json.loads((root / paths.REGISTERED).read_text())["version"]
+
+
+def _commit_the_docs(root: Path, env: dict[str, str]) -> None:
+    """This checkout's README, docs and their figures' test committed in `root`, with the
+    committed `metrics/evaluate.json` they quote: HEAD there holds what a clone's HEAD holds."""
+    committed = run(["git", "show", f"HEAD:./{paths.EVALUATE_METRICS}"], REPO, env).stdout
+    (root / paths.EVALUATE_METRICS).write_text(committed)
+    shutil.copy2(REPO / "README.md", root / "README.md")
+    shutil.copytree(REPO / "docs", root / "docs")
+    (root / "tests" / "unit").mkdir(parents=True)
+    shutil.copy2(REPO / README_TEST, root / README_TEST)
+    run(["git", "add", "-A"], root, env)
+    run(["git", "commit", "-q", "-m", "the docs and the figures they quote"], root, env)
 
 
 def test_the_first_hour(tmp_path: Path) -> None:
@@ -81,3 +104,12 @@ def test_the_first_hour(tmp_path: Path) -> None:
     assert mixed.returncode == 3
     rows = {Path(r["path"]).name: r for r in json.loads(mixed.stdout)}
     assert rows["face.png"]["error"] is None and rows["broken.jpg"]["error"]
+
+    # the README's experiment rewrites the workspace's metrics; the docs' figures, checked
+    # against the committed ones, still pass
+    _commit_the_docs(root, env)
+    run(["dvc", "exp", "run", "-S", "lr=0.0005"], root, env)
+    head = run(["git", "show", f"HEAD:./{paths.EVALUATE_METRICS}"], root, env).stdout
+    assert json.loads((root / paths.EVALUATE_METRICS).read_text()) != json.loads(head)
+    checked = run([sys.executable, "-m", "pytest", "-p", "no:randomly", *FIGURE_TESTS], root, env)
+    assert "passed" in checked.stdout and "skipped" not in checked.stdout, checked.stdout
