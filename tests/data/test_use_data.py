@@ -1,4 +1,5 @@
-"""`utkface use-data`: copying a user's UTKFace into data/raw and pointing ingest.source at it."""
+"""`utkface use-data`: copying a user's UTKFace into data/raw and pointing ingest.source at it,
+and refusing a source with no usable image before changing anything."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import default_params
 
 from utkface.cli.main import main
-from utkface.cli.use_data import copy_into_raw, set_ingest_source
-from utkface.params import load_params
+from utkface.cli.use_data import check_usable, copy_into_raw, set_ingest_source
+from utkface.data.synthetic import synthetic_files
+from utkface.params import Params, load_params
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "25_0_0_20170101000000001.jpg.chip.jpg"
@@ -80,6 +83,67 @@ def test_refuses_a_missing_source(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         copy_into_raw(tmp_path / "nowhere", tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+# --------------------------------------------------------------------------- usable sources
+
+
+def _synthetic_face() -> tuple[str, bytes]:
+    """One UTKFace-named JPEG that ingest admits."""
+    return next(synthetic_files(1, seed=0))
+
+
+def test_a_source_with_one_usable_image_among_other_files_is_usable(tmp_path):
+    name, data = _synthetic_face()
+    (tmp_path / "faces").mkdir()
+    (tmp_path / "faces" / "README.txt").write_text("notes")
+    (tmp_path / "faces" / name).write_bytes(data)
+    check_usable(tmp_path / "faces", Params())  # does not raise
+
+
+def test_an_archive_without_utkface_names_is_refused_with_why(tmp_path):
+    archive = tmp_path / "holiday.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("beach.jpg", _synthetic_face()[1])
+        zf.writestr("pier.jpg", _synthetic_face()[1])
+    with pytest.raises(ValueError) as error:
+        check_usable(archive, Params())
+    message = str(error.value)
+    assert message.startswith(f"{archive}: no usable image among its 2 file(s) (malformed_name 2;")
+    assert "e.g. beach.jpg: malformed name" in message
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ({}, "no usable image: it holds no file"),
+        (
+            {"notes.txt": "not a face"},
+            "no usable image among its 1 file(s) (not_an_image 1; e.g. notes.txt: "
+            "not an image file name",
+        ),
+    ],
+    ids=["empty", "text-file"],
+)
+def test_use_data_refuses_a_source_without_a_usable_image_and_changes_nothing(
+    tmp_path, monkeypatch, capsys, files, reason
+):
+    source = tmp_path / "home" / "faces"
+    source.mkdir(parents=True)
+    for name, text in files.items():
+        (source / name).write_text(text)
+    project = tmp_path / "project"
+    project.mkdir()
+    params = project / "params.yaml"
+    params.write_text(yaml.safe_dump(default_params(), sort_keys=False))
+    before = params.read_bytes()
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit) as stopped:
+        main(["use-data", str(source)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.startswith(f"use-data: {source}: {reason}")
+    assert params.read_bytes() == before
+    assert [p.name for p in project.iterdir()] == ["params.yaml"]  # no data/raw, no .dvc file
 
 
 # --------------------------------------------------------------------------- set_ingest_source

@@ -3,7 +3,8 @@
 Copies the folder / .zip / .tar.gz into `data/raw/`, tracks it with `dvc add` (so a change to
 the raw data re-runs `ingest`, and `dvc push` backs it up), and sets `ingest.source` in
 params.yaml. Copying, rather than pointing at the original, is what lets DVC see every change:
-the ingest stage depends on `data/raw`, which DVC hashes.
+the ingest stage depends on `data/raw`, which DVC hashes. A source from which ingest would admit
+no image is refused before anything changes, rather than failing later in `dvc repro`.
 """
 
 from __future__ import annotations
@@ -12,19 +13,24 @@ import argparse
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML, YAMLError
 
 from utkface import paths
-from utkface.data.sources import ARCHIVE_SUFFIXES
-from utkface.params import yaml_problem
+from utkface.data.admission import admit
+from utkface.data.sources import ARCHIVE_SUFFIXES, iter_source
+from utkface.params import Params, load_params, yaml_problem
+
+# the params sections the admission rules read
+ADMISSION_SECTIONS = ("seed", "ingest", "validate")
 
 
-def copy_into_raw(source: Path, raw_dir: Path = paths.RAW) -> Path:
-    """Copy a folder or archive into `raw_dir`; returns the copy's path."""
-    source = source.expanduser().resolve()
+def raw_target(source: Path, raw_dir: Path = paths.RAW) -> Path:
+    """Where `source` (resolved) is copied in `raw_dir`; raises if it does not exist, is a file
+    but not an archive, or is already there."""
     if not source.exists():
         raise FileNotFoundError(f"{source}: does not exist")
     if source.is_file() and not source.name.lower().endswith(ARCHIVE_SUFFIXES):
@@ -32,6 +38,40 @@ def copy_into_raw(source: Path, raw_dir: Path = paths.RAW) -> Path:
     target = raw_dir / source.name
     if target.exists():
         raise FileExistsError(f"{target}: already exists; remove it first or pick another copy")
+    return target
+
+
+def check_usable(source: Path, params: Params) -> None:
+    """Raise ValueError, saying why, unless ingest would admit at least one file of `source`.
+
+    Each file goes through ingest's own admission rules until one is admitted, so a usable
+    source costs about one decoded image."""
+    cfg = params.ingest
+    files = iter_source(str(source), cfg.max_file_bytes, cfg.synthetic_count, params.seed)
+    rejected: Counter[str] = Counter()
+    example = ""
+    for raw in files:
+        admission = admit(
+            [raw], cfg.image_size, cfg.max_image_pixels, params.validate_.age_max, progress=False
+        )
+        if not admission.labels.empty:
+            return
+        rejection = admission.rejections.iloc[0]
+        rejected[rejection.category] += 1
+        example = example or f"; e.g. {rejection.file}: {rejection.reason}"
+    if not rejected:
+        raise ValueError(f"{source}: no usable image: it holds no file")
+    counts = ", ".join(f"{category} {count}" for category, count in rejected.most_common())
+    raise ValueError(
+        f"{source}: no usable image among its {rejected.total()} file(s) ({counts}{example}); "
+        "expected UTKFace's images, named age_gender_race_timestamp.jpg (or .jpg.chip.jpg)"
+    )
+
+
+def copy_into_raw(source: Path, raw_dir: Path = paths.RAW) -> Path:
+    """Copy a folder or archive into `raw_dir`; returns the copy's path."""
+    source = source.expanduser().resolve()
+    target = raw_target(source, raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
     if source.is_dir():
         shutil.copytree(source, target)
@@ -78,10 +118,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """2, with nothing copied, for a bad params.yaml or PATH."""
+    """Exit status 2, with the reason and nothing changed, when the source is refused."""
+    source = args.path.expanduser().resolve()
     try:
         read_params()
-        target = copy_into_raw(args.path)
+        raw_target(source)  # before reading the whole source
+        check_usable(source, load_params(only=ADMISSION_SECTIONS))
+        target = copy_into_raw(source)
     except (OSError, ValueError) as error:
         print(f"use-data: {error}", file=sys.stderr)
         return 2
