@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import re
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import keras
@@ -21,9 +23,11 @@ from dvc_data.hashfile import hash as dvc_hash
 from dvc_project import clean_env, committed_and_reproduced, run
 from mlflow import MlflowClient
 
+from utkface import tensorflow_build
 from utkface.cli import predict as predict_command
 from utkface.mlops import tracking
-from utkface.mlops.keras_logging import EpochLogger
+from utkface.mlops.keras_logging import EpochLogger, log_keras_model
+from utkface.model.age_network import ChannelAffine
 from utkface.model.fitting import LearningRateInLogs
 from utkface.model.network import build_model, compile_model
 from utkface.params import ModelParams, TrainParams
@@ -462,6 +466,31 @@ def test_epoch_logger_can_target_a_run_that_is_not_active(store: str) -> None:
     (logged,) = MlflowClient(store).get_metric_history(run.info.run_id, "val_loss")
     assert (logged.step, logged.value) == (4, 2.5)
     assert mlflow.active_run() is None
+
+
+def test_a_keras_model_with_project_layers_is_logged_with_its_requirements_quietly(
+    store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MLflow would infer the requirements by loading the model in a fresh process, where the
+    project's layers are not registered: it warned and logged Keras alone."""
+    tracking.use_experiment("tests-tracking")
+    inputs = keras.Input((4,), name="features")
+    hidden = ChannelAffine()(inputs)
+    outputs = {"age": keras.layers.Dense(1, name="age")(hidden)}
+    outputs["gender"] = keras.layers.Dense(1, activation="sigmoid", name="gender")(hidden)
+    model = keras.Model(inputs, outputs)
+    mlflow_logger = logging.getLogger("mlflow")  # it does not propagate to the root logger
+    mlflow_logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mlflow"), mlflow.start_run():
+            info = log_keras_model(model, np.zeros((2, 4), "float32"))
+    finally:
+        mlflow_logger.removeHandler(caplog.handler)
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not [message for message in warned if "inferring pip requirements" in message], warned
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(info.model_uri)).read_text()
+    names = ["mlflow", "keras", tensorflow_build.distribution(), "numpy"]
+    assert sorted(requirements.split()) == sorted(f"{n}=={metadata.version(n)}" for n in names)
 
 
 # --- a store that moves with its clone ----------------------------------------------------------

@@ -5,6 +5,7 @@ nested runs. Kept apart from `tracking` so that the registry, `utkface promote` 
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from typing import Any
 
 import keras
@@ -14,6 +15,7 @@ import numpy as np
 from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
 
+from utkface import tensorflow_build
 from utkface.mlops.runs import process_tags
 from utkface.model.search import OBJECTIVE
 
@@ -44,10 +46,20 @@ class _KerasFlavor:
         mlflow.keras.save_model(path=path, **kwargs)
 
 
+def pip_requirements() -> list[str]:
+    """What loading a Keras-flavor model needs, pinned to this environment. Explicit, because
+    MLflow would infer them by loading the model in a fresh process, where the project's custom
+    layers (the finetuned family's) are not registered: the load fails, MLflow warns and falls
+    back to Keras alone."""
+    names = ["keras", tensorflow_build.distribution(), "numpy"]
+    return [f"{name}=={metadata.version(name)}" for name in names]
+
+
 def log_keras_model(
     model: keras.Model, example: np.ndarray | dict[str, np.ndarray], name: str = "model"
 ) -> ModelInfo:
-    """Log `model` (Keras flavor) to the active run with its signature and an input example."""
+    """Log `model` (Keras flavor) to the active run with its signature, an input example and
+    explicit pip requirements."""
     outputs = {k: np.asarray(v) for k, v in model.predict(example, verbose=0).items()}
     return Model.log(
         artifact_path=None,
@@ -56,6 +68,7 @@ def log_keras_model(
         model=model,
         signature=infer_signature(example, outputs),
         input_example=example,
+        pip_requirements=pip_requirements(),
     )
 
 
