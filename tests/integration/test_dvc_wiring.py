@@ -25,12 +25,16 @@ def test_the_stages_are_the_pipeline() -> None:
     # every stage after the check depends on its output, so DVC runs it first
     assert all("data/params.checked" in DVC[s]["deps"] for s in STAGES[1:])
     assert DVC["check_params"]["params"] == [{"params.yaml": None}]  # the whole file
+    # validation right after ingest: the stages that read ingest's outputs first wait for its
+    # verdict, and every later stage reads theirs
+    assert [s for s in STAGES if "data/validated" in DVC[s]["deps"]] == ["features", "balance"]
+    assert [next(iter(o)) for o in DVC["validate"]["outs"]][0] == "data/validated"
     assert STAGES == [
         "check_params",
         "ingest",
+        "validate",
         "features",
         "prefix",
-        "validate",
         "balance",
         "split",
         "tune",
