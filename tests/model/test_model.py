@@ -215,6 +215,7 @@ def test_make_dataset_shuffles_every_row_once_per_epoch() -> None:
     assert not np.array_equal(epochs[0], epochs[1])  # reshuffled each epoch
 
 
+@pytest.mark.slow
 def test_fit_is_reproducible_for_a_seed() -> None:
     def run(seed: int) -> dict[str, list[float]]:
         _, history = fitting.fit(

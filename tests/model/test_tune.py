@@ -234,6 +234,7 @@ def _trial_runs(client: MlflowClient, parent_id: str) -> list:
     )
 
 
+@pytest.mark.slow
 def test_search_runs_one_nested_mlflow_run_per_trial_and_summarizes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -286,6 +287,7 @@ def test_search_runs_one_nested_mlflow_run_per_trial_and_summarizes(
         assert run.data.tags["trial_id"] == row["trial_id"]
 
 
+@pytest.mark.slow
 def test_main_single_process_writes_tune_json_and_a_parent_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
