@@ -59,6 +59,7 @@ def test_help_lists_every_command_without_loading_tensorflow(tmp_path: Path) -> 
     assert out == "exit 0\nloaded:"
 
 
+@pytest.mark.slow
 def test_promote_runs_without_loading_tensorflow(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("register: {model_name: nothing-yet}\n")
     out, err = run_cli(["promote"], tmp_path)
@@ -89,6 +90,7 @@ def test_commands_with_bad_params_they_read_print_one_line_per_key_and_exit_2(
     assert sorted(err.splitlines()[1:]) == sorted(BAD_REGISTER_LINES)  # not seed or ingest's
 
 
+@pytest.mark.slow
 def test_commands_ignore_bad_values_in_sections_they_do_not_read(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(BAD_PARAMS + "register: {model_name: nothing-yet}\n")
     out, err = run_cli(["promote"], tmp_path)

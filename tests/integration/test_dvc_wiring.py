@@ -28,7 +28,7 @@ def test_the_stages_are_the_pipeline() -> None:
     # validation right after ingest: the stages that read ingest's outputs first wait for its
     # verdict, and every later stage reads theirs
     assert [s for s in STAGES if "data/validated" in DVC[s]["deps"]] == ["features", "balance"]
-    assert [next(iter(o)) for o in DVC["validate"]["outs"]][0] == "data/validated"
+    assert next(iter(DVC["validate"]["outs"][0])) == "data/validated"
     assert STAGES == [
         "check_params",
         "ingest",

@@ -93,6 +93,7 @@ def _frameworks_after(body: str, cwd: Path) -> tuple[list[str], str]:
     return json.loads(line.removeprefix("frameworks:")), done.stdout
 
 
+@pytest.mark.slow
 def test_predict_loads_and_answers_without_tensorflow(logged: ModelInfo, tmp_path: Path) -> None:
     photo = tmp_path / "face.png"
     photo.write_bytes(png(astronaut_face(FACE_SIZE)))
@@ -111,6 +112,7 @@ except SystemExit as done:
     assert "exit: 0" in out
 
 
+@pytest.mark.slow
 def test_serve_loads_the_model_without_tensorflow(logged: ModelInfo, tmp_path: Path) -> None:
     body = f"""
 import os
@@ -122,6 +124,7 @@ server.create_app()
     assert _frameworks_after(body, tmp_path)[0] == []
 
 
+@pytest.mark.slow
 def test_the_app_predicts_without_tensorflow(logged: ModelInfo, tmp_path: Path) -> None:
     body = f"""
 from skimage import data

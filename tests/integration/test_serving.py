@@ -130,6 +130,7 @@ print(" ".join(sorted(name for name in sys.modules if name.startswith("utkface")
 """
 
 
+@pytest.mark.slow
 def test_the_model_loads_with_only_the_code_it_carries(logged: ModelInfo, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-c", LOAD_AND_LIST_MODULES, logged.model_uri],

@@ -302,6 +302,7 @@ def test_a_same_size_edit_changes_the_data_version(
     assert tracking.data_version() not in (recorded, after_images)
 
 
+@pytest.mark.slow
 def test_a_stage_run_by_dvc_sees_the_params_dvc_exp_run_set(
     dvc_project: Path, tmp_path: Path
 ) -> None:
