@@ -23,7 +23,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.models.model import ModelInfo
 from PIL import Image
 from skimage import data
-from tiny import AGE_MAX, MAX_PIXELS, synthetic_faces
+from tiny import AGE_MAX, MAX_PIXELS, new_store, synthetic_faces
 
 from utkface import paths
 from utkface.data.labels import AGE, GENDER
@@ -56,7 +56,7 @@ CARD = registry.ModelCardFacts(backbone="scratch", trained_on="real images", tra
 
 def use_tmp_store(monkeypatch: pytest.MonkeyPatch, root: Path) -> str:
     """MLflow store, artifacts and a minimal params.yaml under `root`, which becomes the cwd."""
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = new_store(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(root)
     (root / "params.yaml").write_text(

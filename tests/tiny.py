@@ -4,8 +4,12 @@ synthetic faces decoded like ingest does, and a tiny project directory with its 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import shutil
 import socket
+import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from mlflow import MlflowClient
 
 from utkface import paths
 from utkface.data.balancing import original_rows
@@ -163,12 +168,33 @@ def tiny_project(
     """A tiny project at `root`, made the cwd, with its own MLflow store; returns the store URI."""
     write_tiny_project(root, overrides)
     monkeypatch.chdir(root)
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = new_store(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     for name in KERASTUNER_ENV:
         monkeypatch.delenv(name, raising=False)
     return uri
+
+
+@functools.cache
+def _empty_store() -> Path:
+    """An MLflow SQLite store with its tables made, once per process: making them takes about
+    a second, copying the file a few milliseconds."""
+    store = Path(tempfile.mkdtemp(prefix="mlflow-template-")) / "mlflow.db"
+    MlflowClient(f"sqlite:///{store}").search_experiments()
+    return store
+
+
+def new_store(root: Path) -> str:
+    """A fresh, empty MLflow SQLite store at `root`/mlflow.db, its Default experiment's
+    artifacts under `root`/mlruns as MLflow would make them there; its URI."""
+    shutil.copyfile(_empty_store(), root / "mlflow.db")
+    with contextlib.closing(sqlite3.connect(root / "mlflow.db")) as db, db:
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str(root / "mlruns" / "0"),),
+        )
+    return f"sqlite:///{root}/mlflow.db"
 
 
 def free_port() -> int:

@@ -14,13 +14,14 @@ import mlflow
 import psutil
 import pytest
 from mlflow import MlflowClient
+from tiny import new_store
 
 from utkface.mlops import runs, tracking
 
 
 @pytest.fixture
 def experiment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", new_store(tmp_path))
     monkeypatch.chdir(tmp_path)
     return tracking.use_experiment("tests-runs")
 

@@ -22,6 +22,7 @@ import yaml
 from dvc_data.hashfile import hash as dvc_hash
 from dvc_project import clean_env, committed_and_reproduced, run
 from mlflow import MlflowClient
+from tiny import new_store
 
 from utkface import tensorflow_build
 from utkface.cli import predict as predict_command
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = new_store(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri

@@ -142,11 +142,13 @@ def test_best_epoch_metrics_ignores_epochs_before_start_from_epoch() -> None:
 def test_main_without_lr_or_tune_results_fails_before_training(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tiny_project(tmp_path, monkeypatch)
+    client = MlflowClient(tiny_project(tmp_path, monkeypatch))
     with pytest.raises(ValueError, match="dvc exp run -S lr="):
         train.main()
     assert not (tmp_path / paths.MODEL).exists()
-    assert not (tmp_path / "mlflow.db").exists()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert experiments == ["0"]  # no run started: not even the project's experiment exists
+    assert client.search_runs(experiments) == []
 
 
 @pytest.fixture(scope="module")
