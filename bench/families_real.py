@@ -3,10 +3,9 @@
 For each seed (which drives the split, the tuner and the weights), copies the project to a
 temporary directory (never the repository: nothing derived from UTKFace may be committed),
 points `ingest.source` at the real folder, sets `model.backbone` and runs every DVC stage with
-`dvc repro -s`. With `--backbone ensemble` both families are trained in one run, and each is
-also scored alone from the same models, so one run per seed measures all three.
+`dvc repro -s`.
 
-Prints, per family: wall time per stage, feature-extraction images/s, test age MAE and gender
+Prints: wall time per stage, feature-extraction images/s, test age MAE and gender
 accuracy overall and per age band (0-2, 3-9, 10-19, 20-39, 40-59, 60+) as mean +- standard
 deviation over the seeds, and the served model's predict latency per face (one image, and
 batches of 64 synthetic 200 px JPEGs), with the CPU they were measured on.
@@ -33,6 +32,7 @@ import numpy as np
 from pipeline_real import DEFAULT_DATA, REPO, cpu_description, prepare
 from predict_latency import _frame, _median_ms
 
+from utkface.inference.families import Family
 from utkface.scoring.age_interval import AgeInterval
 
 STAGES = [
@@ -64,16 +64,16 @@ def inside(root: Path) -> Iterator[None]:
             os.environ["MLFLOW_TRACKING_URI"] = uri
 
 
-def score(members: tuple[str, ...]) -> dict:
-    """Test metrics of `members` averaged, as evaluate and the served model combine them."""
+def score() -> dict:
+    """Test metrics of the trained family, as evaluate and the served model answer."""
     from utkface.data.labels import gender_labels
     from utkface.inference.evaluation import predict_split, served_inputs
     from utkface.params import load_params
 
-    age_max = load_params().validate_.age_max
-    families, interval = served_families(members)
-    inputs = {m: served_inputs(m, "test") for m in members}
-    frame = predict_split(families, inputs, age_max, interval)
+    params = load_params()
+    inputs = served_inputs(params.model.backbone, "test")
+    model, interval = served_model()
+    frame = predict_split(model, inputs, params.validate_.age_max, interval)
     correct = gender_labels(frame["p_female"].to_numpy()) == frame["gender"].to_numpy()
     error = (frame["pred_age"] - frame["age"]).abs().to_numpy()
     result = {"age_mae": float(error.mean()), "gender_accuracy": float(correct.mean())}
@@ -87,17 +87,19 @@ def score(members: tuple[str, ...]) -> dict:
     return result
 
 
-def served_families(members: tuple[str, ...]) -> tuple[dict, AgeInterval]:
-    """The saved families as the served model runs them, and the interval train calibrated."""
+def served_model() -> tuple[Family, AgeInterval]:
+    """The saved family as the served model runs it, and the interval train calibrated."""
     from utkface import paths
     from utkface.inference.families import load_family
+    from utkface.params import load_params
 
-    families = {m: load_family(m, paths.served_file(m)) for m in members}
-    return families, AgeInterval.from_config(json.loads(paths.AGE_INTERVAL.read_text()))
+    family = load_params().model.backbone
+    model = load_family(family, paths.served_file(family))
+    return model, AgeInterval.from_config(json.loads(paths.AGE_INTERVAL.read_text()))
 
 
-def latency(members: tuple[str, ...]) -> tuple[float, float]:
-    """Median ms for one image and for a batch of 64, of the pyfunc serving `members`."""
+def latency() -> tuple[float, float]:
+    """Median ms for one image and for a batch of 64, of the served pyfunc."""
     import mlflow
 
     from utkface import paths
@@ -105,9 +107,10 @@ def latency(members: tuple[str, ...]) -> tuple[float, float]:
     from utkface.inference.pyfunc_logging import log_serving_model
     from utkface.params import load_params
 
-    config = serving_config(load_params(), *served_families(members))
+    params = load_params()
+    config = serving_config(params, *served_model())
     examples = np.zeros((1, 64, 64, 3), np.uint8)
-    with mlflow.start_run(run_name=f"bench-{'+'.join(members)}"):
+    with mlflow.start_run(run_name=f"bench-{params.model.backbone}"):
         info = log_serving_model(paths.MODEL, config, examples, lineage={})
     model = mlflow.pyfunc.load_model(info.model_uri)
     single, batch = _frame(1), _frame(64)
@@ -137,19 +140,11 @@ def run_seed(
         result = {
             "seconds": seconds,
             "features": json.loads((metrics / "features.json").read_text()),
-            "families": {},
         }
         with inside(root):
-            from utkface.params import load_params
-
-            members = load_params().model.members
-            families = {m: (m,) for m in members}
-            if len(members) > 1:
-                families[backbone] = members
-            for family, parts in families.items():
-                result["families"][family] = score(parts)
-                if with_latency:
-                    result["families"][family]["latency_ms"] = latency(parts)
+            result["scores"] = score()
+            if with_latency:
+                result["scores"]["latency_ms"] = latency()
         return result
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -175,31 +170,30 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         print(f"  {stage:9s} {statistics.mean(r['seconds'][stage] for r in results):7.1f}")
     total = [sum(r["seconds"].values()) / 60 for r in results]
     print(f"  whole dvc repro: {mean_sd(total)} min (target < {TARGETS['minutes']:.0f} min)")
-    for family in first["families"]:
-        rows = [r["families"][family] for r in results]
-        print(f"\n-- {family} --")
+    rows = [r["scores"] for r in results]
+    print(f"\n-- {args.backbone} --")
+    print(
+        f"test age MAE: {mean_sd([r['age_mae'] for r in rows])} years "
+        f"(target <= {TARGETS['age_mae']})"
+    )
+    print(
+        f"test gender accuracy: {mean_sd([r['gender_accuracy'] for r in rows])} "
+        f"(target >= {TARGETS['gender_accuracy']}); ages 20-59: "
+        f"{mean_sd([r['gender_20_59'] for r in rows])} (target >= {TARGETS['gender_20_59']})"
+    )
+    print(f"80 % age interval coverage: {mean_sd([r['interval_coverage'] for r in rows])}")
+    print(f"{'age band':>9s} {'age MAE':>16s} {'gender accuracy':>16s}")
+    for low, high in BANDS:
+        name = band_name(low, high)
+        mae = mean_sd([r[name][0] for r in rows])
+        acc = mean_sd([r[name][1] for r in rows])
+        print(f"{name:>9s} {mae:>16s} {acc:>16s}")
+    if "latency_ms" in rows[0]:
+        single, batch = rows[0]["latency_ms"]
         print(
-            f"test age MAE: {mean_sd([r['age_mae'] for r in rows])} years "
-            f"(target <= {TARGETS['age_mae']})"
+            f"predict latency: 1 image {single:.0f} ms; 64 images {batch:.0f} ms "
+            f"({batch / 64:.1f} ms/face)"
         )
-        print(
-            f"test gender accuracy: {mean_sd([r['gender_accuracy'] for r in rows])} "
-            f"(target >= {TARGETS['gender_accuracy']}); ages 20-59: "
-            f"{mean_sd([r['gender_20_59'] for r in rows])} (target >= {TARGETS['gender_20_59']})"
-        )
-        print(f"80 % age interval coverage: {mean_sd([r['interval_coverage'] for r in rows])}")
-        print(f"{'age band':>9s} {'age MAE':>16s} {'gender accuracy':>16s}")
-        for low, high in BANDS:
-            name = band_name(low, high)
-            mae = mean_sd([r[name][0] for r in rows])
-            acc = mean_sd([r[name][1] for r in rows])
-            print(f"{name:>9s} {mae:>16s} {acc:>16s}")
-        if "latency_ms" in rows[0]:
-            single, batch = rows[0]["latency_ms"]
-            print(
-                f"predict latency: 1 image {single:.0f} ms; 64 images {batch:.0f} ms "
-                f"({batch / 64:.1f} ms/face)"
-            )
 
 
 def main() -> None:

@@ -149,8 +149,6 @@ def main() -> None:
     results: dict[str, dict] = {}
     try:
         params = prepare(root, args.count, args.set)
-        if args.train and params["model"]["backbone"] == "ensemble":
-            sys.exit("bench: --train times one family: set model.backbone=scratch or pretrained")
         generate, output = run_measured(
             [sys.executable, "-c", GENERATE, str(args.count), str(params["seed"])],
             root,

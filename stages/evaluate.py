@@ -45,14 +45,14 @@ def promote_command() -> str:
 
 def main() -> None:
     params = load_params()
-    members = params.model.members
+    family = params.model.backbone
+    model = load_family(family, paths.served_file(family))
     test = load_split("test")
-    inputs = {m: served_inputs(m, "test") for m in members}
+    inputs = served_inputs(family, "test")
     train = pd.read_parquet(paths.split_table("train"), columns=["age", "augmented"])
     train_ages = train.loc[~train["augmented"], "age"].to_numpy()
-    families = {m: load_family(m, paths.served_file(m)) for m in members}
     interval = AgeInterval.from_config(json.loads(paths.AGE_INTERVAL.read_text()))
-    frame = predict_split(families, inputs, params.validate_.age_max, interval)
+    frame = predict_split(model, inputs, params.validate_.age_max, interval)
     report = evaluation_report(frame, params.age_buckets)
     report["baseline_age_mae"] = median_baseline_mae(train_ages, frame["age"].to_numpy())
     metrics, detail = headline_metrics(report), detail_report(report)
@@ -72,7 +72,7 @@ def main() -> None:
             write_figures(frame, report, Path(folder))
             mlflow.log_artifacts(folder, "evaluation")
         tags = tracking.lineage_tags(lineage["data_version"])
-        config = serving_config(params, families, interval)
+        config = serving_config(params, model, interval)
         lineage_tags = tags | {"train_run_id": lineage["run_id"]}
         info = log_serving_model(paths.MODEL, config, test.images[:2], lineage=lineage_tags)
         trained = json.loads(paths.TRAIN_METRICS.read_text())

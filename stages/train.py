@@ -9,20 +9,13 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import pandas as pd
 
 from utkface import paths
 from utkface.inference.validation import judge_saved_model
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger, log_keras_model
 from utkface.mlops.runs import stage_run
-from utkface.model.training import (
-    MEMBER,
-    effective_model_params,
-    load_tuned,
-    resolve_lr,
-    train_member,
-)
+from utkface.model.training import effective_model_params, load_tuned, resolve_lr, train_member
 from utkface.outputs import write_json
 from utkface.params import load_params, run_main
 from utkface.scoring.figures import plot_learning_curves
@@ -31,8 +24,8 @@ from utkface.scoring.figures import plot_learning_curves
 def main() -> None:
     params = load_params()
     tuned = load_tuned()
-    members = params.model.members
-    lrs = {m: resolve_lr(params.fixed_lr, tuned.of(m)) for m in members}  # fail before any run
+    family = params.model.backbone
+    lr, source = resolve_lr(params.fixed_lr, tuned.of(family))  # fail before any run
     version = tracking.data_version()
     experiment_id = tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
     tags = {"stage": "train", **tracking.lineage_tags(version)}
@@ -47,45 +40,30 @@ def main() -> None:
         mlflow.log_params(tracking.flatten(logged))
         for old in paths.MODEL.glob("*"):
             old.unlink()
-        trained = {}
-        for member in members:
-            prefix = f"{member}_" if len(members) > 1 else ""  # the ensemble's two
-            lr, source = lrs[member]  # logged first: a stopped run says what it was trying
-            mlflow.log_params({f"{prefix}lr_used": lr, f"{prefix}lr_source": source})
-            trained[member] = result = train_member(
-                params, member, tuned.of(member), lr, source, [EpochLogger(prefix=prefix)]
-            )
-            mlflow.log_params({f"{prefix}train_rows": result.summary["train_rows"]})
-            mlflow.log_metrics({f"{prefix}{k}": v for k, v in result.speed.items()})
-        interval, saved = judge_saved_model(members, params.validate_.age_max)
+        # logged first: a stopped run says what it was trying
+        mlflow.log_params({"lr_used": lr, "lr_source": source})
+        trained = train_member(params, family, tuned.of(family), lr, source, [EpochLogger()])
+        mlflow.log_params({"train_rows": trained.summary["train_rows"]})
+        mlflow.log_metrics(trained.speed)
+        interval, saved = judge_saved_model(family, params.validate_.age_max)
         write_json(paths.AGE_INTERVAL, interval.to_config())
         mlflow.log_dict(interval.to_config(), "age_interval.json")
-        per_member = {m: t.summary for m, t in trained.items()}
-        summary = {"backbone": params.model.backbone}
-        summary |= per_member[members[0]] if len(members) == 1 else per_member
-        summary |= saved
-        history = pd.concat([t.history for t in trained.values()], ignore_index=True)
+        summary = {"backbone": family} | trained.summary | saved
         paths.METRICS.mkdir(parents=True, exist_ok=True)
-        history.to_csv(paths.TRAIN_HISTORY, index=False)
+        trained.history.to_csv(paths.TRAIN_HISTORY, index=False)
         write_json(paths.TRAIN_METRICS, summary)
         flat = tracking.flatten(summary)
         mlflow.log_metrics({f"best_{k}": v for k, v in flat.items() if isinstance(v, float)})
         with tempfile.TemporaryDirectory() as tmp:
-            for member in members:
-                curves = history[history[MEMBER] == member].drop(columns=MEMBER)
-                name = f"learning_curves_{member}" if len(members) > 1 else "learning_curves"
-                mlflow.log_artifact(str(plot_learning_curves(curves, Path(tmp) / f"{name}.png")))
+            curves = plot_learning_curves(trained.history, Path(tmp) / "learning_curves.png")
+            mlflow.log_artifact(str(curves))
         mlflow.log_artifact(str(paths.TRAIN_HISTORY))
-        uris = {
-            m: log_keras_model(t.model, t.example(), name=f"{m}_model").model_uri
-            for m, t in trained.items()
-        }
+        uri = log_keras_model(trained.model, trained.example(), name=f"{family}_model").model_uri
         lineage = {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id}
-        write_json(paths.TRAIN_RUN, lineage | {"model_uris": uris, "data_version": version})
-    for member, result in trained.items():
-        print(f"train: {member}: {result.report()}")
+        write_json(paths.TRAIN_RUN, lineage | {"model_uri": uri, "data_version": version})
+    print(f"train: {family}: {trained.report()}")
     print(
-        f"train: saved {params.model.backbone} model: val age MAE "
+        f"train: saved {family} model: val age MAE "
         f"{summary['saved_val_age_mae']:.2f}, gender accuracy "
         f"{summary['saved_val_gender_accuracy']:.3f} -> {paths.MODEL}, MLflow run {run.info.run_id}"
     )

@@ -1,6 +1,6 @@
-"""Stage `tune`: Keras Tuner searches the learning rate (and optional model knobs) of each
-model family `model.backbone` trains, and hands the winners to `train` (`models/tuned.json`).
-`metrics/tune.json` holds the search's summary, one per family for an ensemble.
+"""Stage `tune`: Keras Tuner searches the learning rate (and optional model knobs) of the
+model family `model.backbone` chooses, and hands the winners to `train` (`models/tuned.json`).
+`metrics/tune.json` holds the search's summary.
 
 Each trial is a nested MLflow run under one `tune` parent run; trials fit exactly as `train`
 does (`utkface.model.search`). The pretrained head searches on the cached face features
@@ -108,14 +108,12 @@ def search_member(params: Params, member: Member, parent_run_id: str | None) -> 
 
 def main() -> None:
     params = load_params()
-    members = params.model.members
+    family = params.model.backbone
     role = os.environ.get("KERASTUNER_TUNER_ID", "single")
     oracle = f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}"
     experiment_id = tracking.use_experiment(tracking.TUNE_EXPERIMENT)
     if is_worker():
-        parent = _parent_run_for_worker(oracle)
-        for member in members:
-            search_member(params, member, parent)
+        search_member(params, family, _parent_run_for_worker(oracle))
         print(f"tune: worker {role} finished its trials for the chief at {oracle}")
         return
     if paths.TUNER_DIR.exists():
@@ -124,39 +122,27 @@ def main() -> None:
     tags = {"stage": "tune", **tracking.lineage_tags(version)}
     if role == "chief":
         tags[ORACLE_TAG] = oracle
-    summaries, tuned, seconds = {}, {}, {}
     with stage_run("tune", experiment_id, run_name=tracking.run_name("tune"), tags=tags) as run:
         tracking.log_split_datasets(["train", "val"], version)
-        logged = {"seed": params.seed, "model.backbone": params.model.backbone}
+        logged = {"seed": params.seed, "model.backbone": family}
         mlflow.log_params(logged | tracking.flatten({"tune": params.tune.model_dump()}))
-        for member in members:
-            started = time.perf_counter()
-            tuner = search_member(params, member, run.info.run_id)
-            seconds[member] = time.perf_counter() - started
-            summaries[member] = summarize(tuner, params, member)
-            tuned[member] = tuned_values(summaries[member]["best"])
-            best = summaries[member]
-            prefix = f"{member}." if len(members) > 1 else ""  # the ensemble's two searches
-            mlflow.log_params({f"best.{prefix}{k}": v for k, v in best["best"].items()})
-            mlflow.log_metrics(
-                {
-                    f"{prefix}{k}": v
-                    for k, v in best.items()
-                    if k.startswith("best_") and v is not None
-                }
-                | {f"{prefix}seconds": seconds[member]}
-            )
-        report = summaries[members[0]] if len(members) == 1 else summaries
-        write_json(paths.TUNE_METRICS, report)
+        started = time.perf_counter()
+        tuner = search_member(params, family, run.info.run_id)
+        seconds = time.perf_counter() - started
+        summary = summarize(tuner, params, family)
+        tuned = tuned_values(summary["best"])
+        mlflow.log_params({f"best.{k}": v for k, v in summary["best"].items()})
+        best = {k: v for k, v in summary.items() if k.startswith("best_") and v is not None}
+        mlflow.log_metrics(best | {"seconds": seconds})
+        write_json(paths.TUNE_METRICS, summary)
         paths.TUNED.parent.mkdir(parents=True, exist_ok=True)
-        paths.TUNED.write_text(Tuned(**tuned).model_dump_json(indent=2) + "\n")
+        paths.TUNED.write_text(Tuned(**{family: tuned}).model_dump_json(indent=2) + "\n")
         mlflow.log_artifact(str(paths.TUNE_METRICS))
-    for member, summary in summaries.items():
-        print(
-            f"tune: {member}: best {tuned[member].model_dump()} ({OBJECTIVE} "
-            f"{summary['best_' + OBJECTIVE]:.3f}) of {len(summary['trials'])} trials in "
-            f"{seconds[member]:.0f}s -> {paths.TUNED} (MLflow run {run.info.run_id})"
-        )
+    print(
+        f"tune: {family}: best {tuned.model_dump()} ({OBJECTIVE} "
+        f"{summary['best_' + OBJECTIVE]:.3f}) of {len(summary['trials'])} trials in "
+        f"{seconds:.0f}s -> {paths.TUNED} (MLflow run {run.info.run_id})"
+    )
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def log_tiny_serving_model(
         AGE_MAX,
         age_interval=interval.to_config(),
         face_size=FACE_SIZE if member == "pretrained" else IMAGE_SIZE,
-        members=(member,),
+        family=member,
         trained_on=trained_on,
     )
     with mlflow.start_run():

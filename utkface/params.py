@@ -17,6 +17,7 @@ import annotated_types
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 from ruamel.yaml import YAML, YAMLError
 from ruamel.yaml.error import MarkedYAMLError
 
@@ -106,8 +107,11 @@ class ModelAugmentParams(_Section):
     contrast: Annotated[float, Field(ge=0, le=0.9)] = 0.15
 
 
-Backbone = Literal["pretrained", "finetuned", "scratch", "ensemble"]
 Member = Literal["pretrained", "finetuned", "scratch"]
+ENSEMBLE_RETIRED = (
+    "the ensemble family was retired, beaten on accuracy and time by finetuned "
+    "(docs/models.md): use finetuned (the default), pretrained or scratch"
+)
 
 
 class HeadParams(_Section):
@@ -143,7 +147,7 @@ class FeaturesParams(_Section):
 
 
 class ModelParams(_Section):
-    backbone: Backbone = "finetuned"  # the best of 3 split seeds on real faces (benchmarks.md)
+    backbone: Member = "finetuned"  # the best of 3 split seeds on real faces (benchmarks.md)
     head: HeadParams = HeadParams()
     finetune: FinetuneParams = FinetuneParams()
     stem_filters: PositiveInt = 32
@@ -158,10 +162,13 @@ class ModelParams(_Section):
     test_time_flip: bool = True
     augment: ModelAugmentParams = ModelAugmentParams()
 
-    @property
-    def members(self) -> tuple[Member, ...]:
-        """The model families trained for `backbone`; an ensemble averages both."""
-        return ("pretrained", "scratch") if self.backbone == "ensemble" else (self.backbone,)
+    @field_validator("backbone", mode="before")
+    @classmethod
+    def _not_retired(cls, value: Any) -> Any:
+        """An old params.yaml's `ensemble` is told why it went and what to use instead."""
+        if value == "ensemble":
+            raise PydanticCustomError("retired", ENSEMBLE_RETIRED)
+        return value
 
 
 class EarlyStoppingParams(_Section):

@@ -1,7 +1,6 @@
 """The model families end to end on a tiny synthetic project with a throwaway MLflow store:
-every stage's `main()` for the pretrained family, then, each in a copy, the stages again for the
-finetuned family and an ensemble; the registered pyfunc predicts what the stages' in-process
-models do."""
+every stage's `main()` for the pretrained family, then, in a copy, the stages again for the
+finetuned family; the registered pyfunc predicts what the stages' in-process models do."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ from tiny import AGE_MAX, dag_params, with_overrides
 from utkface import paths
 from utkface.data.synthetic import synthetic_files
 from utkface.inference.evaluation import served_inputs
-from utkface.inference.families import OnnxHead, combine
+from utkface.inference.families import OnnxHead, to_answers
 from utkface.inference.pyfunc import SYNTHETIC_TRAINING, to_base64
 from utkface.model.face_backbone import package_files
 from utkface.model.finetuned import FEATURES, PREFIX
@@ -129,19 +128,15 @@ def _test_images() -> list[str]:
     return [to_base64(files[labels.loc[i, "file"]]) for i in test["cache_index"]]
 
 
-def _in_process(members: list[str]) -> pd.DataFrame:
-    """The stages' answer for the first test faces: the saved Keras models, each run by Keras
-    on the cached inputs, averaged and clamped."""
-    ages, p_female = [], []
-    for member in members:
-        model = keras.saving.load_model(paths.member_model(member), compile=False)
-        outputs = model.predict(load_inputs(member, "test").images[:6], verbose=0)
-        ages.append(outputs["age"].ravel())
-        p_female.append(outputs["gender"].ravel())
-    p = np.mean(p_female, axis=0)
+def _in_process(family: str) -> pd.DataFrame:
+    """The stages' answer for the first test faces: the saved Keras model run by Keras on the
+    cached inputs, clamped."""
+    model = keras.saving.load_model(paths.member_model(family), compile=False)
+    outputs = model.predict(load_inputs(family, "test").images[:6], verbose=0)
+    p = outputs["gender"].ravel()
     return pd.DataFrame(
         {
-            "age": np.clip(np.mean(ages, axis=0), 1, AGE_MAX),
+            "age": np.clip(outputs["age"].ravel(), 1, AGE_MAX),
             "gender": np.where(p > 0.5, "female", "male"),
             "p_female": p,
         }
@@ -176,32 +171,10 @@ def _served(version: str) -> pd.DataFrame:
 def test_the_served_pretrained_model_predicts_as_the_stages_do(in_project: Path) -> None:
     registered = yaml.safe_load(paths.REGISTERED.read_text())
     served = _served(str(registered["version"]))
-    expected = _in_process(["pretrained"])
+    expected = _in_process("pretrained")
     np.testing.assert_allclose(served["age"], expected["age"], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(served["p_female"], expected["p_female"], rtol=1e-5, atol=1e-5)
     assert served["gender"].tolist() == expected["gender"].tolist()
-
-
-def test_an_ensemble_averages_both_families(in_copy: Path) -> None:
-    write_params(in_copy, "ensemble")
-    run(["tune", "train", "evaluate"])
-    assert sorted(p.name for p in paths.MODEL.iterdir()) == [
-        "age_interval.json",
-        "pretrained.keras",
-        "pretrained.onnx",
-        "scratch.keras",
-    ]
-    assert yaml.safe_load(paths.AGE_INTERVAL.read_text())["kind"] == "residuals"
-    registered = yaml.safe_load(paths.REGISTERED.read_text())
-    served = _served(str(registered["version"]))
-    expected = _in_process(["pretrained", "scratch"])
-    np.testing.assert_allclose(served["age"], expected["age"], rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(served["p_female"], expected["p_female"], rtol=1e-5, atol=1e-5)
-    alone = [_in_process([member]) for member in ("pretrained", "scratch")]
-    averaged = np.clip((alone[0]["age"] + alone[1]["age"]) / 2, 1, AGE_MAX)
-    np.testing.assert_allclose(expected["age"], averaged, rtol=1e-6)
-    train = yaml.safe_load(paths.TRAIN_METRICS.read_text())
-    assert train["backbone"] == "ensemble" and {"pretrained", "scratch"} <= set(train)
 
 
 def _initializers(path: Path) -> dict[str, np.ndarray]:
@@ -242,7 +215,7 @@ def test_the_finetuned_family_trains_the_age_networks_last_stage(in_copy: Path) 
     assert "keras" not in requirements
     served = _served(str(registered["version"]))
     inputs = served_inputs("finetuned", "test")
-    expected = combine([OnnxHead(paths.served_file("finetuned"))(inputs.images[:6])], AGE_MAX)
+    expected = to_answers(OnnxHead(paths.served_file("finetuned"))(inputs.images[:6]), AGE_MAX)
     np.testing.assert_allclose(served["age"], expected["age"], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(served["p_female"], expected["p_female"], atol=1e-5)
     # ... and the Keras model as trained, on the cached (float16) prefix of each face

@@ -46,7 +46,7 @@ from tiny import free_port, synthetic_faces
 
 from utkface import tensorflow_build
 from utkface.data.imaging import load_image
-from utkface.inference.families import Outputs, combine
+from utkface.inference.families import Outputs, to_answers
 from utkface.inference.pyfunc import encode_png
 from utkface.inference.server import too_large_message
 from utkface.mlops import registry
@@ -115,7 +115,7 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "age_max": AGE_MAX,
         "age_interval": INTERVAL.to_config(),
         "face_size": IMAGE_SIZE,
-        "members": ["scratch"],
+        "family": "scratch",
         "trained_on": "real images",
     }
     assert model.metadata == LINEAGE
@@ -189,10 +189,10 @@ def test_predicts_like_keras_on_training_preprocessing(
 
 
 def test_predictions_clamp_age() -> None:
-    """`combine` on made-up outputs with known answers: clamped ages and intervals, and the
+    """`to_answers` on made-up outputs with known answers: clamped ages and intervals, and the
     gender of p(female) either side of 0.5."""
     outputs = Outputs(np.array([-3.0, 200.0, 40.0]), np.array([0.7, 0.2, 0.5]))
-    frame = combine([outputs], age_max=100, interval=INTERVAL)
+    frame = to_answers(outputs, age_max=100, interval=INTERVAL)
     assert frame["age"].tolist() == [1.0, 100.0, 40.0]
     assert frame["gender"].tolist() == ["female", "male", "male"]  # female above 0.5 only
     assert frame["age_low"].tolist() == [1.0, 96.0, 36.0]  # the interval is clamped too

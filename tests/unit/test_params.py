@@ -9,7 +9,15 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from utkface.params import PILLOW_MAX_PIXELS, Params, ParamsError, load_params, parse_params
+from stages import check_params
+from utkface.params import (
+    PILLOW_MAX_PIXELS,
+    Params,
+    ParamsError,
+    load_params,
+    parse_params,
+    run_main,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -324,3 +332,19 @@ def test_load_params_reports_the_offending_key(tmp_path):
 )
 def test_list_item_errors_describe_the_item(raw, message):
     assert message in error_of(raw)
+
+
+def test_check_params_refuses_the_retired_ensemble_naming_the_alternatives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("model:\n  backbone: ensemble\n")
+    with pytest.raises(SystemExit) as stopped:
+        run_main("check_params", check_params.main)
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[:2] == [
+        "check_params: invalid params.yaml:",
+        "  model.backbone: the ensemble family was retired, beaten on accuracy and time by "
+        "finetuned (docs/models.md): use finetuned (the default), pretrained or scratch, "
+        "got 'ensemble'",
+    ]

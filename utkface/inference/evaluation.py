@@ -1,5 +1,5 @@
-"""A split predicted as the served model predicts (each family run from its saved file on
-the inputs the served model would give it, combined by `families.combine`, each answer with the
+"""A split predicted as the served model predicts (the family run from its saved file on the
+inputs the served model would give it, answered by `families.to_answers`, each answer with the
 calibrated age interval), and the served model's config."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from utkface.inference.families import (
     P_FEMALE,
     Family,
     KerasCnn,
-    combine,
+    to_answers,
 )
 from utkface.inference.pyfunc import SYNTHETIC_TRAINING, ServingConfig
 from utkface.model import face_backbone
@@ -50,39 +50,30 @@ def served_inputs(member: Member, split: str) -> SplitData:
 
 
 def predict_split(
-    families: dict[Member, Family],
-    inputs: dict[Member, SplitData],
-    age_max: int,
-    interval: AgeInterval,
+    model: Family, inputs: SplitData, age_max: int, interval: AgeInterval
 ) -> pd.DataFrame:
     """True labels beside the predicted ages (clamped) with their intervals and the
-    probabilities of female, the families' predictions combined as the served model does."""
-    outputs = [family(inputs[member].images) for member, family in families.items()]
-    predicted = combine(outputs, age_max, interval)
-    table = next(iter(inputs.values())).table
-    frame = table[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
+    probabilities of female, answered as the served model answers."""
+    predicted = to_answers(model(inputs.images), age_max, interval)
+    frame = inputs.table[["image_id", "age", "gender", "race"]].reset_index(drop=True).copy()
     frame["pred_age"] = predicted[AGE].to_numpy()
     frame["p_female"] = predicted[P_FEMALE].to_numpy(dtype=float)
     frame[AGE_LOW], frame[AGE_HIGH] = predicted[AGE_LOW], predicted[AGE_HIGH]
     return frame
 
 
-def serving_config(
-    params: Params, families: dict[Member, Family], interval: AgeInterval
-) -> ServingConfig:
-    """The served model's config; clients crop faces to the largest input of its families."""
-    sizes = [
-        family.input_size if isinstance(family, KerasCnn) else params.features.image_size
-        for family in families.values()
-    ]
+def serving_config(params: Params, model: Family, interval: AgeInterval) -> ServingConfig:
+    """The served model's config for `model`, the saved model of `params.model.backbone`;
+    clients crop faces to its input size (the CNN's Keras input, or the face networks')."""
+    face_size = params.features.image_size
     return ServingConfig(
-        image_size=max(sizes),
+        image_size=model.input_size if isinstance(model, KerasCnn) else face_size,
         max_image_bytes=params.register_.max_image_bytes,
         max_pixels=params.ingest.max_image_pixels,
         age_max=params.validate_.age_max,
         age_interval=interval.to_config(),
-        face_size=params.features.image_size,
-        members=tuple(families),
+        face_size=face_size,
+        family=params.model.backbone,
         trained_on=trained_on(params),
     )
 

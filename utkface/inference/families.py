@@ -1,4 +1,4 @@
-"""Each model family's saved model run for inference, and the one rule that turns their outputs
+"""Each model family's saved model run for inference, and the one rule that turns its outputs
 into an answer: what `train` (validation), `evaluate` (test) and the served model all call.
 
 The heads of the pretrained and finetuned families run on ONNX Runtime (`pretrained.onnx`,
@@ -10,7 +10,6 @@ neither TensorFlow nor Keras. The scratch CNN stays a Keras model
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -105,27 +104,28 @@ def load_family(member: str, path: Path) -> OnnxHead | KerasCnn:
     return OnnxHead(path) if member in HEADS else KerasCnn(path)
 
 
-def combine(
-    outputs: Sequence[Outputs], age_max: int, interval: AgeInterval | None = None
-) -> pd.DataFrame:
-    """The answer of one or more families: ages and probabilities averaged, then the age
-    clamped and the gender the likelier one; with `interval`, `age_low` and `age_high` too
-    (from the bin probabilities when the interval is of that kind)."""
-    age = clamp_ages(np.mean([o.age for o in outputs], axis=0), age_max)
-    p = np.mean([o.p_female for o in outputs], axis=0)
+def to_answers(outputs: Outputs, age_max: int, interval: AgeInterval | None = None) -> pd.DataFrame:
+    """A family's answer: the age clamped and the gender the likelier one; with `interval`,
+    `age_low` and `age_high` too (from the bin probabilities when the interval is of that
+    kind)."""
+    age = clamp_ages(outputs.age, age_max)
     frame = pd.DataFrame(
-        {AGE: age, GENDER: np.asarray(GENDERS, dtype=object)[gender_labels(p)], P_FEMALE: p}
+        {
+            AGE: age,
+            GENDER: np.asarray(GENDERS, dtype=object)[gender_labels(outputs.p_female)],
+            P_FEMALE: outputs.p_female,
+        }
     )
     if interval is not None:
-        bins = outputs[0].age_bins if interval.kind == "bins" else None
+        bins = outputs.age_bins if interval.kind == "bins" else None
         frame[AGE_LOW], frame[AGE_HIGH] = interval.bounds(age, age_max, bins)
     return frame
 
 
-def calibrate_interval(outputs: Sequence[Outputs], ages: np.ndarray, age_max: int) -> AgeInterval:
-    """The interval of a model from its families' validation `outputs` and true `ages`: from
-    the bin distribution for the head alone, from residuals otherwise."""
-    predicted = combine(outputs, age_max)[AGE]
-    if len(outputs) == 1 and outputs[0].age_bins is not None:
-        return AgeInterval.from_bins(outputs[0].age_bins, ages, outputs[0].bin_centres, predicted)
+def calibrate_interval(outputs: Outputs, ages: np.ndarray, age_max: int) -> AgeInterval:
+    """The interval of a model from its validation `outputs` and true `ages`: from the bin
+    distribution for a head, from residuals for the CNN."""
+    predicted = to_answers(outputs, age_max)[AGE]
+    if outputs.age_bins is not None:
+        return AgeInterval.from_bins(outputs.age_bins, ages, outputs.bin_centres, predicted)
     return AgeInterval.from_residuals(predicted, ages)

@@ -9,12 +9,11 @@ validation split: `utkface.scoring.age_interval`), `gender` ("male"/"female"), `
 answer is then about something that may not be a usable face).
 
 Every image goes through `utkface.data.imaging.load_image`, the preprocessing of training (EXIF
-orientation applied), once per input size of the families it carries (`members`), so each sees
-exactly the pixels it was trained on: the scratch CNN at its Keras input size; the pretrained
-head at the backbone's `face_size`, aligned and turned into face features by the backbone files
-the model carries (`utkface.model.face_backbone`). The families run as
-`utkface.inference.families` loads them: the pretrained head on ONNX Runtime (no TensorFlow),
-the scratch CNN on Keras. An ensemble averages the families' ages and probabilities.
+orientation applied), at the input size of the family it carries (`family`), so it sees exactly
+the pixels it was trained on: the scratch CNN at its Keras input size; a head at the backbone's
+`face_size`, aligned and turned into face features by the backbone files the model carries
+(`utkface.model.face_backbone`). The family runs as `utkface.inference.families` loads it: a
+head on ONNX Runtime (no TensorFlow), the scratch CNN on Keras.
 
 This module and the few it imports are all the project code a logged model carries
 (`utkface.inference.pyfunc_logging`): no training, tracking or app code.
@@ -54,8 +53,8 @@ from utkface.inference.families import (
     HEADS,
     P_FEMALE,
     KerasCnn,
-    combine,
     load_family,
+    to_answers,
 )
 from utkface.model.face_backbone import BackboneFiles, FaceBackbone, Landmarks
 from utkface.scoring.age_interval import AgeInterval
@@ -105,10 +104,9 @@ def model_artifact(member: str) -> str:
 @dataclass(frozen=True)
 class ServingConfig:
     """The served model's config (MLflow `model_config`). `image_size` is what clients crop
-    faces to: the largest input of its families (the CNN's Keras input, the backbone's
-    `face_size`, at which the face check also looks). `age_interval` is
-    `AgeInterval.to_config()`. `trained_on` says which data trained it (e.g. the synthetic demo
-    set)."""
+    faces to: the input of its `family` (the CNN's Keras input, or the backbone's `face_size`,
+    at which the face check also looks). `age_interval` is `AgeInterval.to_config()`.
+    `trained_on` says which data trained it (e.g. the synthetic demo set)."""
 
     image_size: int
     max_image_bytes: int
@@ -116,7 +114,7 @@ class ServingConfig:
     age_max: int
     age_interval: dict[str, Any]
     face_size: int
-    members: tuple[str, ...] = ("scratch",)
+    family: str = "scratch"
     trained_on: str = ""
 
 
@@ -157,19 +155,14 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
         config = context.model_config
-        self.members = tuple(config["members"])
-        self.families = {
-            m: load_family(m, Path(context.artifacts[model_artifact(m)])) for m in self.members
-        }
+        family = config["family"]
+        self.model = load_family(family, Path(context.artifacts[model_artifact(family)]))
         files = BackboneFiles(Path(context.artifacts[BACKBONE_ARTIFACT]))
-        self.backbone = FaceBackbone(files) if set(HEADS) & set(self.members) else None
+        self.backbone = FaceBackbone(files) if family in HEADS else None
         self.landmarks = self.backbone.landmarks if self.backbone else Landmarks(files)
         self.face_size = int(config["face_size"])
-        # the side of the square image each family is prepared at
-        self.sizes = {
-            m: family.input_size if isinstance(family, KerasCnn) else self.face_size
-            for m, family in self.families.items()
-        }
+        # the side of the square image the family is prepared at
+        self.size = self.model.input_size if isinstance(self.model, KerasCnn) else self.face_size
         self.max_image_bytes = int(config["max_image_bytes"])
         self.max_pixels = int(config["max_pixels"])
         self.age_max = int(config["age_max"])
@@ -185,13 +178,11 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
         if self.backbone is not None:
             features, geometry = self.backbone.features(faces)
             plausible = geometry & self.landmarks.detected(faces)
+            outputs = self.model(features)
         else:
             plausible = self.landmarks.plausible(faces)
-        outputs = [
-            family(features if member in HEADS else np.stack(images[self.sizes[member]]))
-            for member, family in self.families.items()
-        ]
-        answers = combine(outputs, self.age_max, self.interval)
+            outputs = self.model(np.stack(images[self.size]))
+        answers = to_answers(outputs, self.age_max, self.interval)
         answers[FACE_CHECK] = np.where(plausible, FACE_OK, FACE_IMPLAUSIBLE).astype(object)
         return answers[ANSWER_COLUMNS]
 
@@ -213,7 +204,7 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
                 f"got columns {list(model_input.columns)}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        sides = {self.face_size, *self.sizes.values()}
+        sides = {self.face_size, self.size}
         images: dict[int, list[np.ndarray]] = {side: [] for side in sides}
         errors = {}
         for row, value in enumerate(model_input[IMAGE]):

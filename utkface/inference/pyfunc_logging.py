@@ -1,5 +1,5 @@
 """Logging the served model (`utkface.inference.pyfunc`) to MLflow with its config, its
-lineage, exactly the project code it runs, each family's saved model (a head's ONNX graph,
+lineage, exactly the project code it runs, its family's saved model (a head's ONNX graph,
 the scratch CNN's Keras file) and the backbone's files: the landmark model (the face check),
 manifest and licence notices, and for the head families its ONNX graphs with the feature
 outputs exposed (the finetuned family's own age network in place of the package's)."""
@@ -38,11 +38,11 @@ SERVING_MODEL_NAME = "serving_model"
 PYFUNC_MODULE = AgeGenderModel.__module__
 
 
-def _pip_requirements(members: Sequence[str]) -> list[str]:
+def _pip_requirements(family: str) -> list[str]:
     """What the pyfunc's code imports, pinned to this environment; explicit, because inferring
-    them loads every family. Keras and TensorFlow only where a scratch CNN is served."""
+    them loads the family. Keras and TensorFlow only where a scratch CNN is served."""
     names = ["mlflow", "pillow", "numpy", "pandas", "onnxruntime", "dlib-bin"]
-    if "scratch" in members:
+    if family == "scratch":
         names += ["keras", tensorflow_build.distribution()]
     return [f"{name}=={metadata.version(name)}" for name in names]
 
@@ -54,7 +54,7 @@ def log_serving_model(
     lineage: Mapping[str, Any],
     name: str = SERVING_MODEL_NAME,
 ) -> ModelInfo:
-    """Log the pyfunc serving the saved models of `config.members` in `model_folder`
+    """Log the pyfunc serving the saved model of `config.family` in `model_folder`
     (`paths.served_file`) to the active MLflow run.
 
     `input_example_images` are a few uint8 (S, S, 3) arrays; they are sent as base64 PNGs, and
@@ -64,15 +64,16 @@ def log_serving_model(
     the modules the pyfunc imports, so it loads from any working directory.
     """
     examples = [to_base64(encode_png(image)) for image in input_example_images]
-    artifacts = {model_artifact(m): str(paths.served_file(m, model_folder)) for m in config.members}
+    family = config.family
+    artifacts = {model_artifact(family): str(paths.served_file(family, model_folder))}
     with tempfile.TemporaryDirectory() as tmp:
         package = copy_code([PYFUNC_MODULE], Path(tmp) / "code")
         finetuned = paths.FINETUNED_AGE_NETWORK.relative_to(paths.MODEL)
         backbone = face_backbone.export(
             face_backbone.package_files(),
             Path(tmp) / "backbone",
-            networks=bool(set(HEADS) & set(config.members)),
-            replaced={"age": model_folder / finetuned} if "finetuned" in config.members else None,
+            networks=family in HEADS,
+            replaced={"age": model_folder / finetuned} if family == "finetuned" else None,
         )
         artifacts[BACKBONE_ARTIFACT] = str(backbone.folder)
         return mlflow.pyfunc.log_model(
@@ -84,5 +85,5 @@ def log_serving_model(
             code_paths=[str(package)],
             signature=SIGNATURE,
             input_example=pd.DataFrame({IMAGE: examples}),
-            pip_requirements=_pip_requirements(config.members),
+            pip_requirements=_pip_requirements(family),
         )

@@ -21,15 +21,14 @@ from utkface.model.search import OBJECTIVE
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Logs every metric Keras reports at the end of each epoch to the active MLflow run, each
-    name after `prefix` (e.g. the model family, when a run trains two)."""
+    """Logs every metric Keras reports at the end of each epoch to the active MLflow run."""
 
-    def __init__(self, run_id: str | None = None, prefix: str = "") -> None:
+    def __init__(self, run_id: str | None = None) -> None:
         super().__init__()
-        self.run_id, self.prefix = run_id, prefix
+        self.run_id = run_id
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        metrics = {f"{self.prefix}{k}": float(v) for k, v in (logs or {}).items()}
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
         mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
 
 

@@ -35,7 +35,6 @@ FAMILIES = {
         "(run on ONNX Runtime)"
     ),
     "scratch": "a CNN trained from scratch",
-    "ensemble": "the average of a head on pretrained face networks and a CNN from scratch",
 }
 BACKBONE_NOTICE = (
     "Pretrained face networks: dlib-models' age predictor and gender classifier (contributed "
@@ -75,7 +74,7 @@ Limits:
 class ModelCardFacts:
     """What a version's card states besides its metrics and lineage."""
 
-    backbone: str  # pretrained | finetuned | scratch | ensemble
+    backbone: str  # pretrained | finetuned | scratch
     trained_on: str  # e.g. "synthetic demo set" or "real images"
     training_images: int
     synthetic: bool = False  # trained on the synthetic demo set

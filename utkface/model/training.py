@@ -1,12 +1,11 @@
 """Training a model family: what `tune` handed over applied to the params, the one fit loop,
 the model finished for serving and saved, and the summary `metrics/train.json` holds.
 
-`pretrained` fits the head on the cached face features, `scratch` the CNN on images, and
-`ensemble` both (the served model averages them). What `tune` found (`models/tuned.json`) is
-applied in full: per family, its best value of every searched knob, and its learning rate unless
-params' top-level `lr` is a number, so `dvc exp run -S lr=0.0005` retrains without re-running
-`tune` (with `ensemble`, that rate is used for both families). MLflow is the caller's: this
-module returns what to log.
+`pretrained` fits the head on the cached face features, `finetuned` the head with the age
+network's last stage on the cached prefix activations, `scratch` the CNN on images. What `tune`
+found (`models/tuned.json`) is applied in full: the family's best value of every searched knob,
+and its learning rate unless params' top-level `lr` is a number, so `dvc exp run -S lr=0.0005`
+retrains without re-running `tune`. MLflow is the caller's: this module returns what to log.
 """
 
 from __future__ import annotations
@@ -35,8 +34,6 @@ from utkface.params import (
     Tuned,
     TunedValues,
 )
-
-MEMBER = "member"
 
 
 def resolve_lr(fixed_lr: float | None, tuned: TunedValues | None) -> tuple[float, str]:
@@ -103,17 +100,14 @@ def inference_model(
 
 def effective_model_params(params: Params, tuned: Tuned) -> dict:
     """The model params train uses, tuned knobs applied, keyed as in params.yaml: the head's
-    for `pretrained`, with fine-tuning's for `finetuned`, the CNN's for `scratch`, both
-    families' for `ensemble`."""
-    logged: dict = {"backbone": params.model.backbone}
-    for member in params.model.members:
-        cfg = member_config(params, member, tuned.of(member))
-        if member == "scratch":
-            logged |= cfg.model_dump(exclude={"backbone", "head", "finetune"})
-        else:  # a family answering from the head
-            logged["head"] = cfg.head.model_dump()
-        if member == "finetuned":
-            logged["finetune"] = cfg.finetune.model_dump()
+    for `pretrained`, with fine-tuning's for `finetuned`, the CNN's for `scratch`."""
+    family = params.model.backbone
+    cfg = member_config(params, family, tuned.of(family))
+    if family == "scratch":
+        return {"backbone": family} | cfg.model_dump(exclude={"backbone", "head", "finetune"})
+    logged = {"backbone": family, "head": cfg.head.model_dump()}
+    if family == "finetuned":
+        logged["finetune"] = cfg.finetune.model_dump()
     return logged
 
 
@@ -126,8 +120,8 @@ def epochs(member: Member, cfg: ModelParams, params: Params) -> int:
 
 @dataclass
 class TrainedMember:
-    """One model family as trained: the saved model, its history (with a `member` column),
-    its summary for metrics/train.json, the validation inputs it was judged on and its speed."""
+    """One model family as trained: the saved model, its history, its summary for
+    metrics/train.json, the validation inputs it was judged on and its speed."""
 
     model: keras.Model
     history: pd.DataFrame
@@ -188,5 +182,4 @@ def train_member(
         save_head_onnx(model, paths.served_file(member))
     if member == "finetuned":  # the head as above, the age network with its trained stage
         finetuned.export(model, paths.served_file(member), paths.FINETUNED_AGE_NETWORK)
-    table.insert(1, MEMBER, member)
     return TrainedMember(served, table, summary, val, speed)

@@ -3,16 +3,16 @@ split to hold the true age `COVERAGE` of the time.
 
 Two kinds, by what the model gives:
 
-- `bins` (the pretrained head alone): the head predicts a distribution over age bins, read as
-  uniform within each bin (bins meet halfway between their centres, the outer two as wide on
-  the outside as inside). Its central `COVERAGE` quantiles give each face its own interval: a
-  confident face a narrow one, an unsure face a wide one. A softmax's spread is not its error
-  (the head is overconfident where it overfits), so the interval is conformalized (CQR, Romano
-  et al., 2019): both ends move out, or in, by a margin in years, the conformal quantile of how
-  far the validation ages fall outside their intervals.
-- `residuals` (the scratch CNN, a point regressor, and the ensemble): split conformal
-  prediction: the validation residuals (true - predicted) give the lower and upper offsets,
-  each at the conformal quantile of its tail.
+- `bins` (a head: the pretrained and finetuned families): the head predicts a distribution over
+  age bins, read as uniform within each bin (bins meet halfway between their centres, the outer
+  two as wide on the outside as inside). Its central `COVERAGE` quantiles give each face its own
+  interval: a confident face a narrow one, an unsure face a wide one. A softmax's spread is not
+  its error (the head is overconfident where it overfits), so the interval is conformalized
+  (CQR, Romano et al., 2019): both ends move out, or in, by a margin in years, the conformal
+  quantile of how far the validation ages fall outside their intervals.
+- `residuals` (the scratch CNN, a point regressor): split conformal prediction: the
+  validation residuals (true - predicted) give the lower and upper offsets, each at the
+  conformal quantile of its tail.
 
 Either way, each band of predicted age (`BANDS`) is calibrated on its own validation faces
 (Mondrian conformal prediction), because errors grow with age: one margin for all ages
