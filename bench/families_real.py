@@ -2,7 +2,7 @@
 
 For each seed (which drives the split, the tuner and the weights), copies the project to a
 temporary directory (never the repository: nothing derived from UTKFace may be committed),
-points `ingest.source` at the real folder, sets `model.backbone` and runs every DVC stage with
+points `ingest.source` at the real folder, sets `model.family` and runs every DVC stage with
 `dvc repro -s`.
 
 Prints: wall time per stage, feature-extraction images/s, test age MAE and gender
@@ -10,7 +10,7 @@ accuracy overall and per age band (0-2, 3-9, 10-19, 20-39, 40-59, 60+) as mean +
 deviation over the seeds, and the served model's predict latency per face (one image, and
 batches of 64 synthetic 200 px JPEGs), with the CPU they were measured on.
 
-    python bench/families_real.py [--backbone pretrained] [--seeds 1 2 3] [--set key=value ...]
+    python bench/families_real.py [--family pretrained] [--seeds 1 2 3] [--set key=value ...]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 from pipeline_real import DEFAULT_DATA, REPO, cpu_description, prepare
 from predict_latency import _frame, _median_ms
 
-from utkface.inference.families import Family
+from utkface.inference.families import FamilyModel
 from utkface.scoring.age_interval import AgeInterval
 
 STAGES = [
@@ -71,7 +71,7 @@ def score() -> dict:
     from utkface.params import load_params
 
     params = load_params()
-    inputs = served_inputs(params.model.backbone, "test")
+    inputs = served_inputs(params.model.family, "test")
     model, interval = served_model()
     frame = predict_split(model, inputs, params.validate_.age_max, interval)
     correct = gender_labels(frame["p_female"].to_numpy()) == frame["gender"].to_numpy()
@@ -87,13 +87,13 @@ def score() -> dict:
     return result
 
 
-def served_model() -> tuple[Family, AgeInterval]:
+def served_model() -> tuple[FamilyModel, AgeInterval]:
     """The saved family as the served model runs it, and the interval train calibrated."""
     from utkface import paths
     from utkface.inference.families import load_family
     from utkface.params import load_params
 
-    family = load_params().model.backbone
+    family = load_params().model.family
     model = load_family(family, paths.served_file(family))
     return model, AgeInterval.from_config(json.loads(paths.AGE_INTERVAL.read_text()))
 
@@ -110,7 +110,7 @@ def latency() -> tuple[float, float]:
     params = load_params()
     config = serving_config(params, *served_model())
     examples = np.zeros((1, 64, 64, 3), np.uint8)
-    with mlflow.start_run(run_name=f"bench-{params.model.backbone}"):
+    with mlflow.start_run(run_name=f"bench-{params.model.family}"):
         info = log_serving_model(paths.MODEL, config, examples, lineage={})
     model = mlflow.pyfunc.load_model(info.model_uri)
     single, batch = _frame(1), _frame(64)
@@ -119,15 +119,13 @@ def latency() -> tuple[float, float]:
     )
 
 
-def run_seed(
-    data: Path, backbone: str, seed: int, overrides: list[str], with_latency: bool
-) -> dict:
+def run_seed(data: Path, family: str, seed: int, overrides: list[str], with_latency: bool) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"utkface-families-{seed}-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["DVC_NO_ANALYTICS"] = "1"
     try:
-        prepare(root, data, [f"model.backbone={backbone}", f"seed={seed}", *overrides])
+        prepare(root, data, [f"model.family={family}", f"seed={seed}", *overrides])
         seconds = {}
         for stage in STAGES:
             started = time.perf_counter()
@@ -156,7 +154,7 @@ def mean_sd(values: list[float]) -> str:
 
 
 def report(results: list[dict], args: argparse.Namespace) -> None:
-    print(f"\n== model families on real data (backbone={args.backbone}, seeds {args.seeds}) ==")
+    print(f"\n== model families on real data (family={args.family}, seeds {args.seeds}) ==")
     print(f"data: {args.data}; cores: {os.cpu_count()}, {cpu_description()}")
     first = results[0]
     rates = [r["features"]["images"] / r["seconds"]["features"] for r in results]
@@ -171,7 +169,7 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     total = [sum(r["seconds"].values()) / 60 for r in results]
     print(f"  whole dvc repro: {mean_sd(total)} min (target < {TARGETS['minutes']:.0f} min)")
     rows = [r["scores"] for r in results]
-    print(f"\n-- {args.backbone} --")
+    print(f"\n-- {args.family} --")
     print(
         f"test age MAE: {mean_sd([r['age_mae'] for r in rows])} years "
         f"(target <= {TARGETS['age_mae']})"
@@ -199,7 +197,7 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--backbone", default="pretrained")
+    parser.add_argument("--family", default="pretrained")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--set", action="append", default=[], help="params override key=value")
     args = parser.parse_args()
@@ -209,9 +207,9 @@ def main() -> None:
     results = []
     for seed in args.seeds:
         results.append(
-            run_seed(args.data, args.backbone, seed, args.set, with_latency=seed == args.seeds[0])
+            run_seed(args.data, args.family, seed, args.set, with_latency=seed == args.seeds[0])
         )
-        saved = RESULTS / f"families-{args.backbone}-seed{seed}.json"
+        saved = RESULTS / f"families-{args.family}-seed{seed}.json"
         saved.write_text(json.dumps(results[-1], indent=2))  # figures, never UTKFace data
     report(results, args)
 

@@ -13,12 +13,12 @@ first draws the same JPEGs in a process of its own and throws them away: `ingest
 Prints, per step: wall time, CPU time, peak RSS of its process (`ru_maxrss` from `os.wait4`)
 and the size of what it writes (its `outs` in dvc.yaml), with the CPU it ran on.
 
-`--train` then runs `train` too (after `features` unless `model.backbone` is scratch), with a
+`--train` then runs `train` too (after `features` unless `model.family` is scratch), with a
 learning rate from `lr` instead of `tune`, into an MLflow store in the temporary project, and
 prints its epochs, seconds per epoch and training images per second with the GPU TensorFlow
 sees, if any: how long the full set takes to train on this machine, e.g.
 
-    python bench/fullsize_synthetic.py --train --set model.backbone=scratch --set lr=0.001 \
+    python bench/fullsize_synthetic.py --train --set model.family=scratch --set lr=0.001 \
         --set train.epochs=2 [--set train.batch_size=256 --set train.mixed_precision=true]
 
     python bench/fullsize_synthetic.py [--count 23708] [--set key=value ...] [--train] [--keep]
@@ -106,7 +106,7 @@ def stage_outs(root: Path, stage: str) -> list[Path]:
 
 def train_stages(params: dict) -> list[str]:
     """The stages `--train` adds: `features` when the model family reads face features."""
-    return (["features"] if params["model"]["backbone"] != "scratch" else []) + ["train"]
+    return (["features"] if params["model"]["family"] != "scratch" else []) + ["train"]
 
 
 GPUS = """
@@ -224,7 +224,7 @@ def main() -> None:
     if args.train:
         train = metrics["train"]
         print(
-            f"train ({params['model']['backbone']}, batch {params['train']['batch_size']}, "
+            f"train ({params['model']['family']}, batch {params['train']['batch_size']}, "
             f"mixed precision {params['train']['mixed_precision']}): {train['epochs_run']} "
             f"epochs on {train['train_rows']} rows: the stage "
             f"{results['train']['seconds']:.0f} s with loading, saving and logging; the fit's "

@@ -1,6 +1,6 @@
 """Stage `evaluate`: test-split metrics, the subgroup report, plots, and model registration.
 
-The model is what `train` saved for `model.backbone`, predicted as the served model predicts
+The model is what `train` saved for `model.family`, predicted as the served model predicts
 (`utkface.inference.evaluation`), each answer with the age interval train calibrated; its
 coverage and width are reported overall and per group (`utkface.scoring.report`). Everything is
 logged to the MLflow run of the training that produced the model (its id comes from
@@ -45,7 +45,7 @@ def promote_command() -> str:
 
 def main() -> None:
     params = load_params()
-    family = params.model.backbone
+    family = params.model.family
     model = load_family(family, paths.served_file(family))
     test = load_split("test")
     inputs = served_inputs(family, "test")
@@ -84,7 +84,7 @@ def main() -> None:
             metrics=metrics | validation,  # validation ranks versions for `utkface promote`
             lineage=tags,
             card=registry.ModelCardFacts(
-                backbone=params.model.backbone,
+                family=family,
                 trained_on=config.trained_on,
                 training_images=len(train_ages),
                 synthetic=params.ingest.is_synthetic,

@@ -1,10 +1,10 @@
 """Stage `prefix`: the finetuned family's frozen part of the age network, run once.
 
-For `model.backbone: finetuned`, every aligned age chip `features` cached and
+For `model.family: finetuned`, every aligned age chip `features` cached and
 `model.finetune.views` jittered copies of it, each with its mirror, go through the age network
 up to its last stage (`utkface.model.prefix_cache`); row i of `data/prefix/activations.npy`
 belongs to image cache row i. For the other families the array is empty: the stage costs
-nothing, DVC runs it again when `model.backbone` changes, and a change of `model.finetune`
+nothing, DVC runs it again when `model.family` changes, and a change of `model.finetune`
 alone leaves its output, and so what follows, as it was.
 """
 
@@ -25,7 +25,7 @@ def main() -> None:
     params = load_params()
     cfg = params.model.finetune
     started = time.perf_counter()
-    if params.model.backbone == "finetuned":
+    if params.model.family == "finetuned":
         chips = np.load(paths.AGE_CHIPS)
         prefix = Prefix(FaceBackbone(package_files()))
         cached = activations(chips, cfg, params.seed, prefix)

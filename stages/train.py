@@ -1,4 +1,4 @@
-"""Stage `train`: fit the model family `model.backbone` chooses on the training split
+"""Stage `train`: fit the model family `model.family` chooses on the training split
 (`utkface.model.training`), judge the saved model on the validation split as it will be served
 (`utkface.inference.validation`: the age interval and the `saved_val_*` metrics), and track
 the run in MLflow."""
@@ -24,7 +24,7 @@ from utkface.scoring.figures import plot_learning_curves
 def main() -> None:
     params = load_params()
     tuned = load_tuned()
-    family = params.model.backbone
+    family = params.model.family
     lr, source = resolve_lr(params.fixed_lr, tuned.of(family))  # fail before any run
     version = tracking.data_version()
     experiment_id = tracking.use_experiment(tracking.TRAIN_EXPERIMENT)
@@ -48,7 +48,7 @@ def main() -> None:
         interval, saved = judge_saved_model(family, params.validate_.age_max)
         write_json(paths.AGE_INTERVAL, interval.to_config())
         mlflow.log_dict(interval.to_config(), "age_interval.json")
-        summary = {"backbone": family} | trained.summary | saved
+        summary = {"family": family} | trained.summary | saved
         paths.METRICS.mkdir(parents=True, exist_ok=True)
         trained.history.to_csv(paths.TRAIN_HISTORY, index=False)
         write_json(paths.TRAIN_METRICS, summary)

@@ -1,5 +1,5 @@
 """Stage `tune`: Keras Tuner searches the learning rate (and optional model knobs) of the
-model family `model.backbone` chooses, and hands the winners to `train` (`models/tuned.json`).
+model family `model.family` chooses, and hands the winners to `train` (`models/tuned.json`).
 `metrics/tune.json` holds the search's summary.
 
 Each trial is a nested MLflow run under one `tune` parent run; trials fit exactly as `train`
@@ -31,7 +31,7 @@ from utkface.mlops.runs import stage_run
 from utkface.model.fitting import load_inputs
 from utkface.model.search import OBJECTIVE, is_worker, search, tuned_values
 from utkface.outputs import write_json
-from utkface.params import Member, Params, Tuned, load_params, run_main
+from utkface.params import Family, Params, Tuned, load_params, run_main
 
 ORACLE_TAG = "keras_tuner_oracle"
 
@@ -42,7 +42,7 @@ def _metric_at(trial: Any, name: str) -> float | None:
     return float(at_best[0]) if at_best else None
 
 
-def summarize(tuner: kt.Tuner, params: Params, member: Member) -> dict:
+def summarize(tuner: kt.Tuner, params: Params, member: Family) -> dict:
     """Best hyperparameters and the trial table of `member`'s search, for metrics/tune.json
     (no timings or run ids: a DVC-tracked metric changes only when the result does; MLflow has
     them)."""
@@ -92,7 +92,7 @@ def _parent_run_for_worker(oracle: str, wait_s: float = 60.0) -> str | None:
 
 
 def tracked_search(
-    params: Params, member: Member, train: SplitData, val: SplitData, parent_run_id: str | None
+    params: Params, member: Family, train: SplitData, val: SplitData, parent_run_id: str | None
 ) -> kt.Tuner:
     """`member`'s search with every trial a nested MLflow run under `parent_run_id`, each epoch
     logged."""
@@ -100,7 +100,7 @@ def tracked_search(
     return search(params, train, val, wrap, callbacks=[EpochLogger()], member=member)
 
 
-def search_member(params: Params, member: Member, parent_run_id: str | None) -> kt.Tuner:
+def search_member(params: Params, member: Family, parent_run_id: str | None) -> kt.Tuner:
     """`tracked_search` on `member`'s training and validation inputs."""
     train, val = load_inputs(member, "train"), load_inputs(member, "val")
     return tracked_search(params, member, train, val, parent_run_id)
@@ -108,7 +108,7 @@ def search_member(params: Params, member: Member, parent_run_id: str | None) -> 
 
 def main() -> None:
     params = load_params()
-    family = params.model.backbone
+    family = params.model.family
     role = os.environ.get("KERASTUNER_TUNER_ID", "single")
     oracle = f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}"
     experiment_id = tracking.use_experiment(tracking.TUNE_EXPERIMENT)
@@ -124,7 +124,7 @@ def main() -> None:
         tags[ORACLE_TAG] = oracle
     with stage_run("tune", experiment_id, run_name=tracking.run_name("tune"), tags=tags) as run:
         tracking.log_split_datasets(["train", "val"], version)
-        logged = {"seed": params.seed, "model.backbone": family}
+        logged = {"seed": params.seed, "model.family": family}
         mlflow.log_params(logged | tracking.flatten({"tune": params.tune.model_dump()}))
         started = time.perf_counter()
         tuner = search_member(params, family, run.info.run_id)

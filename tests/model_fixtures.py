@@ -51,7 +51,7 @@ LINEAGE = {
     "dvc_exp_name": "test",
     "data_version": "data-v1",
 }
-CARD = registry.ModelCardFacts(backbone="scratch", trained_on="real images", training_images=10)
+CARD = registry.ModelCardFacts(family="scratch", trained_on="real images", training_images=10)
 
 
 def use_tmp_store(monkeypatch: pytest.MonkeyPatch, root: Path) -> str:

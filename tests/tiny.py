@@ -61,7 +61,7 @@ TINY_PARAMS: dict[str, Any] = {
     "lr": None,
     "ingest": {"image_size": 32},
     "model": {
-        "backbone": "scratch",
+        "family": "scratch",
         "stem_filters": 4,
         "filters": [8],
         "convs_per_block": 1,

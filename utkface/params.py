@@ -107,7 +107,8 @@ class ModelAugmentParams(_Section):
     contrast: Annotated[float, Field(ge=0, le=0.9)] = 0.15
 
 
-Member = Literal["pretrained", "finetuned", "scratch"]
+Family = Literal["pretrained", "finetuned", "scratch"]
+RENAMED = {"model.backbone": "model.family"}  # an old params.yaml's key: its new name
 ENSEMBLE_RETIRED = (
     "the ensemble family was retired, beaten on accuracy and time by finetuned "
     "(docs/models.md): use finetuned (the default), pretrained or scratch"
@@ -147,7 +148,7 @@ class FeaturesParams(_Section):
 
 
 class ModelParams(_Section):
-    backbone: Member = "finetuned"  # the best of 3 split seeds on real faces (benchmarks.md)
+    family: Family = "finetuned"  # the best of 3 split seeds on real faces (benchmarks.md)
     head: HeadParams = HeadParams()
     finetune: FinetuneParams = FinetuneParams()
     stem_filters: PositiveInt = 32
@@ -162,7 +163,7 @@ class ModelParams(_Section):
     test_time_flip: bool = True
     augment: ModelAugmentParams = ModelAugmentParams()
 
-    @field_validator("backbone", mode="before")
+    @field_validator("family", mode="before")
     @classmethod
     def _not_retired(cls, value: Any) -> Any:
         """An old params.yaml's `ensemble` is told why it went and what to use instead."""
@@ -281,11 +282,11 @@ class TuneParams(SearchParams):
     @classmethod
     def _known_knobs(cls, value: Knobs) -> Knobs:
         return _check_knobs(
-            value, ModelParams, {"augment", "filters", "backbone", "head", "finetune"}, "model"
+            value, ModelParams, {"augment", "filters", "family", "head", "finetune"}, "model"
         )
 
-    def search(self, member: Member) -> SearchParams:
-        return {"pretrained": self.head, "finetuned": self.finetune}.get(member, self)
+    def search(self, family: Family) -> SearchParams:
+        return {"pretrained": self.head, "finetuned": self.finetune}.get(family, self)
 
 
 class EvaluateParams(_Section):
@@ -394,8 +395,8 @@ class Tuned(_Section):
     finetuned: TunedValues | None = None
     scratch: TunedValues | None = None
 
-    def of(self, member: Member) -> TunedValues | None:
-        return getattr(self, member)
+    def of(self, family: Family) -> TunedValues | None:
+        return getattr(self, family)
 
 
 def _describe(annotation: Any, metadata: list[Any]) -> str:
@@ -440,7 +441,9 @@ def _format_errors(error: ValidationError) -> str:
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(p.removesuffix("_") for p in loc)
         field = _field_for(loc)
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and key in RENAMED:
+            lines.append(f"{key}: renamed to {RENAMED[key]}")
+        elif err["type"] == "extra_forbidden":
             lines.append(f"{key} is not a known parameter (typo?)")
         elif field is not None and err["type"] in {
             "int_type",

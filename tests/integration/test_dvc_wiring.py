@@ -81,7 +81,7 @@ def covered(key: str, listed: list[str]) -> bool:
 
 
 # Each model family: the default (finetuned), the pretrained head and the scratch CNN
-FAMILIES = ({}, {"model": {"backbone": "pretrained"}}, {"model": {"backbone": "scratch"}})
+FAMILIES = ({}, {"model": {"family": "pretrained"}}, {"model": {"family": "scratch"}})
 
 
 @pytest.fixture(scope="module")

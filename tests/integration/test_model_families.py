@@ -44,8 +44,8 @@ DAG = [
 ]  # fmt: skip
 
 
-def write_params(root: Path, backbone: str) -> None:
-    params = dag_params(with_overrides(FAMILIES, {"model": {"backbone": backbone}}))
+def write_params(root: Path, family: str) -> None:
+    params = dag_params(with_overrides(FAMILIES, {"model": {"family": family}}))
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 
@@ -56,7 +56,7 @@ def run(stages: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny project after the whole DAG with `model.backbone: pretrained`."""
+    """The tiny project after the whole DAG with `model.family: pretrained`."""
     root = tmp_path_factory.mktemp("families")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
@@ -112,7 +112,7 @@ def test_the_pretrained_family_trains_only_its_head(in_project: Path) -> None:
 def test_the_registered_card_says_what_trained_the_model(in_project: Path) -> None:
     client = MlflowClient()
     version = client.get_model_version_by_alias("families", "challenger")
-    assert version.tags["backbone"] == "pretrained"
+    assert version.tags["family"] == "pretrained"
     assert version.tags["trained_on"] == SYNTHETIC_TRAINING
     assert int(version.tags["training_images"]) > 0
     assert "synthetic" in version.description and "CC0 1.0" in version.description
@@ -229,4 +229,4 @@ def test_the_finetuned_family_trains_the_age_networks_last_stage(in_copy: Path) 
     np.testing.assert_allclose(served["age"], trained["age"].ravel(), atol=0.05)
     np.testing.assert_allclose(served["p_female"], trained["gender"].ravel(), atol=5e-3)
     train = yaml.safe_load(paths.TRAIN_METRICS.read_text())
-    assert train["backbone"] == "finetuned" and "val_age_mae" in train
+    assert train["family"] == "finetuned" and "val_age_mae" in train

@@ -66,27 +66,27 @@ def test_auto_lr_in_params_is_resolved_like_null() -> None:
     assert training.resolve_lr(parse_params({"lr": 0.002}).fixed_lr, TUNED) == (0.002, "params")
 
 
-CNN_KEYS = set(ModelParams.model_fields) - {"backbone", "head", "finetune"}
+CNN_KEYS = set(ModelParams.model_fields) - {"family", "head", "finetune"}
 
 
 @pytest.mark.parametrize(
-    ("backbone", "keys"),
+    ("family", "keys"),
     [
-        ("pretrained", {"backbone", "head"}),
-        ("finetuned", {"backbone", "head", "finetune"}),
-        ("scratch", {"backbone", *CNN_KEYS}),
+        ("pretrained", {"family", "head"}),
+        ("finetuned", {"family", "head", "finetune"}),
+        ("scratch", {"family", *CNN_KEYS}),
     ],
 )
-def test_the_logged_model_params_are_those_of_the_families_trained(backbone, keys) -> None:
+def test_the_logged_model_params_are_those_of_the_family_trained(family, keys) -> None:
     tuned = Tuned(
         pretrained=TunedValues(lr=0.01, model={"units": 64}),
         finetuned=TunedValues(lr=0.01, model={"views": 1}),  # its search tunes model.finetune
         scratch=TUNED,
     )
-    logged = training.effective_model_params(parse_params({"model": {"backbone": backbone}}), tuned)
-    assert set(logged) == keys and logged["backbone"] == backbone
+    logged = training.effective_model_params(parse_params({"model": {"family": family}}), tuned)
+    assert set(logged) == keys and logged["family"] == family
     if "head" in keys:  # the head of the family that answers from it, with what tune found
-        assert logged["head"]["units"] == (256 if backbone == "finetuned" else 64)
+        assert logged["head"]["units"] == (256 if family == "finetuned" else 64)
     if "finetune" in keys:
         assert logged["finetune"]["views"] == 1
     if "dropout" in keys:

@@ -23,7 +23,7 @@ def test_a_pretrained_card_names_the_family_data_licence_and_bands() -> None:
     assert "20-29: 4.50 years, gender 0.970 (n=300)" in text
     assert "3-9" not in text  # empty bands are left out
     assert card.tags() == {
-        "backbone": "pretrained",
+        "family": "pretrained",
         "trained_on": "real images",
         "training_images": "4786",
     }

@@ -334,17 +334,35 @@ def test_list_item_errors_describe_the_item(raw, message):
     assert message in error_of(raw)
 
 
-def test_check_params_refuses_the_retired_ensemble_naming_the_alternatives(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("model", "line"),
+    [
+        ("backbone: finetuned", "model.backbone: renamed to model.family"),
+        (
+            "family: ensemble",
+            "model.family: the ensemble family was retired, beaten on accuracy and time by "
+            "finetuned (docs/models.md): use finetuned (the default), pretrained or scratch, "
+            "got 'ensemble'",
+        ),
+    ],
+    ids=["renamed-key", "retired-family"],
+)
+def test_check_params_tells_an_old_params_yaml_what_changed_in_one_line(
+    model: str,
+    line: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("model:\n  backbone: ensemble\n")
+    (tmp_path / "params.yaml").write_text(f"model:\n  {model}\n")
     with pytest.raises(SystemExit) as stopped:
         run_main("check_params", check_params.main)
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines()[:2] == [
         "check_params: invalid params.yaml:",
-        "  model.backbone: the ensemble family was retired, beaten on accuracy and time by "
-        "finetuned (docs/models.md): use finetuned (the default), pretrained or scratch, "
-        "got 'ensemble'",
+        f"  {line}",
     ]
+    with pytest.raises(ParamsError) as error:
+        load_params(tmp_path / "params.yaml")
+    assert str(error.value) == f"invalid params.yaml:\n  {line}"

@@ -17,17 +17,17 @@ from utkface.inference.families import (
     AGE_HIGH,
     AGE_LOW,
     P_FEMALE,
-    Family,
+    FamilyModel,
     KerasCnn,
     to_answers,
 )
 from utkface.inference.pyfunc import SYNTHETIC_TRAINING, ServingConfig
 from utkface.model import face_backbone
-from utkface.params import Member, Params
+from utkface.params import Family, Params
 from utkface.scoring.age_interval import AgeInterval
 
 
-def served_inputs(member: Member, split: str) -> SplitData:
+def served_inputs(member: Family, split: str) -> SplitData:
     """What the served model gives family `member` for one split's faces: the image for the
     scratch CNN, the face features for a head. The finetuned family's are computed here by the
     age network it saved (on the aligned chips `features` cached) beside the gender network's
@@ -50,7 +50,7 @@ def served_inputs(member: Member, split: str) -> SplitData:
 
 
 def predict_split(
-    model: Family, inputs: SplitData, age_max: int, interval: AgeInterval
+    model: FamilyModel, inputs: SplitData, age_max: int, interval: AgeInterval
 ) -> pd.DataFrame:
     """True labels beside the predicted ages (clamped) with their intervals and the
     probabilities of female, answered as the served model answers."""
@@ -62,8 +62,8 @@ def predict_split(
     return frame
 
 
-def serving_config(params: Params, model: Family, interval: AgeInterval) -> ServingConfig:
-    """The served model's config for `model`, the saved model of `params.model.backbone`;
+def serving_config(params: Params, model: FamilyModel, interval: AgeInterval) -> ServingConfig:
+    """The served model's config for `model`, the saved model of `params.model.family`;
     clients crop faces to its input size (the CNN's Keras input, or the face networks')."""
     face_size = params.features.image_size
     return ServingConfig(
@@ -73,7 +73,7 @@ def serving_config(params: Params, model: Family, interval: AgeInterval) -> Serv
         age_max=params.validate_.age_max,
         age_interval=interval.to_config(),
         face_size=face_size,
-        family=params.model.backbone,
+        family=params.model.family,
         trained_on=trained_on(params),
     )
 

@@ -44,7 +44,7 @@ class Outputs:
     bin_centres: np.ndarray | None = None
 
 
-class Family(Protocol):
+class FamilyModel(Protocol):
     def __call__(self, inputs: np.ndarray) -> Outputs: ...
 
 

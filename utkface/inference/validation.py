@@ -11,12 +11,12 @@ from utkface import paths
 from utkface.data.labels import AGE
 from utkface.inference.evaluation import served_inputs
 from utkface.inference.families import P_FEMALE, calibrate_interval, load_family, to_answers
-from utkface.params import Member
+from utkface.params import Family
 from utkface.scoring.age_interval import AgeInterval
 from utkface.scoring.metrics import age_metrics, gender_metrics
 
 
-def judge_saved_model(family: Member, age_max: int) -> tuple[AgeInterval, dict[str, float]]:
+def judge_saved_model(family: Family, age_max: int) -> tuple[AgeInterval, dict[str, float]]:
     """The age interval calibrated on the validation split and the saved model's validation
     metrics there, the family fed what the served model gives it (`served_inputs`)."""
     val = served_inputs(family, "val")

@@ -27,7 +27,7 @@ CHALLENGER = "challenger"
 AGE_MAE, GENDER_ACCURACY = "test_age_mae", "test_gender_accuracy"
 LINEAGE_KEYS = ("git_commit", "git_changes", "dvc_exp_name", "data_version")
 
-BACKBONE, TRAINED_ON, TRAINING_IMAGES = "backbone", "trained_on", "training_images"
+FAMILY, TRAINED_ON, TRAINING_IMAGES = "family", "trained_on", "training_images"
 FAMILIES = {
     "pretrained": "a head on the frozen features of pretrained face networks (run on ONNX Runtime)",
     "finetuned": (
@@ -51,7 +51,7 @@ base64 JPEG/PNG images (column `image`); output: `age` with its 80 % interval `a
 face: the answer is then not about a face). Each version's
 description says its model family, what it was trained on (real UTKFace images or the
 synthetic demo set of cartoon faces, which predicts real faces wildly wrong) and its accuracy
-per age band; its tags `{BACKBONE}`, `{TRAINED_ON}` and `{TRAINING_IMAGES}` say the same.
+per age band; its tags `{FAMILY}`, `{TRAINED_ON}` and `{TRAINING_IMAGES}` say the same.
 
 Intended use: research and teaching on reproducible ML pipelines.
 
@@ -74,7 +74,7 @@ Limits:
 class ModelCardFacts:
     """What a version's card states besides its metrics and lineage."""
 
-    backbone: str  # pretrained | finetuned | scratch
+    family: str  # pretrained | finetuned | scratch
     trained_on: str  # e.g. "synthetic demo set" or "real images"
     training_images: int
     synthetic: bool = False  # trained on the synthetic demo set
@@ -82,18 +82,18 @@ class ModelCardFacts:
 
     def tags(self) -> dict[str, str]:
         return {
-            BACKBONE: self.backbone,
+            FAMILY: self.family,
             TRAINED_ON: self.trained_on,
             TRAINING_IMAGES: str(self.training_images),
         }
 
     def describe(self) -> str:
         lines = [
-            f"Model family: {self.backbone}, {FAMILIES.get(self.backbone, 'unknown')}.",
+            f"Model family: {self.family}, {FAMILIES.get(self.family, 'unknown')}.",
             f"Trained on {self.training_images} images: {self.trained_on}"
             + (" (cartoon faces: a demo, wrong on real faces)." if self.synthetic else "."),
         ]
-        if self.backbone != "scratch":
+        if self.family != "scratch":
             lines.append(BACKBONE_NOTICE)
         bands = [
             f"{name}: {group['age_mae']:.2f} years, gender {group['gender_accuracy']:.3f} "

@@ -26,7 +26,7 @@ from utkface.model.batchnorm import CleanStatisticsForValidation, has_batchnorm
 from utkface.model.finetuned import build_finetuned, finetune_dataset, load_finetune_inputs
 from utkface.model.head import build_head, compile_head
 from utkface.model.network import build_model, compile_model
-from utkface.params import Member, ModelParams, TrainParams
+from utkface.params import Family, ModelParams, TrainParams
 
 Compile = Callable[[keras.Model, float | keras.optimizers.schedules.LearningRateSchedule], object]
 TARGETS = {AGE: "age", GENDER: "gender", AGE_BINS: "age"}  # each output's target in SplitData
@@ -41,7 +41,7 @@ def seed_everything(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def load_inputs(member: Member, split: str) -> SplitData:
+def load_inputs(member: Family, split: str) -> SplitData:
     """What `member` trains on for one split: images for the scratch CNN, the cached face
     features for the pretrained head, the cached prefix activations and gender features for
     the finetuned family (for both heads, an augmented copy repeats its original's)."""
@@ -209,7 +209,7 @@ def fit_model(
     )
 
 
-def stops_early(member: Member) -> bool:
+def stops_early(member: Family) -> bool:
     """Whether `member` fits with early stopping. The heads do not: their cross-entropy on the
     age bins (and so `val_loss`) rises within a few epochs while their validation MAE and
     accuracy still improve, so they fit `model.head.epochs` (`model.finetune.epochs`) of cosine
@@ -233,7 +233,7 @@ def dtype_policy(name: str) -> Iterator[None]:
 
 
 def build_member(
-    member: Member, cfg: ModelParams, train_cfg: TrainParams, train: SplitData, seed: int
+    member: Family, cfg: ModelParams, train_cfg: TrainParams, train: SplitData, seed: int
 ) -> tuple[keras.Model, Compile]:
     """A fresh uncompiled model of `member` for `train` and the function that compiles it."""
     if member == "pretrained":
@@ -257,7 +257,7 @@ def fit(
     epochs: int,
     callbacks: list[keras.callbacks.Callback] | None = None,
     early_stopping: bool = True,
-    member: Member = "scratch",
+    member: Family = "scratch",
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Build a fresh model of `member` and `fit_model` it; return it with its per-epoch
     history."""

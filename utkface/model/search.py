@@ -32,7 +32,7 @@ from utkface.model.fitting import (
     seed_everything,
     stops_early,
 )
-from utkface.params import Member, ModelParams, Params, TunedValues
+from utkface.params import Family, ModelParams, Params, TunedValues
 
 OBJECTIVE = "val_objective"
 TUNERS: dict[str, type[kt.Tuner]] = {
@@ -63,7 +63,7 @@ class ObjectiveCallback(keras.callbacks.Callback):
             )
 
 
-def member_params(params: Params, member: Member, knobs: dict[str, Any]) -> ModelParams:
+def member_params(params: Params, member: Family, knobs: dict[str, Any]) -> ModelParams:
     """`params.model` with one trial's knobs applied to `member`'s part (the head's,
     fine-tuning's or the CNN's)."""
     if member == "pretrained":
@@ -82,7 +82,7 @@ class DualHeadHyperModel(kt.HyperModel):
     training and validation `SplitData`.
     """
 
-    def __init__(self, params: Params, member: Member, train: SplitData) -> None:
+    def __init__(self, params: Params, member: Family, train: SplitData) -> None:
         super().__init__(name=f"dual_head_{member}")
         self.params, self.member, self.train = params, member, train
         self.search_cfg = params.tune.search(member)
@@ -169,7 +169,7 @@ def search(
     val: SplitData,
     wrap: TunerWrapper | None = None,
     callbacks: list[keras.callbacks.Callback] | None = None,
-    member: Member = "scratch",
+    member: Family = "scratch",
 ) -> kt.Tuner:
     """Run `member`'s search on its `train_fraction` of `train`, validated on `val`."""
     seed_everything(params.seed)

@@ -28,7 +28,7 @@ from utkface.model.network import with_test_time_flip
 from utkface.model.saving import save_model
 from utkface.params import (
     EarlyStoppingParams,
-    Member,
+    Family,
     ModelParams,
     Params,
     Tuned,
@@ -55,7 +55,7 @@ def load_tuned() -> Tuned:
     return Tuned.model_validate_json(paths.TUNED.read_text())
 
 
-def member_config(params: Params, member: Member, tuned: TunedValues | None) -> ModelParams:
+def member_config(params: Params, member: Family, tuned: TunedValues | None) -> ModelParams:
     """`params.model` with the knobs tuned for `member` applied."""
     if tuned is None:
         return params.model
@@ -84,7 +84,7 @@ def best_epoch_metrics(history: pd.DataFrame, es: EarlyStoppingParams | None) ->
 
 
 def inference_model(
-    model: keras.Model, params: Params, train: SplitData, member: Member = "scratch"
+    model: keras.Model, params: Params, train: SplitData, member: Family = "scratch"
 ) -> keras.Model:
     """The model to save. A head: its `age` and `gender` outputs. The CNN: BatchNorm
     statistics recomputed over the training split (`train.precise_batchnorm`), then each face
@@ -101,17 +101,17 @@ def inference_model(
 def effective_model_params(params: Params, tuned: Tuned) -> dict:
     """The model params train uses, tuned knobs applied, keyed as in params.yaml: the head's
     for `pretrained`, with fine-tuning's for `finetuned`, the CNN's for `scratch`."""
-    family = params.model.backbone
+    family = params.model.family
     cfg = member_config(params, family, tuned.of(family))
     if family == "scratch":
-        return {"backbone": family} | cfg.model_dump(exclude={"backbone", "head", "finetune"})
-    logged = {"backbone": family, "head": cfg.head.model_dump()}
+        return {"family": family} | cfg.model_dump(exclude={"family", "head", "finetune"})
+    logged = {"family": family, "head": cfg.head.model_dump()}
     if family == "finetuned":
         logged["finetune"] = cfg.finetune.model_dump()
     return logged
 
 
-def epochs(member: Member, cfg: ModelParams, params: Params) -> int:
+def epochs(member: Family, cfg: ModelParams, params: Params) -> int:
     """How many epochs `member` fits (the heads: no early stopping)."""
     return {"pretrained": cfg.head.epochs, "finetuned": cfg.finetune.epochs}.get(
         member, params.train.epochs
@@ -148,7 +148,7 @@ class TrainedMember:
 
 def train_member(
     params: Params,
-    member: Member,
+    member: Family,
     tuned: TunedValues | None,
     lr: float,
     lr_source: str,
