@@ -167,11 +167,16 @@ def tiny_project(
 ) -> str:
     """A tiny project at `root`, made the cwd, with its own MLflow store; returns the store URI."""
     write_tiny_project(root, overrides)
+    return enter_project(monkeypatch, root)
+
+
+def enter_project(monkeypatch: pytest.MonkeyPatch, root: Path) -> str:
+    """`root` made the cwd, with a new MLflow store of its own, outside any DVC experiment or
+    distributed search; returns the store URI."""
     monkeypatch.chdir(root)
     uri = new_store(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    for name in KERASTUNER_ENV:
+    for name in ("DVC_EXP_NAME", *KERASTUNER_ENV):
         monkeypatch.delenv(name, raising=False)
     return uri
 

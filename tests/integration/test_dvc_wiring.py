@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel
-from tiny import REPO, dag_params
+from tiny import REPO, dag_params, enter_project
 
 from utkface.mlops.code import code_files
 from utkface.params import load_params
@@ -98,10 +98,7 @@ def reads(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, set[st
     recorded: dict[str, set[str]] = {stage: set() for stage in STAGES}
     root = tmp_path_factory.mktemp("wiring")
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        for variable in ("KERASTUNER_TUNER_ID", "DVC_EXP_NAME"):
-            patch.delenv(variable, raising=False)
+        enter_project(patch, root)
         for family in FAMILIES:
             (root / "params.yaml").write_text(yaml.safe_dump(dag_params(family)))
             for stage in STAGES if family == FAMILIES[0] else MODEL_STAGES:

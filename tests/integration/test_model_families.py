@@ -17,7 +17,7 @@ import yaml
 from dvc_project import copied_project
 from mlflow import MlflowClient
 from onnx import numpy_helper
-from tiny import AGE_MAX, dag_params, with_overrides
+from tiny import AGE_MAX, dag_params, enter_project, with_overrides
 
 from utkface import paths
 from utkface.data.synthetic import synthetic_files
@@ -59,10 +59,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny project after the whole DAG with `model.family: pretrained`."""
     root = tmp_path_factory.mktemp("families")
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(root)
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root}/mlflow.db")
-        for variable in ("KERASTUNER_TUNER_ID", "DVC_EXP_NAME"):
-            patch.delenv(variable, raising=False)
+        enter_project(patch, root)
         write_params(root, "pretrained")
         run(DAG)
         yield root
