@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import yaml
+from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = [
@@ -124,3 +126,17 @@ def copied_project(source: Path, target: Path) -> Path:
 def stages_run(output: str) -> set[str]:
     """The stages a `dvc repro` or `dvc queue logs` output says it ran."""
     return {line.split("'")[1] for line in output.splitlines() if "Running stage" in line}
+
+
+def store_client(root: Path) -> MlflowClient:
+    """A client of the project's MLflow store at `root` (also MLflow's process-wide URI)."""
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def train_runs(root: Path) -> list[mlflow.entities.Run]:
+    """The project's runs in its experiment, newest first."""
+    client = store_client(root)
+    experiment = client.get_experiment_by_name("utkface-age-gender")
+    return client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
