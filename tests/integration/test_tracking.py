@@ -111,7 +111,7 @@ def test_use_experiment_reuses_an_existing_experiment(store: str) -> None:
     assert run.info.experiment_id == first
 
 
-def test_experiments_open_in_mlflows_model_training_view(store: str) -> None:
+def test_experiments_are_tagged_as_model_training(store: str) -> None:
     created = tracking.use_experiment("tests-kind")
     older = MlflowClient(store).create_experiment("tests-untagged")  # as an old version made it
     tracking.use_experiment("tests-untagged")

@@ -103,8 +103,9 @@ def _check_store(uri: str) -> None:
             )
 
 
-# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, a chat
-# assistant); with it, in the model-training view, where runs and the compare view are.
+# Marks the experiments as model training, not GenAI. MLflow 3.17's UI still opens on its GenAI
+# overview in a fresh browser (the sidebar's switch, kept in local storage, decides):
+# docs/experiments.md says what to click, or which page lists the runs.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
