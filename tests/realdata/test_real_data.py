@@ -99,10 +99,13 @@ def test_labels_are_plausible(labels):
 
 
 def test_gx_validation_passes_with_default_params(ingested, labels, params):
-    outcomes = validate(labels, ingested["images"].shape, params, new_context())
-    assert outcomes
-    failed = [o for o in outcomes if not o.success]
-    assert failed == []
+    summary = ingested["summary"]
+    outcomes = validate(labels, ingested["images"], summary, None, params, new_context())
+    assert [o.name for o in outcomes if not o.success] == []
+    assert (summary["files_seen"], summary["rejected"]) == (6883, 45)  # 44 copies, 1 bad name
+    # the folder's near copies (docs/models.md): counted, and within the default share
+    (near,) = [o for o in outcomes if o.name == "duplicate_content"]
+    assert 0.005 < near.unexpected_count / len(labels) < params.validate_.max_duplicate_share
 
 
 @pytest.fixture(scope="module")
