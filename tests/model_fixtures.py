@@ -27,6 +27,7 @@ from tiny import AGE_MAX, MAX_PIXELS, new_store, synthetic_faces
 
 from utkface import paths
 from utkface.data.labels import AGE, GENDER
+from utkface.data.synthetic import draw_face
 from utkface.inference.faces import crop_faces, detect_faces
 from utkface.inference.pyfunc import ServingConfig
 from utkface.inference.pyfunc_logging import log_serving_model
@@ -234,8 +235,11 @@ def wait_until_up(server: subprocess.Popen, url: str, timeout: float = 90) -> No
     raise AssertionError(f"mlflow models serve did not answer /ping within {timeout}s")
 
 
-def invoke(url: str, *cells: str) -> requests.Response:
-    body = {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+def invoke(url: str, *cells: str, faces: str | None = None) -> requests.Response:
+    """POST /invocations of base64 image `cells`, with the served model's `faces` mode."""
+    body: dict = {"dataframe_split": {"columns": ["image"], "data": [[c] for c in cells]}}
+    if faces is not None:
+        body["params"] = {"faces": faces}
     return requests.post(f"{url}/invocations", json=body, timeout=30)
 
 
@@ -255,8 +259,19 @@ def stopped_after(server: subprocess.Popen, log: Path) -> Iterator[None]:
 
 
 def astronaut_face(size: int) -> np.ndarray:
-    """The face in scikit-image's public-domain NASA portrait, cropped as `--detect-faces`
-    crops a face, resized to `size` px: a real face for tests."""
+    """The face in scikit-image's public-domain NASA portrait, cropped as the served model crops
+    a face it finds in a photo, resized to `size` px: a real face for tests."""
     photo = data.astronaut()
     (crop,) = crop_faces(photo, detect_faces(photo))
     return np.asarray(Image.fromarray(crop).resize((size, size)))
+
+
+def two_faces_jpeg() -> bytes:
+    """Two 120 px synthetic faces side by side, 20 px apart: small enough for the tiny model's
+    byte limit."""
+    gap = np.full((120, 20, 3), 235, dtype=np.uint8)
+    left = np.asarray(draw_face(34, 1, 0, np.random.default_rng(3), size=120))
+    right = np.asarray(draw_face(27, 0, 0, np.random.default_rng(1), size=120))
+    buffer = io.BytesIO()
+    Image.fromarray(np.hstack([gap, left, gap, right, gap])).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()

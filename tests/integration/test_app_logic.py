@@ -11,7 +11,6 @@ import pytest
 from mlflow.models.model import ModelInfo
 from model_fixtures import (
     IMAGE_SIZE,
-    MAX_IMAGE_BYTES,
     MODEL_NAME,
     log_tiny_serving_model,
     register_version,
@@ -22,9 +21,11 @@ from PIL import Image
 
 from utkface.app import logic
 from utkface.data.imaging import prepare_image
-from utkface.inference import faces
 from utkface.inference.client import InputLimits, PredictError
+from utkface.inference.pyfunc import encode_png
 from utkface.mlops import registry
+
+APP_BYTES = 1_000_000
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,8 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelInfo]:
     with pytest.MonkeyPatch.context() as patch:
         root = tmp_path_factory.mktemp("app_logic")
         use_tmp_store(patch, root)
-        info = log_tiny_serving_model(root, varied=True)  # answers that differ by image
+        # answers that differ by image, and room for the app's sample photos
+        info = log_tiny_serving_model(root, max_image_bytes=APP_BYTES, varied=True)
         register_version(info, age_mae=7.5, gender_accuracy=0.85, data_version="d-42")
         registry.registry_client().set_registered_model_alias(MODEL_NAME, registry.CHAMPION, "1")
         yield info
@@ -59,24 +61,24 @@ def test_no_champion_says_how_to_get_one(champion: ModelInfo) -> None:
 
 def test_faces_then_the_whole_image(champion: ModelInfo) -> None:
     model, limits = logic.load_model(logic.model_card(champion.model_uri).uri)
-    assert (limits.image_size, limits.max_image_bytes) == (IMAGE_SIZE, MAX_IMAGE_BYTES)
+    assert (limits.image_size, limits.max_image_bytes) == (IMAGE_SIZE, APP_BYTES)
     row = logic.sample_images()["Synthetic faces: three in a row"]
-    predictions = logic.predict_faces(model, row, limits.image_size)
+    predictions = logic.predict_faces(model, encode_png(row))
     assert [p.face for p in predictions] == [1, 2, 3]
     assert [p.error for p in predictions] == [None] * 3
-    # the reference: each reported box cropped as UTKFace crops are, through the Keras file
+    # the reference: each reported box (a square) at the model's input size, through Keras
     photo = Image.fromarray(row)
     crops = []
     for prediction in predictions:
-        left, top, side, _ = faces.crop_box(prediction.box, *photo.size)
+        left, top, side, height = prediction.box
+        assert side == height
         crops.append(prepare_image(photo.crop((left, top, left + side, top + side)), IMAGE_SIZE))
     assert_like(predictions, scratch_reference(champion.model_uri, np.stack(crops)))
     assert len({round(p.age, 3) for p in predictions}) == 3  # three faces, three answers
-    blank = np.full((120, 200, 3), 90, dtype=np.uint8)
-    assert logic.predict_faces(model, blank, limits.image_size) == []
-    whole = logic.predict_whole(model, blank, limits.image_size)
+    blank = encode_png(np.full((120, 200, 3), 90, dtype=np.uint8))
+    assert logic.predict_faces(model, blank) == []
+    whole = logic.predict_whole(model, blank)
     assert whole.box == (40, 0, 120, 120)  # the centre square the model sees
-    assert whole.face is None
     # a flat grey image is flat grey at any size: the model sees exactly this
     seen = np.full((1, IMAGE_SIZE, IMAGE_SIZE, 3), 90, dtype=np.uint8)
     assert_like([whole], scratch_reference(champion.model_uri, seen))

@@ -1,9 +1,10 @@
-"""`utkface predict`: files and folders through the served pyfunc, per-file errors, URIs."""
+"""`utkface predict`: files and folders through the served pyfunc, every face of a photo,
+per-file errors, URIs. The tiny model's inputs are noise images: the tests of mechanics answer
+them with `--faces crop` (the centre square is one face, whatever it shows)."""
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 from collections.abc import Iterator
@@ -13,12 +14,15 @@ import numpy as np
 import pytest
 from mlflow.models.model import ModelInfo
 from model_fixtures import (
+    FACE_SIZE,
     IMAGE_SIZE,
     MODEL_NAME,
+    astronaut_face,
     image_bytes,
     log_tiny_serving_model,
     register_version,
     scratch_reference,
+    two_faces_jpeg,
     use_tmp_store,
 )
 from PIL import Image
@@ -27,11 +31,11 @@ from tiny import MAX_PIXELS
 from utkface.cli import predict as predict_command
 from utkface.cli import promote as promote_command
 from utkface.data.imaging import load_image, prepare_image
-from utkface.data.synthetic import draw_face
 from utkface.inference import client
-from utkface.inference.pyfunc import SYNTHETIC_TRAINING, SYNTHETIC_WARNING
+from utkface.inference.pyfunc import NO_FACE, SYNTHETIC_TRAINING, SYNTHETIC_WARNING, encode_png
 
-COLUMNS = ["age", "interval", "gender", "p_female", "face_check", "error"]  # the table's
+COLUMNS = ["path", "face", "box", "age", "interval", "gender", "p_female", "face_check", "error"]
+CROP = ("--faces", "crop")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +93,7 @@ def test_folder_json_has_predictions_and_per_file_error(
     logged: ModelInfo, folder: Path, uri_kind: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     uri = logged.model_uri if uri_kind == "models" else f"runs:/{logged.run_id}/serving_model"
-    assert run(folder, "--model", uri, "--json") == 3  # some failed: broken.jpg
+    assert run(folder, "--model", uri, "--json", *CROP) == 3  # some failed: broken.jpg
     out, err = capsys.readouterr()
     entries = by_name(json.loads(out))
     assert set(entries) == {"a.png", "b.JPG", "broken.jpg"}
@@ -97,6 +101,7 @@ def test_folder_json_has_predictions_and_per_file_error(
     assert_answers(good, reference(logged, folder / "a.png", folder / "nested" / "b.JPG"))
     assert good[0]["age"] != pytest.approx(good[1]["age"])  # each file its own answer
     assert [(e["face_check"], e["error"]) for e in good] == [("implausible", None)] * 2  # noise
+    assert [(e["face"], e["box"]) for e in good] == [(1, [0, 0, 48, 48])] * 2  # the whole image
     broken = entries["broken.jpg"]
     assert broken["error"] == "not an image (unrecognised format)"
     assert broken["age"] is None
@@ -104,9 +109,9 @@ def test_folder_json_has_predictions_and_per_file_error(
 
 
 def test_table_output(logged: ModelInfo, folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(folder / "a.png", folder / "broken.jpg", "--model", logged.model_uri) == 3
+    assert run(folder / "a.png", folder / "broken.jpg", "--model", logged.model_uri, *CROP) == 3
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == ["path", *COLUMNS]
+    assert header.split() == COLUMNS
     assert len(rows) == 2
     assert "not an image" in next(r for r in rows if "broken.jpg" in r)
 
@@ -139,7 +144,7 @@ def test_default_is_the_champion(
     promote_command.add_arguments(parser)
     assert promote_command.run(parser.parse_args([])) == 0
     capsys.readouterr()
-    assert run(folder / "a.png", "--json") == 0  # all answered
+    assert run(folder / "a.png", "--json", *CROP) == 0  # all answered
     entries = json.loads(capsys.readouterr().out)
     assert_answers(entries, reference(logged, folder / "a.png"))  # the champion is `logged`
 
@@ -153,25 +158,14 @@ def test_bad_model_uri_is_a_clear_error(
     assert "Traceback" not in err
 
 
-def two_faces_jpeg() -> bytes:
-    """Two 120 px synthetic faces side by side, 20 px apart: small enough for the tiny model's
-    byte limit."""
-    gap = np.full((120, 20, 3), 235, dtype=np.uint8)
-    left = np.asarray(draw_face(34, 1, 0, np.random.default_rng(3), size=120))
-    right = np.asarray(draw_face(27, 0, 0, np.random.default_rng(1), size=120))
-    buffer = io.BytesIO()
-    Image.fromarray(np.hstack([gap, left, gap, right, gap])).save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def test_detect_faces_predicts_each_face_with_its_box(
+def test_a_photo_gives_each_face_with_its_box_by_default(
     logged: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "two.jpg").write_bytes(two_faces_jpeg())
     (tmp_path / "noise.png").write_bytes(image_bytes(1))
     (tmp_path / "large.png").write_bytes(image_bytes(3, size=200))
     (tmp_path / "broken.jpg").write_text("this is not an image\n")
-    assert run(tmp_path, "--model", logged.model_uri, "--detect-faces", "--json") == 3
+    assert run(tmp_path, "--model", logged.model_uri, "--json") == 3
     out, err = capsys.readouterr()
     entries = json.loads(out)
     two = [e for e in entries if e["path"].endswith("two.jpg")]
@@ -179,42 +173,63 @@ def test_detect_faces_predicts_each_face_with_its_box(
     (x1, _, w1, _), (x2, _, w2, _) = (e["box"] for e in two)
     assert x1 >= 20 and x1 + w1 <= 140  # within the left face
     assert x2 >= 160 and x2 + w2 <= 280  # within the right face
-    # the reference: each reported box cropped as UTKFace crops are (`faces.crop_box`), at the
-    # model's input size, through the Keras file
+    # the reference: each reported box at the model's input size, through the Keras file
     photo = Image.open(tmp_path / "two.jpg").convert("RGB")
     crops = []
     for entry in two:
-        left, top, side, _ = client.faces.crop_box(tuple(entry["box"]), *photo.size)
+        left, top, side, height = entry["box"]
+        assert side == height  # a square, cropped as UTKFace crops are (`faces.crop_box`)
         crops.append(prepare_image(photo.crop((left, top, left + side, top + side)), IMAGE_SIZE))
     assert_answers(two, scratch_reference(logged.model_uri, np.stack(crops)).to_dict("records"))
     assert two[0]["age"] != pytest.approx(two[1]["age"])  # two faces, two answers
     errors = {Path(e["path"]).name: e["error"] for e in entries if e["error"]}
-    assert errors["noise.png"] == client.NO_FACE
-    assert "run without --detect-faces" in errors["noise.png"]
+    assert errors["noise.png"] == NO_FACE
+    assert "faces=crop" in errors["noise.png"]
     assert "exceeds the limit" in errors["large.png"]
     assert errors["broken.jpg"] == "not an image (unrecognised format)"
     assert "2 predicted, 3 failed" in err
     assert "Traceback" not in err
 
 
-def test_detect_faces_table_has_face_and_box(
+def test_the_table_has_a_row_per_face_with_its_box(
     logged: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "two.jpg").write_bytes(two_faces_jpeg())
-    assert run(tmp_path / "two.jpg", "--model", logged.model_uri, "--detect-faces") == 0
+    assert run(tmp_path / "two.jpg", "--model", logged.model_uri) == 0
     header, *rows = capsys.readouterr().out.splitlines()
-    assert header.split() == ["path", "face", "box", *COLUMNS]
+    assert header.split() == COLUMNS
     assert [row.split()[1] for row in rows] == ["1", "2"]
     assert rows[0].split()[2].count(",") == 3  # x,y,w,h
+
+
+def test_a_tight_crop_is_one_face_and_the_modes_force_either_reading(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A face crop as UTKFace's is one answer on the whole image by default; `--faces detect`
+    looks for faces in it instead, and `--faces crop` answers a two-face photo's centre."""
+    use_tmp_store(monkeypatch, tmp_path)
+    uri = log_tiny_serving_model(tmp_path, member="pretrained", max_image_bytes=10**6).model_uri
+    (tmp_path / "crop.png").write_bytes(encode_png(astronaut_face(FACE_SIZE)))
+    (tmp_path / "two.jpg").write_bytes(two_faces_jpeg())
+    capsys.readouterr()
+    assert run(tmp_path / "crop.png", "--model", uri, "--json") == 0
+    (whole,) = json.loads(capsys.readouterr().out)
+    assert (whole["face"], whole["box"], whole["face_check"]) == (1, [0, 0, 200, 200], "ok")
+    assert run(tmp_path / "crop.png", "--model", uri, "--json", "--faces", "detect") == 0
+    (found,) = json.loads(capsys.readouterr().out)
+    assert found["box"] != [0, 0, 200, 200] and found["box"][2] < 200  # a face inside it
+    assert run(tmp_path / "two.jpg", "--model", uri, "--json", *CROP) == 0
+    (centre,) = json.loads(capsys.readouterr().out)
+    assert centre["box"] == [90, 0, 120, 120]  # the centre square of 300 x 120
 
 
 def test_a_photo_without_faces_is_an_error_not_a_crash(
     logged: ModelInfo, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "noise.png").write_bytes(image_bytes(1))
-    assert run(tmp_path / "noise.png", "--model", logged.model_uri, "--detect-faces") == 1
+    assert run(tmp_path / "noise.png", "--model", logged.model_uri) == 1
     out, err = capsys.readouterr()
-    assert "no face found; run without --detect-faces" in out
+    assert NO_FACE in out
     assert "0 predicted, 1 failed" in err
 
 
@@ -225,14 +240,14 @@ def test_a_model_trained_on_the_synthetic_set_answers_with_a_warning(
     capsys: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    assert run(folder / "a.png", "--model", logged.model_uri) == 0
+    assert run(folder / "a.png", "--model", logged.model_uri, *CROP) == 0
     assert "synthetic" not in capsys.readouterr().err  # trained on real images: no warning
     with pytest.MonkeyPatch.context() as patch:
         use_tmp_store(patch, tmp_path_factory.mktemp("demo"))
         demo = log_tiny_serving_model(Path.cwd(), trained_on=SYNTHETIC_TRAINING)
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            assert run(folder / "a.png", "--model", demo.model_uri) == 0
+            assert run(folder / "a.png", "--model", demo.model_uri, *CROP) == 0
     err = capsys.readouterr().err
     assert f"predict: warning: {SYNTHETIC_WARNING}" in err
     # said once: the model's own warning as it loads (for `utkface serve`) is not logged too
@@ -263,13 +278,13 @@ def test_files_are_read_one_batch_at_a_time(
     held: list[int] = []  # images in memory at each prediction
     predict_inputs = client.predict_inputs
 
-    def counted_predict(model, inputs):
+    def counted_predict(model, inputs, faces):
         held.append(len(inputs))
-        return predict_inputs(model, inputs)
+        return predict_inputs(model, inputs, faces)
 
     monkeypatch.setattr(client, "predict_inputs", counted_predict)
     model = client.load_model(logged.model_uri, None)
-    predictions = client.predict_files(model, files, client.InputLimits.of(model))
+    predictions = client.predict_files(model, files, client.InputLimits.of(model), "crop")
     assert held == [client.BATCH, 3]
     assert [p.path for p in predictions] == [str(f) for f in files]
     assert all(p.error is None for p in predictions)

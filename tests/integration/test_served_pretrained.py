@@ -66,7 +66,10 @@ def test_the_logged_model_needs_no_tensorflow(logged: ModelInfo) -> None:
     requirements = {
         line.split("==")[0] for line in (local / "requirements.txt").read_text().split()
     }
-    assert requirements == {"mlflow", "pillow", "numpy", "pandas", "onnxruntime", "dlib-bin"}
+    assert requirements == {
+        *("mlflow", "pillow", "numpy", "pandas"),
+        *("onnxruntime", "dlib-bin", "opencv-python-headless"),
+    }
     artifacts = sorted(p.name for p in (local / "artifacts").iterdir())
     assert artifacts == ["backbone", "pretrained.onnx"]  # no Keras file
 
@@ -129,8 +132,9 @@ def test_the_app_predicts_without_tensorflow(logged: ModelInfo, tmp_path: Path) 
     body = f"""
 from skimage import data
 from utkface.app import logic
+from utkface.inference.pyfunc import encode_png
 model, limits = logic.load_model({logged.model_uri!r})
-(face,) = logic.predict_faces(model, data.astronaut(), limits.image_size)
+(face,) = logic.predict_faces(model, encode_png(data.astronaut()))
 print("label:", logic.label(face))
 """
     loaded, out = _frameworks_after(body, tmp_path)
@@ -143,12 +147,12 @@ def test_every_exif_orientation_gets_the_answer_of_the_upright_photo(
 ) -> None:
     upright = Image.fromarray(astronaut_face(FACE_SIZE))
     cells = [b64(stored(upright, orientation)) for orientation in STORED]
-    answers = pyfunc.predict(pd.DataFrame({"image": cells}))
+    answers = pyfunc.predict(pd.DataFrame({"image": cells})).drop(columns="row")
+    assert answers["box_w"].tolist() == [FACE_SIZE] * len(STORED)  # each a tight crop
     expected = answers.iloc[[0] * len(STORED)].reset_index(drop=True)  # orientation 1
     pd.testing.assert_frame_equal(answers, expected)
-    sideways = pyfunc.predict(
-        pd.DataFrame({"image": [b64(png(np.rot90(astronaut_face(FACE_SIZE))))]})
-    )
+    turned = pd.DataFrame({"image": [b64(png(np.rot90(astronaut_face(FACE_SIZE))))]})
+    sideways = pyfunc.predict(turned, params={"faces": "crop"})
     assert sideways.loc[0, "face_check"] == "implausible"  # turned without a tag: not upright
 
 
@@ -181,6 +185,8 @@ def test_a_face_passes_the_face_check_and_noise_does_not(pyfunc: PyFuncModel) ->
     noise = np.random.default_rng(0).integers(0, 256, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     flat = np.full((FACE_SIZE, FACE_SIZE, 3), 128, dtype=np.uint8)
     cells = [b64(png(p)) for p in (astronaut_face(FACE_SIZE), noise, flat)]
-    answers = pyfunc.predict(pd.DataFrame({"image": cells}))
+    answers = pyfunc.predict(pd.DataFrame({"image": cells}), params={"faces": "crop"})
     assert answers["face_check"].tolist() == ["ok", "implausible", "implausible"]
-    assert answers["age"].notna().all()  # answered all the same, never an error
+    assert answers["age"].notna().all()  # answered all the same: faces=crop answers anything
+    found = pyfunc.predict(pd.DataFrame({"image": cells}), params={"on_error": "report"})
+    assert found["faces"].tolist() == [1, 0, 0]  # by default: no face, no answer

@@ -1,4 +1,6 @@
-"""The served pyfunc: training preprocessing, row-level errors, and `mlflow models serve`."""
+"""The served pyfunc: training preprocessing, every face of a photo, row-level errors, and
+`mlflow models serve`. The tiny model's inputs are noise images: the tests of mechanics answer
+them with the parameter faces="crop" (the centre square is one face, whatever it shows)."""
 
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ from model_fixtures import (
     register_version,
     scratch_reference,
     stopped_after,
+    two_faces_jpeg,
     use_tmp_store,
     wait_until_up,
 )
@@ -47,12 +50,14 @@ from tiny import free_port, synthetic_faces
 from utkface import tensorflow_build
 from utkface.data.imaging import load_image
 from utkface.inference.families import Outputs, to_answers
-from utkface.inference.pyfunc import encode_png
+from utkface.inference.pyfunc import NO_FACE, encode_png
 from utkface.inference.server import too_large_message
 from utkface.mlops import registry
 from utkface.params import Params
 
 ANSWER = ["age", "age_low", "age_high", "gender", "p_female", "face_check"]  # an answer's columns
+WHERE = ["row", "faces", "face", "box_x", "box_y", "box_w", "box_h"]  # which face it answers
+CROP = {"faces": "crop"}
 NOT_AN_IMAGE = base64.b64encode(b"hello, I am plain text").decode()
 TOO_LARGE = rf"image of (about )?\d+ bytes exceeds the limit of {MAX_IMAGE_BYTES}"
 
@@ -76,7 +81,7 @@ def pyfunc(logged: ModelInfo) -> PyFuncModel:
 
 def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
     assert logged.signature.inputs.input_names() == ["image"]
-    assert logged.signature.outputs.input_names() == [*ANSWER, "error"]
+    assert logged.signature.outputs.input_names() == [*WHERE, *ANSWER, "error"]
     local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
     code = local / "code"
     carried = sorted(p.relative_to(code).as_posix() for p in code.rglob("*.py"))
@@ -88,6 +93,7 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "utkface/data/labels.py",
         "utkface/data/rejections.py",
         "utkface/inference/__init__.py",
+        "utkface/inference/faces.py",
         "utkface/inference/families.py",
         "utkface/inference/pyfunc.py",
         "utkface/model/__init__.py",
@@ -150,6 +156,7 @@ def test_the_model_loads_with_only_the_code_it_carries(logged: ModelInfo, tmp_pa
         "utkface.data.labels",
         "utkface.data.rejections",
         "utkface.inference",
+        "utkface.inference.faces",
         "utkface.inference.families",
         "utkface.inference.pyfunc",
         "utkface.model",
@@ -179,8 +186,10 @@ def test_predicts_like_keras_on_training_preprocessing(
     images = [image_bytes(1, size=40), image_bytes(2, size=64, fmt="JPEG")]
     faces, _ = synthetic_faces(16)
     images += [encode_png(faces[i]) for i in (0, 3, 12)]  # cartoons: both genders, ages apart
-    result = pyfunc.predict(pd.DataFrame({"image": [b64(i) for i in images]}))
-    assert list(result.columns) == ANSWER
+    result = pyfunc.predict(pd.DataFrame({"image": [b64(i) for i in images]}), params=CROP)
+    assert list(result.columns) == [*WHERE, *ANSWER]
+    assert result["row"].tolist() == [0, 1, 2, 3, 4] and set(result["faces"]) == {1}
+    assert result[["box_x", "box_y", "box_w"]].values.tolist()[:2] == [[0, 0, 40], [0, 0, 64]]
     expected = reference(logged, images)
     assert_answers(result, expected)
     assert set(expected["gender"]) == {"male", "female"}
@@ -214,7 +223,7 @@ def test_bad_rows_are_rejected_by_row_and_reason(
 ) -> None:
     frame = pd.DataFrame({"image": [b64(image_bytes(1)), cell]})
     with pytest.raises(MlflowException) as raised:
-        pyfunc.predict(frame)
+        pyfunc.predict(frame, params=CROP)
     assert raised.value.error_code == "INVALID_PARAMETER_VALUE"
     assert raised.value.get_http_status_code() == 400
     assert re.search(f"row 1: {reason}", raised.value.message)
@@ -223,7 +232,7 @@ def test_bad_rows_are_rejected_by_row_and_reason(
 
 def test_report_mode_predicts_the_good_rows(logged: ModelInfo, pyfunc: PyFuncModel) -> None:
     frame = pd.DataFrame({"image": [NOT_AN_IMAGE, b64(image_bytes(1)), NOT_AN_IMAGE]})
-    result = pyfunc.predict(frame, params={"on_error": "report"})
+    result = pyfunc.predict(frame, params={"on_error": "report", **CROP})
     assert result["error"].tolist() == [
         "not an image (unrecognised format)",
         None,
@@ -234,6 +243,25 @@ def test_report_mode_predicts_the_good_rows(logged: ModelInfo, pyfunc: PyFuncMod
     assert_answers(answer, reference(logged, [image_bytes(1)]))
     with pytest.raises(MlflowException, match="on_error must be one of"):
         pyfunc.predict(frame, params={"on_error": "ignore"})
+    with pytest.raises(MlflowException, match="faces must be one of"):
+        pyfunc.predict(frame, params={"faces": "all"})
+
+
+def test_every_face_of_a_photo_and_an_error_where_there_is_none(
+    logged: ModelInfo, pyfunc: PyFuncModel
+) -> None:
+    """By default a photo gives a row per face with its box, and says how many it found; an
+    image without a face is an error naming its row, or with on_error="report" a row of its
+    own with 0 faces."""
+    frame = pd.DataFrame({"image": [b64(image_bytes(1)), b64(two_faces_jpeg())]})
+    result = pyfunc.predict(frame, params={"on_error": "report"})
+    assert result["row"].tolist() == [0, 1, 1]
+    assert result["faces"].tolist() == [0, 2, 2]
+    assert result["error"].tolist() == [NO_FACE, None, None]
+    assert result["face"].tolist()[1:] == [1, 2]
+    assert result["box_x"][1] < 140 <= result["box_x"][2]  # left to right
+    with pytest.raises(MlflowException, match=re.escape(f"row 0: {NO_FACE}")):
+        pyfunc.predict(frame)
 
 
 # --- mlflow models serve -----------------------------------------------------------------------
@@ -270,7 +298,7 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
         )
     with stopped_after(server, log_path):
         wait_until_up(server, url)
-        ok = invoke(url, b64(image_bytes(1)), b64(image_bytes(2, fmt="JPEG")))
+        ok = invoke(url, b64(image_bytes(1)), b64(image_bytes(2, fmt="JPEG")), faces="crop")
         assert ok.status_code == 200, ok.text
         predictions = pd.DataFrame(ok.json()["predictions"])
         assert_answers(predictions, reference(logged, [image_bytes(1), image_bytes(2, fmt="JPEG")]))
@@ -279,7 +307,7 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
             (NOT_AN_IMAGE, "not an image"),
             (b64(image_bytes(3, size=200)), TOO_LARGE),
         ]:
-            bad = invoke(url, b64(image_bytes(1)), cell)
+            bad = invoke(url, b64(image_bytes(1)), cell, faces="crop")
             assert bad.status_code == 400, bad.text
             assert bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
             assert re.search(f"row 1: {reason}", bad.json()["message"])
@@ -349,7 +377,7 @@ def test_utkface_serve_refuses_large_requests_unread_and_stops_on_sigterm(
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_up(server, url)
-        ok = invoke(url, b64(image_bytes(1)))
+        ok = invoke(url, b64(image_bytes(1)), faces="crop")
         assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1, ok.text
         size, chunk = 20_000_000, b"x" * 1_000_000
         before = rss(server.pid)
@@ -365,9 +393,8 @@ def test_utkface_serve_refuses_large_requests_unread_and_stops_on_sigterm(
         pieces = (b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(size // len(chunk)))
         status, error = raw_post(port, chunked, pieces)
         assert status == 413 and error["message"] == too_large_message(None, limit), error
-        small = json.dumps(
-            {"dataframe_split": {"columns": ["image"], "data": [[b64(image_bytes(2))]]}}
-        )
+        frame = {"columns": ["image"], "data": [[b64(image_bytes(2))]]}
+        small = json.dumps({"dataframe_split": frame, "params": CROP})
         status, answer = raw_post(
             port, chunked, iter([b"%x\r\n%s\r\n0\r\n\r\n" % (len(small), small.encode())])
         )

@@ -1,6 +1,6 @@
 """What the web app (`utkface app`, page in `utkface/app/page.py`) does, as plain functions:
-find which registered version answers, load it, offer sample images, predict each detected face
-and draw the boxes with their labels.
+find which registered version answers, load it, offer sample images, predict each face the
+model finds and draw the boxes with their labels.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
 from utkface.app import MODEL_ENV
-from utkface.data.imaging import prepare_image
 from utkface.data.synthetic import draw_face
 from utkface.inference import client
 from utkface.inference.client import (
@@ -29,10 +28,9 @@ from utkface.inference.client import (
     PredictError,
     Prediction,
     age_range,
-    face_inputs,
     predict_inputs,
 )
-from utkface.inference.pyfunc import FACE_OK, encode_png
+from utkface.inference.pyfunc import FACE_OK, NO_FACE
 from utkface.mlops import registry, tracking
 from utkface.params import load_params
 
@@ -141,18 +139,16 @@ def sample_images() -> dict[str, np.ndarray]:
     }
 
 
-def predict_faces(model: PyFuncModel, image: np.ndarray, image_size: int) -> list[Prediction]:
-    """One prediction per face found in an RGB uint8 image, left to right (none: no face)."""
-    return predict_inputs(model, face_inputs("image", image, image_size))
+def predict_faces(model: PyFuncModel, data: bytes) -> list[Prediction]:
+    """One prediction per face of an image's bytes, left to right, as the model finds them
+    (a tight crop is one face); none when the model finds no face."""
+    predictions = predict_inputs(model, [Input("image", data)])
+    return [] if [p.error for p in predictions] == [NO_FACE] else predictions
 
 
-def predict_whole(model: PyFuncModel, image: np.ndarray, image_size: int) -> Prediction:
+def predict_whole(model: PyFuncModel, data: bytes) -> Prediction:
     """The prediction on the whole image, whose centre square is what the model sees."""
-    height, width = image.shape[:2]
-    side = min(height, width)
-    box = ((width - side) // 2, (height - side) // 2, side, side)
-    png = encode_png(prepare_image(Image.fromarray(image), image_size))
-    (prediction,) = predict_inputs(model, [Input("image", png, box=box)])
+    (prediction,) = predict_inputs(model, [Input("image", data)], faces="crop")
     return prediction
 
 

@@ -11,6 +11,7 @@ from mlflow.pyfunc import PyFuncModel
 from utkface.app import logic
 from utkface.data.imaging import ImageError
 from utkface.inference.client import InputLimits, PredictError, decode_rgb, synthetic_warning
+from utkface.inference.pyfunc import encode_png
 from utkface.mlops.tracking import StoreMovedError
 from utkface.params import ParamsError
 
@@ -51,13 +52,14 @@ def _model_card(card: logic.ModelCard) -> None:
             st.caption(card.version_description)
 
 
-def _image(limits: InputLimits) -> tuple[str, np.ndarray] | None:
-    """The image picked or uploaded; None (after saying why) when there is none to use."""
+def _image(limits: InputLimits) -> tuple[str, np.ndarray, bytes] | None:
+    """The image picked or uploaded: its name, upright pixels and bytes; None (after saying
+    why) when there is none to use."""
     source = st.radio("Image", ["Upload a photo", "Try a sample"], horizontal=True)
     if source == "Try a sample":
         samples = _samples()
         name = st.selectbox("Sample", list(samples))
-        return name, samples[name]
+        return name, samples[name], encode_png(samples[name])
     megabytes, limit = logic.upload_limit(limits)
     st.caption(limit)
     upload = st.file_uploader(
@@ -67,7 +69,7 @@ def _image(limits: InputLimits) -> tuple[str, np.ndarray] | None:
         st.info("Upload a photo, or try a sample image.")
         return None
     try:
-        return upload.name, decode_rgb(upload.getvalue(), limits)
+        return upload.name, decode_rgb(upload.getvalue(), limits), upload.getvalue()
     except ImageError as error:
         st.error(f"Cannot use {upload.name}: {error}. Upload a JPEG or PNG photo.")
         return None
@@ -89,8 +91,9 @@ def main() -> None:
     picked = _image(limits)
     if picked is None:
         st.stop()
-    name, image = picked
-    predictions = logic.predict_faces(model, image, limits.image_size)
+    name, image, data = picked
+    predictions = logic.predict_faces(model, data)
+    whole = False
     if not predictions:
         st.warning(
             "No face found (the detector looks for frontal faces). "
@@ -99,10 +102,10 @@ def main() -> None:
         if not st.checkbox("Predict on the whole image"):
             st.image(image, caption=name)
             st.stop()
-        predictions = [logic.predict_whole(model, image, limits.image_size)]
+        predictions, whole = [logic.predict_whole(model, data)], True
     st.image(logic.annotate(image, predictions), caption=name)
     for prediction in predictions:
-        where = "whole image" if prediction.face is None else f"face {prediction.face}"
+        where = "whole image" if whole or prediction.face is None else f"face {prediction.face}"
         if prediction.error:
             st.error(f"{where}: {prediction.error}")
         else:

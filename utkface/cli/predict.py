@@ -1,4 +1,5 @@
-"""`utkface predict PATH...`: age and gender of image files, through the registered pyfunc."""
+"""`utkface predict PATH...`: age and gender of every face in image files, through the
+registered pyfunc: a tight face crop is one face, a photo gives each face found in it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from utkface.data.labels import IMAGE_SUFFIXES
 from utkface.inference.client import (
+    FACE_MODES,
     InputLimits,
     PredictError,
     find_images,
@@ -23,9 +25,10 @@ from utkface.inference.client import (
 
 ALL_ANSWERED, NONE_ANSWERED, SOME_FAILED = 0, 1, 3  # 2: invalid params.yaml or arguments
 EXIT_CODES = (
-    f"exit status: {ALL_ANSWERED} every input answered; {SOME_FAILED} some inputs failed (their "
-    f"rows give the error, the others are answered); {NONE_ANSWERED} nothing answered (no model, "
-    "no image, or every input failed); 2 invalid params.yaml or arguments"
+    f"exit status: {ALL_ANSWERED} every input answered; {SOME_FAILED} some inputs failed (not an "
+    "image, or no face found: their rows give the error, the others are answered); "
+    f"{NONE_ANSWERED} nothing answered (no model, no image, or every input failed); 2 invalid "
+    "params.yaml or arguments"
 )
 
 
@@ -50,14 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON list of {path, age, age_low, age_high, gender, p_female, face_check, "
-        "error} (with --detect-faces also face and box)",
+        help="print a JSON list of {path, face, box, age, age_low, age_high, gender, p_female, "
+        "face_check, error}, one per face (or per file that got no answer)",
     )
     parser.add_argument(
-        "--detect-faces",
-        action="store_true",
-        help="find the faces in each image (OpenCV Haar cascade) and predict each face's "
-        "UTKFace-style crop; for photos that are not tight face crops",
+        "--faces",
+        choices=FACE_MODES,
+        default=FACE_MODES[0],
+        help="auto (default): a tight face crop is one face, any other photo gives each face "
+        "found in it (no face: an error); crop: the centre square of each image is one face, "
+        "whatever it shows; detect: the faces found in each image, tight crops too",
     )
 
 
@@ -81,17 +86,16 @@ def run(args: argparse.Namespace) -> int:
         limits = InputLimits.of(model)
         if warning := synthetic_warning(limits):
             print(f"predict: warning: {warning}", file=sys.stderr)
-        predicted = predict_files(model, files, limits, detect=args.detect_faces)
+        predicted = predict_files(model, files, limits, args.faces)
     except (PredictError, MlflowException) as error:
         print(f"predict: {error}", file=sys.stderr)
         return NONE_ANSWERED
     predictions = sorted([*missing, *predicted], key=lambda p: p.path)
     if args.json:
-        hidden = () if args.detect_faces else ("face", "box")
-        entries = [{k: v for k, v in asdict(p).items() if k not in hidden} for p in predictions]
-        print(json.dumps(entries, indent=2))
+        print(json.dumps([asdict(p) for p in predictions], indent=2))
     else:
-        print(format_table(predictions, with_faces=args.detect_faces))
+        print(format_table(predictions))
     failed = sum(p.error is not None for p in predictions)
-    print(f"predict: {len(predictions) - failed} predicted, {failed} failed", file=sys.stderr)
-    return exit_status(len(predictions) - failed, failed)
+    answered = len(predictions) - failed
+    print(f"predict: {answered} predicted, {failed} failed", file=sys.stderr)
+    return exit_status(answered, failed)

@@ -11,7 +11,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from utkface.data.rejections import Category
 
@@ -63,6 +63,19 @@ def decode_image(data: bytes, max_pixels: int, target_size: int | None = None) -
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"corrupt or truncated image: {error}", Category.CORRUPT) from None
     return upright(image)
+
+
+def upright_size(data: bytes) -> tuple[int, int]:
+    """The full width and height of image bytes that `decode_image` accepted, turned upright as
+    it turns them, from the header alone: what its pixel coordinates scale to where the decode
+    was reduced (`target_size`)."""
+    orientation = None
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        with warnings.catch_warnings(), contextlib.suppress(Exception):  # as `upright`
+            warnings.simplefilter("ignore")
+            orientation = image.getexif().get(ExifTags.Base.Orientation)
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def upright(image: Image.Image) -> Image.Image:

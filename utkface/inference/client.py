@@ -1,12 +1,9 @@
 """Predicting through the registered pyfunc: what `utkface predict` and the web app call.
 
 The pyfunc (`utkface.inference.pyfunc`) decodes and preprocesses every image exactly as training
-did, so this module only finds files, reads their bytes and collects what the model says.
+did and finds its faces, so this module only finds files, reads their bytes and collects what
+the model says: one `Prediction` per face, or per file that got none (with its error).
 Unreadable images get an error entry and the rest are still predicted.
-
-Prediction works on `Input`s (a label and image bytes) rather than on files: with face
-detection, one file becomes one input per face found by `utkface.inference.faces`, each the
-face's UTKFace-style crop.
 """
 
 from __future__ import annotations
@@ -21,21 +18,23 @@ import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.pyfunc import PyFuncModel
-from PIL import Image
 
-from utkface.data.imaging import ImageError, decode_image, prepare_image
+from utkface.data.imaging import ImageError, decode_image
 from utkface.data.labels import AGE, GENDER, IMAGE_SUFFIXES
 from utkface.data.rejections import Category
-from utkface.inference import faces
 from utkface.inference.families import AGE_HIGH, AGE_LOW, P_FEMALE
 from utkface.inference.pyfunc import (
+    BOX,
     ERROR,
+    FACE,
     FACE_CHECK,
+    FACE_MODES,
+    FACES,
     IMAGE,
     ON_ERROR,
+    ROW,
     SYNTHETIC_TRAINING,
     SYNTHETIC_WARNING,
-    encode_png,
     to_base64,
     too_large,
 )
@@ -44,7 +43,7 @@ from utkface.params import load_params
 
 BATCH = 64
 PYFUNC_LOGGER = "utkface.inference.pyfunc"  # the served model's module, as its copy loads
-NO_FACE = "no face found; run without --detect-faces to predict on the whole image"
+Box = tuple[int, int, int, int]  # x, y, width, height in pixels
 
 
 class PredictError(Exception):
@@ -53,19 +52,18 @@ class PredictError(Exception):
 
 @dataclass(frozen=True)
 class Input:
-    """Image bytes to predict; for a detected face, its number (1 = leftmost) and its detection
-    box (x, y, w, h) in the file's pixels."""
+    """Image bytes to predict, and where they came from."""
 
     path: str
     data: bytes
-    face: int | None = None
-    box: faces.Box | None = None
 
 
 @dataclass(frozen=True)
 class Prediction:
     """One answer: the age with its interval (`age_low`..`age_high`, see the served model's
-    `utkface.inference.pyfunc`), gender, p(female) and the face check; or the `error`."""
+    `utkface.inference.pyfunc`), gender, p(female) and the face check, for the face numbered
+    `face` (1 = leftmost) in the square `box` (x, y, w, h) of the upright image; or the
+    `error` of a file that got no answer."""
 
     path: str
     age: float | None = None
@@ -76,7 +74,7 @@ class Prediction:
     face_check: str | None = None
     error: str | None = None
     face: int | None = None
-    box: faces.Box | None = None
+    box: Box | None = None
 
 
 @dataclass(frozen=True)
@@ -145,73 +143,52 @@ def read_input(path: Path, max_bytes: int) -> Input | Prediction:
 
 
 def predict_files(
-    model: PyFuncModel, files: Sequence[Path], limits: InputLimits, detect: bool = False
+    model: PyFuncModel, files: Sequence[Path], limits: InputLimits, faces: str = FACE_MODES[0]
 ) -> list[Prediction]:
-    """Every file predicted (each detected face with `detect`), reading `BATCH` files at a
+    """Every face of every file (`faces`: the served model's mode), reading `BATCH` files at a
     time, so memory holds one batch of images whatever the number of files."""
     predictions: list[Prediction] = []
     for start in range(0, len(files), BATCH):
         read = [read_input(path, limits.max_image_bytes) for path in files[start : start + BATCH]]
-        inputs = [item for item in read if isinstance(item, Input)]
         predictions += [item for item in read if isinstance(item, Prediction)]
-        if detect:
-            inputs, undetected = detect_face_inputs(inputs, limits)
-            predictions += undetected
-        predictions += predict_inputs(model, inputs)
+        predictions += predict_inputs(
+            model, [item for item in read if isinstance(item, Input)], faces
+        )
     return predictions
 
 
 def decode_rgb(data: bytes, limits: InputLimits) -> np.ndarray:
-    """The RGB uint8 pixels of image bytes, refused (`ImageError`) where the model would."""
+    """The upright RGB uint8 pixels of image bytes, refused (`ImageError`) where the model
+    would."""
     if len(data) > limits.max_image_bytes:
         raise ImageError(too_large(len(data), limits.max_image_bytes), Category.TOO_LARGE)
     return np.asarray(decode_image(data, limits.max_pixels).convert("RGB"))
 
 
-def face_inputs(path: str, image: np.ndarray, image_size: int) -> list[Input]:
-    """One input per face detected in an RGB image: its crop, at the model's input size."""
-    boxes = faces.detect_faces(image)
-    return [
-        Input(path, encode_png(prepare_image(Image.fromarray(crop), image_size)), face, box)
-        for face, (box, crop) in enumerate(
-            zip(boxes, faces.crop_faces(image, boxes), strict=True), start=1
-        )
-    ]
-
-
-def detect_face_inputs(
-    inputs: Iterable[Input], limits: InputLimits
-) -> tuple[list[Input], list[Prediction]]:
-    """The faces of each input image; images that do not decode or show no face are errors."""
-    found, errors = [], []
-    for item in inputs:
-        try:
-            image = decode_rgb(item.data, limits)
-        except ImageError as error:
-            errors.append(Prediction(item.path, error=str(error)))
-            continue
-        crops = face_inputs(item.path, image, limits.image_size)
-        found += crops
-        if not crops:
-            errors.append(Prediction(item.path, error=NO_FACE))
-    return found, errors
-
-
-def predict_inputs(model: PyFuncModel, inputs: Sequence[Input]) -> list[Prediction]:
-    """Predictions in input order, in batches; bad images get the pyfunc's reason as error."""
+def predict_inputs(
+    model: PyFuncModel, inputs: Sequence[Input], faces: str = FACE_MODES[0]
+) -> list[Prediction]:
+    """One prediction per face (`faces`: the served model's mode) of the inputs, in input
+    order, in batches; an input that got no answer gets the pyfunc's reason as error."""
     predictions = []
     for start in range(0, len(inputs), BATCH):
         batch = inputs[start : start + BATCH]
         frame = pd.DataFrame({IMAGE: [to_base64(item.data) for item in batch]})
-        result = model.predict(frame, params={ON_ERROR: "report"})
-        for item, row in zip(batch, result.to_dict("records"), strict=True):
-            where = {"face": item.face, "box": item.box}
+        result = model.predict(frame, params={ON_ERROR: "report", FACES: faces})
+        if ROW not in result.columns:
+            raise PredictError(
+                "the model answers one row per image, without the faces found: it was logged "
+                "by an older version of this project; train and register a new one (dvc repro)"
+            )
+        for row in result.to_dict("records"):
+            path = batch[int(row[ROW])].path
             if row.get(ERROR):
-                predictions.append(Prediction(item.path, error=row[ERROR], **where))
-            else:
-                answer = {k: float(row[k]) for k in (AGE, AGE_LOW, AGE_HIGH, P_FEMALE)}
-                answer |= {GENDER: row[GENDER], FACE_CHECK: row[FACE_CHECK]}
-                predictions.append(Prediction(item.path, **answer, **where))
+                predictions.append(Prediction(path, error=row[ERROR]))
+                continue
+            answer = {k: float(row[k]) for k in (AGE, AGE_LOW, AGE_HIGH, P_FEMALE)}
+            answer |= {GENDER: row[GENDER], FACE_CHECK: row[FACE_CHECK]}
+            box = tuple(int(row[name]) for name in BOX)
+            predictions.append(Prediction(path, **answer, face=int(row[FACE]), box=box))
     return predictions
 
 
@@ -247,23 +224,17 @@ def age_range(prediction: Prediction) -> str:
     return f"{prediction.age_low:.0f}-{prediction.age_high:.0f}"
 
 
-def format_table(predictions: Sequence[Prediction], with_faces: bool = False) -> str:
-    """One row per image (per face `with_faces`, adding its number and box x,y,w,h): path,
-    age and its interval, gender, p_female, the face check, and why when it was not
+def format_table(predictions: Sequence[Prediction]) -> str:
+    """One row per face (or per file that got no answer): path, the face's number and box
+    x,y,w,h, age and its interval, gender, p_female, the face check, and why when it was not
     predicted."""
-    rows = [
-        (
-            "path",
-            *(("face", "box") if with_faces else ()),
-            *("age", "interval", "gender", "p_female", "face_check", "error"),
-        )
-    ]
+    rows = [("path", "face", "box", "age", "interval", "gender", "p_female", "face_check", "error")]
     for p in predictions:
-        where = (str(p.face or ""), ",".join(map(str, p.box or ()))) if with_faces else ()
         rows.append(
             (
                 p.path,
-                *where,
+                str(p.face or ""),
+                ",".join(map(str, p.box or ())),
                 "" if p.age is None else f"{p.age:.1f}",
                 age_range(p),
                 p.gender or "",

@@ -1,28 +1,41 @@
-"""The served model: an MLflow pyfunc from base64 images to age (with its interval), gender,
-p(female) and a face check.
+"""The served model: an MLflow pyfunc from base64 images to one answer per face: age (with
+its interval), gender, p(female) and a face check.
 
 Input: a DataFrame with one string column `image` holding base64-encoded JPEG/PNG/... bytes.
-Output: `age` (years, clamped to [1, `validate.age_max`] like every prediction), `age_low` and
-`age_high` (the interval that holds the true age `coverage` of the time, calibrated on the
-validation split: `utkface.scoring.age_interval`), `gender` ("male"/"female"), `p_female`, and
-`face_check` ("ok", or "implausible" when dlib's landmarks do not look like a frontal face: the
-answer is then about something that may not be a usable face).
+Output: one row per face found, in input order and left to right within an image: `row` (the
+input row), `faces` (how many faces that image gave), `face` (1 = leftmost) and `box_x`,
+`box_y`, `box_w`, `box_h` (the square answered, in the upright image's pixels), then `age`
+(years, clamped to [1, `validate.age_max`] like every prediction), `age_low` and `age_high`
+(the interval that holds the true age `coverage` of the time, calibrated on the validation
+split: `utkface.scoring.age_interval`), `gender` ("male"/"female"), `p_female`, and
+`face_check` ("ok", or "implausible" when the crop may not show a usable face:
+`utkface.model.face_backbone.Landmarks`).
 
-Every image goes through `utkface.data.imaging.load_image`, the preprocessing of training (EXIF
-orientation applied), at the input size of the family it carries (`family`), so it sees exactly
-the pixels it was trained on: the scratch CNN at its Keras input size; a head at the backbone's
-`face_size`, aligned and turned into face features by the backbone files the model carries
-(`utkface.model.face_backbone`). The family runs as `utkface.inference.families` loads it: a
-head on ONNX Runtime (no TensorFlow), the scratch CNN on Keras.
+Which faces an image gives is the parameter `faces`:
+- "auto" (default): a tight face crop, as UTKFace's, is one face, the whole image; any other
+  photo gives each face that `utkface.inference.faces` finds in it (its UTKFace-style crop),
+  and a photo without a face gives an error, not an answer. The image is a tight crop when it
+  is about square (`MAX_CROP_ASPECT`) and its centre square passes the face check with the
+  landmarks that alignment places in it, eyes `FILL` of it apart (`Face.tight`): a tight crop
+  costs no more than its answer.
+- "crop": the centre square of every image is one face, whatever it shows.
+- "detect": the faces found in every image, a tight crop included.
+
+Every face goes through `utkface.data.imaging.prepare_image`, the preprocessing of training
+(EXIF orientation applied), at the input size of the family it carries (`family`), so it sees
+exactly the pixels it was trained on: the scratch CNN at its Keras input size; a head at the
+backbone's `face_size`, aligned and turned into face features by the backbone files the model
+carries (`utkface.model.face_backbone`). The family runs as `utkface.inference.families` loads
+it: a head on ONNX Runtime (no TensorFlow), the scratch CNN on Keras.
 
 This module and the few it imports are all the project code a logged model carries
 (`utkface.inference.pyfunc_logging`): no training, tracking or app code.
 
-Bad rows (not base64, not an image, too large) make the whole request fail with
+Bad rows (not base64, not an image, too large, no face) make the whole request fail with
 `INVALID_PARAMETER_VALUE`, which `mlflow models serve` answers with HTTP 400 and a message naming
-each bad row. With the parameter `on_error="report"` they get an `error` instead, and the other
-rows are still predicted (what `utkface predict` uses). An image that decodes but shows no
-usable face is answered, with `face_check` "implausible".
+each bad row. With the parameter `on_error="report"` they get one row with an `error` instead
+(`faces` 0 where no face was found), and the other rows are still predicted (what
+`utkface predict` uses).
 """
 
 from __future__ import annotations
@@ -31,6 +44,7 @@ import base64
 import binascii
 import io
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +58,16 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from PIL import Image
 
-from utkface.data.imaging import ImageError, load_image
+from utkface.data.imaging import (
+    ImageError,
+    decode_image,
+    load_image,
+    prepare_image,
+    upright_size,
+)
 from utkface.data.labels import AGE, GENDER
 from utkface.data.rejections import Category
+from utkface.inference import faces
 from utkface.inference.families import (
     AGE_HIGH,
     AGE_LOW,
@@ -56,15 +77,26 @@ from utkface.inference.families import (
     load_family,
     to_answers,
 )
-from utkface.model.face_backbone import BackboneFiles, FaceBackbone, Landmarks
+from utkface.model.face_backbone import (
+    BackboneFiles,
+    FaceBackbone,
+    Landmarks,
+    Located,
+    fills_crop,
+)
 from utkface.scoring.age_interval import AgeInterval
 
 IMAGE = "image"
+ROW, FACES, FACE = "row", "faces", "face"
+BOX = ("box_x", "box_y", "box_w", "box_h")
 FACE_CHECK = "face_check"
 FACE_OK, FACE_IMPLAUSIBLE = "ok", "implausible"
 ERROR = "error"
 ON_ERROR = "on_error"
 ON_ERROR_MODES = ("raise", "report")
+FACE_MODES = ("auto", "crop", "detect")  # the parameter `faces`: see the module
+NO_FACE = "no face found (faces=crop answers the whole image anyway)"
+MAX_CROP_ASPECT = 1.25  # longer over shorter side of an image that may be a tight face crop
 BACKBONE_ARTIFACT = "face_backbone"
 SYNTHETIC_TRAINING = "synthetic demo set"  # ServingConfig.trained_on of a demo model
 SYNTHETIC_WARNING = (
@@ -76,16 +108,22 @@ SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string", IMAGE)]),
     outputs=Schema(
         [
-            ColSpec("double", AGE),
-            ColSpec("double", AGE_LOW),
-            ColSpec("double", AGE_HIGH),
-            ColSpec("string", GENDER),
-            ColSpec("double", P_FEMALE),
-            ColSpec("string", FACE_CHECK),
+            ColSpec("long", ROW),
+            ColSpec("long", FACES),
+            ColSpec("long", FACE, required=False),
+            *(ColSpec("long", name, required=False) for name in BOX),
+            ColSpec("double", AGE, required=False),
+            ColSpec("double", AGE_LOW, required=False),
+            ColSpec("double", AGE_HIGH, required=False),
+            ColSpec("string", GENDER, required=False),
+            ColSpec("double", P_FEMALE, required=False),
+            ColSpec("string", FACE_CHECK, required=False),
             ColSpec("string", ERROR, required=False),
         ]
     ),
-    params=ParamSchema([ParamSpec(ON_ERROR, "string", "raise")]),
+    params=ParamSchema(
+        [ParamSpec(ON_ERROR, "string", "raise"), ParamSpec(FACES, "string", FACE_MODES[0])]
+    ),
 )
 ANSWER_COLUMNS = [name for name in SIGNATURE.outputs.input_names() if name != ERROR]
 
@@ -116,6 +154,36 @@ class ServingConfig:
     face_size: int
     family: str = "scratch"
     trained_on: str = ""
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face to answer: the input `row` it is in, its `number` there (1 = leftmost), the
+    square `box` (x, y, w, h) of the upright image it is, its crop at the face size with the
+    crop's landmarks and face check (`Landmarks.check`), and the family's input (the crop, or
+    for the scratch CNN the face at its input size)."""
+
+    row: int
+    number: int
+    box: faces.Box
+    crop: np.ndarray
+    located: Located
+    plausible: bool
+    family_input: np.ndarray
+
+    def tight(self, face_size: int) -> bool:
+        """Whether it is a tight face crop, as UTKFace's: it passes the face check and the
+        face fills it."""
+        return self.plausible and fills_crop(self.located.points, face_size)
+
+
+class RowError(Exception):
+    """An input row that gets no answer: why, and how many faces were found in it (None when it
+    is not an image)."""
+
+    def __init__(self, message: str, found: int | None = None) -> None:
+        super().__init__(message)
+        self.found = found
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -150,6 +218,16 @@ def decode_row(value: Any, max_image_bytes: int) -> bytes:
     return data
 
 
+def _param(params: dict[str, Any] | None, name: str, choices: tuple[str, ...]) -> str:
+    """The parameter `name`, by default the first of its `choices`."""
+    value = (params or {}).get(name, choices[0])
+    if value not in choices:
+        raise MlflowException(
+            f"{name} must be one of {choices}, got {value!r}", error_code=INVALID_PARAMETER_VALUE
+        )
+    return value
+
+
 class AgeGenderModel(mlflow.pyfunc.PythonModel):
     """The pyfunc behind the registered model; its settings live in the model config."""
 
@@ -170,20 +248,71 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
         if config.get("trained_on") == SYNTHETIC_TRAINING:
             logging.getLogger(__name__).warning(SYNTHETIC_WARNING)
 
-    def answer(self, images: dict[int, list[np.ndarray]]) -> pd.DataFrame:
-        """The answers for prepared images (by side), in order."""
-        faces = images[self.face_size]
-        if not faces:
+    def face(
+        self,
+        row: int,
+        number: int,
+        box: faces.Box,
+        pixels: Image.Image,
+        family_input: np.ndarray | None = None,
+    ) -> Face:
+        """The face of `pixels`, the square `box` of its image, or that image (whose centre
+        square `prepare_image` takes), located and checked; the family's input is prepared
+        from `pixels` unless given."""
+        crop = prepare_image(pixels, self.face_size)
+        located = self.landmarks.locate(crop)
+        (plausible,) = self.landmarks.check([crop], [located])
+        if family_input is None:
+            same = self.size == self.face_size
+            family_input = crop if same else prepare_image(pixels, self.size)
+        return Face(row, number, box, crop, located, bool(plausible), family_input)
+
+    def find_faces(self, row: int, data: bytes, mode: str) -> list[Face]:
+        """The faces of one input image in `mode` (see the module); raises `ImageError` and
+        `RowError`."""
+        if mode != "detect":
+            # decoded as training decodes (`load_image`, a reduced JPEG decoding at each input
+            # size), so that a tight crop gets the very pixels of training
+            pixels = decode_image(data, self.max_pixels, self.face_size)
+            width, height = upright_size(data)
+            side = min(width, height)
+            if mode == "crop" or max(width, height) <= MAX_CROP_ASPECT * side:
+                own = self.size != self.face_size
+                family_input = load_image(data, self.size, self.max_pixels) if own else None
+                centre = ((width - side) // 2, (height - side) // 2, side, side)
+                whole = self.face(row, 1, centre, pixels, family_input)
+                if mode == "crop" or whole.tight(self.face_size):
+                    return [whole]
+        image = decode_image(data, self.max_pixels).convert("RGB")
+        width, height = image.size
+        found = faces.detect_faces(np.asarray(image))
+        boxes = [faces.crop_box(box, width, height) for box in found]
+        if not boxes:
+            raise RowError(NO_FACE, found=0)
+        return [
+            self.face(row, number, (x, y, w, h), image.crop((x, y, x + w, y + h)))
+            for number, (x, y, w, h) in enumerate(boxes, start=1)
+        ]
+
+    def answer(self, found: list[Face]) -> pd.DataFrame:
+        """The answer rows (`ANSWER_COLUMNS`) of faces, in their order."""
+        if not found:
             return pd.DataFrame(columns=ANSWER_COLUMNS)
+        crops = [face.crop for face in found]
+        located = [face.located for face in found]
         if self.backbone is not None:
-            features, geometry = self.backbone.features(faces)
-            plausible = geometry & self.landmarks.detected(faces)
-            outputs = self.model(features)
+            outputs = self.model(self.backbone.located_features(crops, located))
         else:
-            plausible = self.landmarks.plausible(faces)
-            outputs = self.model(np.stack(images[self.size]))
+            outputs = self.model(np.stack([face.family_input for face in found]))
         answers = to_answers(outputs, self.age_max, self.interval)
+        plausible = [face.plausible for face in found]
         answers[FACE_CHECK] = np.where(plausible, FACE_OK, FACE_IMPLAUSIBLE).astype(object)
+        counts = Counter(face.row for face in found)
+        answers[ROW] = [face.row for face in found]
+        answers[FACES] = [counts[face.row] for face in found]
+        answers[FACE] = [face.number for face in found]
+        for index, name in enumerate(BOX):
+            answers[name] = [face.box[index] for face in found]
         return answers[ANSWER_COLUMNS]
 
     def predict(
@@ -192,48 +321,40 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        on_error = (params or {}).get(ON_ERROR, "raise")
-        if on_error not in ON_ERROR_MODES:
-            raise MlflowException(
-                f"{ON_ERROR} must be one of {ON_ERROR_MODES}, got {on_error!r}",
-                error_code=INVALID_PARAMETER_VALUE,
-            )
+        on_error = _param(params, ON_ERROR, ON_ERROR_MODES)
+        mode = _param(params, FACES, FACE_MODES)
         if IMAGE not in model_input.columns:
             raise MlflowException(
                 f"input needs a column {IMAGE!r} of base64-encoded images, "
                 f"got columns {list(model_input.columns)}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        sides = {self.face_size, self.size}
-        images: dict[int, list[np.ndarray]] = {side: [] for side in sides}
-        errors = {}
+        found: list[Face] = []
+        errors: dict[int, RowError] = {}
         for row, value in enumerate(model_input[IMAGE]):
             try:
-                data = decode_row(value, self.max_image_bytes)
-                prepared = {side: load_image(data, side, self.max_pixels) for side in sides}
+                found += self.find_faces(row, decode_row(value, self.max_image_bytes), mode)
             except ImageError as error:
-                errors[row] = str(error)
-                continue
-            for side, image in prepared.items():
-                images[side].append(image)
+                errors[row] = RowError(str(error))
+            except RowError as error:
+                errors[row] = error
         if errors and on_error == "raise":
             reasons = "; ".join(f"row {row}: {reason}" for row, reason in errors.items())
             raise MlflowException(
                 f"{len(errors)} of {len(model_input)} input row(s) rejected: {reasons}",
                 error_code=INVALID_PARAMETER_VALUE,
             )
-        predicted = self.answer(images)
+        predicted = self.answer(found)
         if on_error == "raise":
             return predicted
-        return _with_errors(predicted, errors, len(model_input))
+        return _with_errors(predicted, errors)
 
 
-def _with_errors(predicted: pd.DataFrame, errors: dict[int, str], rows: int) -> pd.DataFrame:
-    """The predicted rows back in place among the rejected ones, each with its `error`; absent
-    values are None (JSON null, where NaN would not be valid JSON)."""
-    good = iter(predicted.to_dict("records"))
-    records = [
-        {ERROR: errors[i]} if i in errors else {**next(good), ERROR: None} for i in range(rows)
-    ]
+def _with_errors(predicted: pd.DataFrame, errors: dict[int, RowError]) -> pd.DataFrame:
+    """The predicted rows and one row per rejected input row, in input order, each with its
+    `error`; absent values are None (JSON null, where NaN would not be valid JSON)."""
+    records = [{**record, ERROR: None} for record in predicted.to_dict("records")]
+    records += [{ROW: row, FACES: error.found, ERROR: str(error)} for row, error in errors.items()]
+    records.sort(key=lambda record: record[ROW])  # stable: faces stay left to right
     frame = pd.DataFrame.from_records(records, columns=[*predicted.columns, ERROR]).astype(object)
     return frame.where(frame.notna(), None)

@@ -42,6 +42,7 @@ def _pip_requirements(family: str) -> list[str]:
     """What the pyfunc's code imports, pinned to this environment; explicit, because inferring
     them loads the family. Keras and TensorFlow only where a scratch CNN is served."""
     names = ["mlflow", "pillow", "numpy", "pandas", "onnxruntime", "dlib-bin"]
+    names += ["opencv-python-headless"]  # the face detector of photos (`inference.faces`)
     if family == "scratch":
         names += ["keras", tensorflow_build.distribution()]
     return [f"{name}=={metadata.version(name)}" for name in names]

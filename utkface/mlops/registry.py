@@ -64,9 +64,9 @@ Limits:
 - Not for decisions about individuals (access, hiring, credit, law enforcement, age checks...).
 - Performance varies across age, gender and race groups: see each version's subgroup report
   (evaluation/subgroups.json in its run) before relying on it for any population.
-- Expects one roughly centred face cropped like UTKFace's; it centre-crops other photos.
-  `utkface predict --detect-faces` and `utkface app` find and crop faces first (a Haar
-  cascade: it misses small, turned and poorly lit faces).
+- Answers a tight face crop like UTKFace's as one face, and each face it finds in any other
+  photo (a Haar cascade: it misses small, turned and poorly lit faces; a photo where it finds
+  none gets an error, or with faces=crop an answer on its centre square).
 """
 
 

@@ -46,6 +46,9 @@ FACE_BATCH = 64
 CHECK_SIDE = 120  # px: the face check's size (the detector's window is 80 px)
 CHECK_PAD = 0.25  # of CHECK_SIDE, added on each side
 CHECK_THRESHOLD = -0.5  # the detector's score above which it has found a face
+HOLD_SHIFT = 0.1  # of the crop's side: how far the landmark model's box is moved to test a hold
+HOLD_LIMIT = 0.2  # mean landmark movement per unit of box movement, below which they hold
+FILL = 0.2  # eye distance over crop side of a face filling its crop (UTKFace: 0.32 and more)
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,23 @@ def landmarks_plausible(points: np.ndarray, side: int) -> bool:
     return bool(apart and (eyes[:, 1] < nose[1]).all())
 
 
+def fills_crop(points: np.ndarray, side: int) -> bool:
+    """Whether 5 dlib landmarks in a crop of `side` pixels have the eyes `FILL` of it apart: the
+    face fills the crop, as in a UTKFace crop (a face in a larger scene is smaller)."""
+    eyes = points[:4]
+    return bool(np.linalg.norm(eyes[:2].mean(axis=0) - eyes[2:].mean(axis=0)) >= FILL * side)
+
+
+@dataclass(frozen=True)
+class Located:
+    """The 5 landmarks of one square crop (the whole crop being the face box) and whether they
+    `held` when the landmark model's box moved (`Landmarks.locate`)."""
+
+    shape: dlib.full_object_detection
+    points: np.ndarray
+    held: bool
+
+
 def _session(
     path: Path, exposed: Sequence[str], options: ort.SessionOptions
 ) -> ort.InferenceSession:
@@ -159,28 +179,43 @@ class Landmarks:
     """dlib's 5 landmarks of square RGB face crops, and the face check: whether a crop shows a
     face at all.
 
-    The landmark model places its points in anything (on flat grey and noise too they pass
-    `landmarks_plausible`), so the check also asks dlib's HOG frontal-face detector (bundled in
-    dlib, no file) whether it finds a face in the crop. UTKFace crops are tighter than the
-    detector's box, so the crop is checked at `CHECK_SIDE` px with `CHECK_PAD` of edge pixels
-    around it. Measured (`bench/face_check.py`, 3.8 ms an image on 2 cores): 499 of 500 real
-    `crop_part1` faces pass, none of 12 photos without a face nor 13 noise and flat images, and
-    81 of 100 cartoon faces of the synthetic set (30 at 100 px, for 1 ms less).
+    The landmark model is a cascade of regressors: on a face its points go to the eyes and nose
+    wherever its box starts, while on anything else (flat grey, noise, a scene, a face turned
+    sideways) they mostly stay where the box puts them, and still pass `landmarks_plausible`.
+    So `locate` runs it three times, from the crop and from the crop moved right and moved up
+    by `HOLD_SHIFT` of its side, and the points `held` when they moved less than `HOLD_LIMIT`
+    of that. Crops whose points do not hold are asked of dlib's HOG frontal-face detector
+    (bundled in dlib, no file; about ten times the cost of the two extra landmark runs):
+    UTKFace crops are tighter than its box, so it looks at the crop at `CHECK_SIDE` px with
+    `CHECK_PAD` of edge pixels around. Measured in `bench/face_check.py`.
     """
 
     def __init__(self, files: BackboneFiles) -> None:
         self.predictor = dlib.shape_predictor(str(files.landmarks))
         self.detector = dlib.get_frontal_face_detector()
 
-    def shape(self, face: np.ndarray) -> dlib.full_object_detection:
-        """The landmarks of one uint8 RGB crop, the whole crop being the face box."""
+    def shape(self, face: np.ndarray, dx: int = 0, dy: int = 0) -> dlib.full_object_detection:
+        """The landmarks of one uint8 RGB crop, the whole crop (moved `dx` px right and `dy`
+        down) being the face box."""
         height, width = face.shape[:2]
-        return self.predictor(face, dlib.rectangle(0, 0, width - 1, height - 1))
+        return self.predictor(face, dlib.rectangle(dx, dy, width - 1 + dx, height - 1 + dy))
 
     @staticmethod
     def points(shape: dlib.full_object_detection) -> np.ndarray:
         """The landmarks as an (n, 2) array of x, y."""
         return np.array([[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)])
+
+    def locate(self, face: np.ndarray) -> Located:
+        """The landmarks of one RGB crop and whether they hold (see the class)."""
+        face = np.ascontiguousarray(face, dtype=np.uint8)
+        shape = self.shape(face)
+        points = self.points(shape)
+        shift = max(1, round(HOLD_SHIFT * min(face.shape[:2])))
+        moved = max(
+            np.abs(self.points(self.shape(face, dx, dy)) - points).mean() / shift
+            for dx, dy in ((shift, 0), (0, -shift))
+        )
+        return Located(shape, points, bool(moved < HOLD_LIMIT))
 
     def detected(self, faces: Sequence[np.ndarray]) -> np.ndarray:
         """Whether the frontal-face detector finds a face in each RGB crop (see the class), as
@@ -196,14 +231,27 @@ class Landmarks:
             found.append(len(boxes) > 0)
         return np.asarray(found, dtype=bool)
 
+    def check(self, faces: Sequence[np.ndarray], located: Sequence[Located]) -> np.ndarray:
+        """The face check of RGB crops and their `locate`d landmarks, as a bool (n,) array:
+        landmarks `landmarks_plausible` that held, or that a face is `detected` where they did
+        not."""
+        geometry = np.array(
+            [
+                landmarks_plausible(where.points, min(face.shape[:2]))
+                for face, where in zip(faces, located, strict=True)
+            ],
+            dtype=bool,
+        )
+        held = np.array([where.held for where in located], dtype=bool)
+        passed = geometry & held
+        (unsure,) = np.nonzero(geometry & ~held)
+        if len(unsure):
+            passed[unsure] = self.detected([faces[i] for i in unsure])
+        return passed
+
     def plausible(self, faces: Sequence[np.ndarray]) -> np.ndarray:
-        """The face check of each RGB crop, as a bool (n,) array: its landmarks
-        `landmarks_plausible` and a face `detected`."""
-        geometry = [
-            landmarks_plausible(self.points(self.shape(face)), min(face.shape[:2]))
-            for face in (np.ascontiguousarray(f, dtype=np.uint8) for f in faces)
-        ]
-        return np.asarray(geometry, dtype=bool) & self.detected(faces)
+        """The face check (`check`) of each RGB crop, as a bool (n,) array."""
+        return self.check(faces, [self.locate(face) for face in faces])
 
 
 class FaceBackbone:
@@ -230,8 +278,12 @@ class FaceBackbone:
         whole crop being the face box."""
         face = np.ascontiguousarray(face, dtype=np.uint8)
         shape = self.landmarks.shape(face)
-        points = self.landmarks.points(shape)
-        chips = {
+        return self.chips(face, shape), self.landmarks.points(shape)
+
+    def chips(self, face: np.ndarray, shape: dlib.full_object_detection) -> dict[str, np.ndarray]:
+        """The aligned uint8 chip per network of one uint8 RGB crop and its landmarks."""
+        face = np.ascontiguousarray(face, dtype=np.uint8)
+        return {
             name: np.ascontiguousarray(
                 dlib.extract_image_chip(
                     face, dlib.get_face_chip_details(shape, self.chip_size(name), self.padding)
@@ -239,7 +291,6 @@ class FaceBackbone:
             )
             for name in NETWORKS
         }
-        return chips, points
 
     def inputs(self, name: str, chips: np.ndarray) -> np.ndarray:
         """Network `name`'s float32 NCHW input for uint8 (n, S, S, 3) chips."""
@@ -296,6 +347,20 @@ class FaceBackbone:
         if not rows:
             return np.zeros((0, self.feature_size), np.float32), np.zeros(0, bool)
         return np.concatenate(rows), np.concatenate(plausible)
+
+    def located_features(
+        self, faces: Sequence[np.ndarray], located: Sequence[Located]
+    ) -> np.ndarray:
+        """float32 (n, `feature_size`) features of RGB face crops whose landmarks are already
+        `Landmarks.locate`d, as `features` computes them."""
+        rows = []
+        for start in range(0, len(faces), FACE_BATCH):
+            end = start + FACE_BATCH
+            batch = zip(faces[start:end], located[start:end], strict=True)
+            aligned = [self.chips(face, where.shape) for face, where in batch]
+            chips = {name: np.stack([c[name] for c in aligned]) for name in NETWORKS}
+            rows.append(self.chip_features(chips))
+        return np.concatenate(rows) if rows else np.zeros((0, self.feature_size), np.float32)
 
     @property
     def feature_size(self) -> int:
