@@ -33,6 +33,7 @@ from utkface.cli import promote as promote_command
 from utkface.data.imaging import load_image, prepare_image
 from utkface.inference import client
 from utkface.inference.pyfunc import NO_FACE, SYNTHETIC_TRAINING, SYNTHETIC_WARNING, encode_png
+from utkface.mlops import registry
 
 COLUMNS = ["path", "face", "box", "age", "interval", "gender", "p_female", "face_check", "error"]
 CROP = ("--faces", "crop")
@@ -147,6 +148,10 @@ def test_default_is_the_champion(
     assert run(folder / "a.png", "--json", *CROP) == 0  # all answered
     entries = json.loads(capsys.readouterr().out)
     assert_answers(entries, reference(logged, folder / "a.png"))  # the champion is `logged`
+    store = registry.registry_client()
+    champion = registry.get_alias_version(store, MODEL_NAME, registry.CHAMPION)
+    files = Path(registry.version_files(store, champion))  # loaded in place, not copied
+    assert (files / "MLmodel").is_file() and files.is_relative_to(Path.cwd() / "mlartifacts")
 
 
 def test_bad_model_uri_is_a_clear_error(

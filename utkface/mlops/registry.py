@@ -117,6 +117,17 @@ def champion_uri(name: str) -> str:
     return f"models:/{name}@{CHAMPION}"
 
 
+def version_files(client: MlflowClient, version: ModelVersion) -> str:
+    """Where a registered version's files are: their folder when the artifact store is on this
+    machine, which MLflow loads in place (a `models:/` URI would have it copy them to a
+    temporary folder first), else `models:/<name>/<version>`."""
+    location = client.get_model_version_download_uri(version.name, version.version)
+    folder = tracking.local_path(location)
+    if folder is not None and folder.is_dir():
+        return str(folder)
+    return f"models:/{version.name}/{version.version}"
+
+
 def get_alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version `alias` points at; None when the model or the alias does not exist."""
     try:

@@ -64,7 +64,7 @@ class StoreMovedError(MlflowException):
     """A SQLite store whose artifacts are not beside it: copied or moved from another clone."""
 
 
-def _local_path(location: str) -> Path | None:
+def local_path(location: str) -> Path | None:
     """The folder of a local artifact location; None for a remote one (s3://, http://...)."""
     parsed = urlparse(location)
     if parsed.scheme in ("", "file"):
@@ -92,7 +92,7 @@ def _check_store(uri: str) -> None:
     client = MlflowClient(uri)
     for name in (TRAIN_EXPERIMENT, TUNE_EXPERIMENT):
         experiment = client.get_experiment_by_name(name)
-        where = experiment and _local_path(experiment.artifact_location)
+        where = experiment and local_path(experiment.artifact_location)
         if where is not None and not where.is_relative_to(beside):
             raise StoreMovedError(
                 f"the tracking store {store} keeps the artifacts of experiment {name!r} in "
