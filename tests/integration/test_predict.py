@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 from mlflow.models.model import ModelInfo
@@ -152,6 +153,20 @@ def test_default_is_the_champion(
     champion = registry.get_alias_version(store, MODEL_NAME, registry.CHAMPION)
     files = Path(registry.version_files(store, champion))  # loaded in place, not copied
     assert (files / "MLmodel").is_file() and files.is_relative_to(Path.cwd() / "mlartifacts")
+
+
+def test_a_model_from_another_environment_is_named_with_what_differs(
+    logged: ModelInfo, tmp_path: Path
+) -> None:
+    folder = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
+    assert client.environment_mismatches(folder) == []  # logged here
+    requirements = folder / "requirements.txt"
+    pins = requirements.read_text().split()
+    requirements.write_text("\n".join([*pins, "numpy==0.0.1", "no-such-package==1.0"]))
+    assert client.environment_mismatches(folder) == [
+        f"numpy==0.0.1 (here {np.__version__})",
+        "no-such-package==1.0 (here not installed)",
+    ]
 
 
 def test_bad_model_uri_is_a_clear_error(

@@ -9,8 +9,10 @@ Unreadable images get an error entry and the rest are still predicted.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -210,12 +212,39 @@ def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
     model_logger = logging.getLogger(PYFUNC_LOGGER)
     level = model_logger.level
     model_logger.setLevel(logging.ERROR)
+    folder = Path(uri)
+    local = folder.is_dir()
     try:
-        return mlflow.pyfunc.load_model(uri)
+        # MLflow's check of the environment scans every installed distribution (0.3-0.6 s of
+        # a cold start); a local model's few pins are checked here instead
+        model = mlflow.pyfunc.load_model(uri, suppress_warnings=local)
     except (MlflowException, OSError, ImportError) as error:  # ImportError: see KerasCnn
         raise PredictError(f"cannot load model {uri}: {error}") from None
     finally:
         model_logger.setLevel(level)
+    if local and (mismatches := environment_mismatches(folder)):
+        logging.getLogger(__name__).warning(
+            "the model was logged in another environment: %s", "; ".join(mismatches)
+        )
+    return model
+
+
+def environment_mismatches(folder: Path) -> list[str]:
+    """How this environment differs from the one the model at `folder` was logged in: its
+    Python (major.minor) and its pinned requirements (`requirements.txt`, `name==version`)."""
+    python = mlflow.models.Model.load(folder).flavors["python_function"].get("python_version")
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    found = [] if str(python).startswith(f"{here}.") else [f"Python {python} (here {here})"]
+    requirements = folder / "requirements.txt"
+    for line in requirements.read_text().split() if requirements.is_file() else []:
+        name, _, pinned = line.partition("==")
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            installed = "not installed"
+        if pinned and installed != pinned:
+            found.append(f"{name}=={pinned} (here {installed})")
+    return found
 
 
 def age_range(prediction: Prediction) -> str:
