@@ -5,6 +5,7 @@ promoted through it."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +67,26 @@ def test_server_pid_is_that_of_a_live_process(tmp_path: Path) -> None:
     finally:
         server.wait()
     assert tracking_server.server_pid(config) is None  # reaped: gone
+
+
+def test_stop_returns_once_the_server_exits_though_nobody_reaped_it(tmp_path: Path) -> None:
+    """A server `start` ran from this process stays a zombie here after it exits: `stop` no
+    longer waits 30 s for it, and it ended by SIGTERM, not by the SIGKILL after the deadline."""
+    config = ServerConfig(tmp_path)
+    sleeper = [sys.executable, "-c", "import time; time.sleep(120)"]
+    server = subprocess.Popen(sleeper, start_new_session=True)
+    try:
+        config.pid_file.write_text(str(server.pid))
+        assert tracking_server.group_alive(server.pid)
+        started = time.monotonic()
+        assert tracking_server.stop_mlflow(config) is True
+        assert time.monotonic() - started < 10
+        os.waitid(os.P_PID, server.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        assert not tracking_server.group_alive(server.pid)
+        assert not config.pid_file.exists()
+    finally:
+        server.kill()
+        assert server.wait() == -signal.SIGTERM
 
 
 @pytest.mark.slow

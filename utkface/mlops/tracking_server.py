@@ -41,6 +41,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from utkface.mlops.runs import process_alive
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -349,13 +351,23 @@ def stop_mlflow(config: ServerConfig) -> bool:
     os.killpg(pid, signal.SIGTERM)  # the server and its uvicorn workers
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
+        if not group_alive(pid):
             return True
         time.sleep(0.2)
-    os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
     return True
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group `pgid` still runs. Zombies do not: a server that `start` ran
+    from a process that is still alive (a test session, a notebook) stays one after it exits,
+    until that process reaps it, and kept `stop` waiting for its 30 s deadline."""
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(process.pid) == pgid and process_alive(process.pid):
+                return True
+    return False
 
 
 def stop(config: ServerConfig) -> list[str]:
