@@ -14,13 +14,16 @@ Helpers imported by name live beside this file: `tiny` (tiny configs, data and p
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tiny import free_port
+from dvc_project import clean_env, reproduced_project
+from filelock import FileLock
+from tiny import dag_params, free_port
 
 from utkface.mlops import tracking_server
 from utkface.mlops.tracking_server import ServerConfig, TrackingServerError
@@ -68,3 +71,23 @@ def unstarted_server_config() -> Iterator[ServerConfig]:
     """A fresh home where nothing has started yet, for tests of a first `start`."""
     with _server_home() as config:
         yield config
+
+
+@pytest.fixture(scope="session")
+def tiny_dag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pipeline on `tiny.dag_params()`, reproduced and committed
+    (`dvc_project.reproduced_project`, its runs in its own mlflow.db) once per session: under
+    pytest-xdist the first worker that asks builds it in the run's shared temp folder behind a
+    file lock, and the others wait for it there. Read only: a test runs `dvc` in a copy
+    (`dvc_project.copied_project`), never in it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return reproduced_project(tmp_path_factory.mktemp("tiny-dag"), clean_env(), dag_params())
+    shared = tmp_path_factory.getbasetemp().parent  # this run's, shared by its workers
+    root, done = shared / "tiny-dag", shared / "tiny-dag.done"
+    with FileLock(shared / "tiny-dag.lock"):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # left half-made by a worker that failed
+            root.mkdir()
+            reproduced_project(root, clean_env(), dag_params())
+            done.touch()
+    return root

@@ -4,8 +4,9 @@ and a DVC remote, and a training stopped or killed mid-run, in a temporary copy 
 reproduced project (`tiny.TINY_DAG`: the loop's mechanics, not a model's quality, which
 test_pipeline_smoke checks) with its own git repository, DVC cache and throwaway MLflow store.
 
-The module reproduces that project once (`project`) and runs the queue once in a copy of it
-(`experiments`); a test that changes a project gets its own copy (`workspace`).
+The session reproduces that project once (`tiny_dag`, shared with test_first_hour); the module
+runs the queue once in a copy of it (`experiments`); a test that changes a project gets its own
+copy (`workspace`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvc_project import (
-    clean_env,
-    copied_project,
-    reproduced_project,
-    store_client,
-    train_runs,
-)
+from dvc_project import clean_env, copied_project, store_client, train_runs
 from dvc_project import run as _run
 from dvc_project import stages_run as _stages_run
-from tiny import dag_params, with_overrides
+from tiny import with_overrides
 
 from utkface.mlops.runs import ENDED_BY_TAG
 
@@ -52,23 +47,19 @@ def env() -> dict[str, str]:
     return clean_env()
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, env: dict[str, str]) -> Path:
-    return reproduced_project(tmp_path_factory.mktemp("project"), env, dag_params())
-
-
 @pytest.fixture
-def workspace(project: Path, tmp_path: Path) -> Path:
-    """A copy of `project` for a test that changes it."""
-    return copied_project(project, tmp_path / "project")
+def workspace(tiny_dag: Path, tmp_path: Path) -> Path:
+    """A copy of the reproduced tiny project for a test that changes it."""
+    return copied_project(tiny_dag, tmp_path / "project")
 
 
 @pytest.fixture(scope="module")
 def experiments(
-    project: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    tiny_dag: Path, env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A copy of `project` after `QUEUED` ran through `dvc exp run --queue` and `--run-all`."""
-    root = copied_project(project, tmp_path_factory.mktemp("experiments") / "project")
+    """A copy of the reproduced tiny project after `QUEUED` ran through `dvc exp run --queue`
+    and `--run-all`."""
+    root = copied_project(tiny_dag, tmp_path_factory.mktemp("experiments") / "project")
     for name, change in QUEUED.items():
         _run(["dvc", "exp", "run", "--queue", "-n", name, "-S", change], root, env)
     _run(["dvc", "exp", "run", "--run-all", "-j", "1"], root, env)

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dvc_project import REPO, clean_env, reproduced_project, run, stages_run
-from tiny import dag_params
+from dvc_project import REPO, clean_env, copied_project, run, stages_run
 
 from utkface import paths
 from utkface.data.synthetic import draw_face
@@ -53,9 +52,9 @@ def _commit_the_docs(root: Path, env: dict[str, str]) -> None:
     run(["git", "commit", "-q", "-m", "the docs and the figures they quote"], root, env)
 
 
-def test_the_first_hour(tmp_path: Path) -> None:
+def test_the_first_hour(tiny_dag: Path, tmp_path: Path) -> None:
     env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/project/mlflow.db")
-    root = reproduced_project(tmp_path / "project", env, dag_params())  # repro, then commit
+    root = copied_project(tiny_dag, tmp_path / "project")  # `dvc repro`, then committed
 
     # reproducible: a second run on the same machine changes no committed metrics file
     run(["dvc", "repro", "--force"], root, env)
