@@ -5,6 +5,7 @@ promoted through it."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from dvc_project import clean_env, reproduced_project, run
+import yaml
+from dvc_project import clean_env, copied_project, run, stages_run
 from mlflow import MlflowClient
 from tiny import dag_params, free_port
 
@@ -195,17 +197,24 @@ def _wait_for_queue(root: Path, env: dict[str, str]) -> str:
 
 @pytest.mark.slow
 def test_two_queued_experiments_run_at_once_into_the_server_and_one_is_promoted(
-    tracking_server_config: ServerConfig, tmp_path: Path
+    tracking_server_config: ServerConfig, tiny_dag: Path, tmp_path: Path
 ) -> None:
     uri = tracking_server_config.tracking_uri
     env = clean_env(MLFLOW_TRACKING_URI=uri)
-    root = reproduced_project(tmp_path / "project", env, dag_params(GATE))
-    assert not (root / "mlflow.db").exists()  # every run went to the server
+    # the session's reproduced tiny project without its own MLflow store, GATE committed with
+    # its dvc.lock (a change only check_params reads)
+    root = copied_project(tiny_dag, tmp_path / "project")
+    (root / "mlflow.db").unlink()
+    shutil.rmtree(root / "mlruns", ignore_errors=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(dag_params(GATE), sort_keys=False))
+    assert stages_run(run(["dvc", "repro"], root, env).stdout) == {"check_params"}
+    run(["git", "commit", "-q", "-am", "the promotion gate"], root, env)
     for name, change in QUEUED.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", change], root, env)
     run(["dvc", "queue", "start", "-j", "2"], root, env)
     status = _wait_for_queue(root, env)
     assert status.count("Success") == len(QUEUED), status
+    assert not (root / "mlflow.db").exists()  # every run went to the server
     for name in QUEUED:
         log = run(["dvc", "queue", "logs", name], root, env).stdout
         assert "database is locked" not in log and "Traceback" not in log, log[-3000:]
