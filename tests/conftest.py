@@ -19,6 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from dvc_project import clean_env, reproduced_project
@@ -28,6 +29,35 @@ from tiny import dag_params, free_port
 from utkface.mlops import tracking_server
 from utkface.mlops.tracking_server import ServerConfig, TrackingServerError
 from utkface.model.fitting import seed_everything
+
+# The modules that take minutes, in the order the workers get them, before all others.
+# pytest-xdist hands out the modules with the most tests first, which left the first hour (one
+# test, four minutes) for the end while the other worker had nothing left to do.
+# test_experiments builds `tiny_dag` while the smoke module, which does not need it, runs on the
+# other worker.
+HEAVY_MODULES = (
+    "tests/integration/test_experiments.py",
+    "tests/integration/test_pipeline_smoke.py",
+    "tests/integration/test_first_hour.py",
+    "tests/integration/test_tracking_server.py",
+)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: none without it (`-p no:xdist`)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist=loadfile` (pyproject.toml) with `HEAVY_MODULES` first."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class HeavyModulesFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node: Any) -> None:
+            for module in reversed(HEAVY_MODULES):
+                if module in self.workqueue:
+                    self.workqueue.move_to_end(module, last=False)
+            super()._assign_work_unit(node)
+
+    return HeavyModulesFirst(config, log)
 
 
 @pytest.fixture
