@@ -17,11 +17,19 @@ from utkface.mlops import tracking
 from utkface.mlops.registry import champion_uri
 from utkface.params import load_params
 
+WORKERS = 1  # on 2 cores, 2 used twice the memory for no more requests/s (docs/benchmarks.md)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model URI (default: models:/<name>@champion)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=5001)
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=WORKERS,
+        help=f"server processes, each with its own copy of the model (default {WORKERS})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         server.LIMIT_ENV: str(limit),
     }
     command = [sys.executable, "-m", "uvicorn", "--factory", f"{server.__name__}:create_app"]
-    command += ["--host", args.host, "--port", str(args.port)]
+    command += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     print(
         f"serve: {uri} on http://{args.host}:{args.port}, requests up to {limit} bytes", flush=True
     )
