@@ -28,7 +28,7 @@ from tiny import AGE_MAX, MAX_PIXELS, new_store, synthetic_faces
 from utkface import paths
 from utkface.data.labels import AGE, GENDER
 from utkface.data.synthetic import draw_face
-from utkface.inference.faces import crop_faces, detect_faces
+from utkface.inference.faces import Box, crop_box, detect_faces
 from utkface.inference.pyfunc import ServingConfig
 from utkface.inference.pyfunc_logging import log_serving_model
 from utkface.mlops import promotion, registry, tracking
@@ -262,8 +262,15 @@ def astronaut_face(size: int) -> np.ndarray:
     """The face in scikit-image's public-domain NASA portrait, cropped as the served model crops
     a face it finds in a photo, resized to `size` px: a real face for tests."""
     photo = data.astronaut()
-    (crop,) = crop_faces(photo, detect_faces(photo))
-    return np.asarray(Image.fromarray(crop).resize((size, size)))
+    (box,) = detect_faces(photo)
+    return np.asarray(Image.fromarray(face_crop(photo, box)).resize((size, size)))
+
+
+def face_crop(image: np.ndarray, box: Box) -> np.ndarray:
+    """The square UTKFace-style crop (`faces.crop_box`) of a detected box, as the served model
+    cuts a face it finds in a photo."""
+    left, top, side, _ = crop_box(box, image.shape[1], image.shape[0])
+    return image[top : top + side, left : left + side]
 
 
 def two_faces_jpeg() -> bytes:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from model_fixtures import (
     FACE_SIZE,
+    face_crop,
     invoke,
     log_tiny_serving_model,
     stopped_after,
@@ -66,7 +67,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The face in scikit-image's public-domain NASA portrait, as a JPEG crop."""
     image = data.astronaut()
-    (crop,) = faces.crop_faces(image, faces.detect_faces(image))
+    (box,) = faces.detect_faces(image)
+    crop = face_crop(image, box)
     path = tmp_path_factory.mktemp("photo") / "face.jpg"
     Image.fromarray(crop).resize((FACE_SIZE, FACE_SIZE)).save(path, quality=90)
     return path

@@ -53,7 +53,8 @@ def test_detects_the_pasted_face_and_crops_it_with_the_margin(pasted: np.ndarray
     assert face_x <= x and x + w <= face_x + 200
     assert face_y <= y and y + h <= face_y + 200
     assert 100 <= w <= 180  # the head, not the whole 200 px tile nor a feature
-    (crop,) = faces.crop_faces(pasted, [box])
+    left, top, side, _ = faces.crop_box(box, pasted.shape[1], pasted.shape[0])
+    crop = pasted[top : top + side, left : left + side]
     assert crop.shape == (round(w * (1 + 2 * faces.MARGIN)),) * 2 + (3,)
     grey = np.all(crop == 128, axis=-1)
     assert grey.mean() < 0.05  # the crop stays on the pasted face, not the background

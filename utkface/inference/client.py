@@ -24,6 +24,7 @@ from mlflow.pyfunc import PyFuncModel
 from utkface.data.imaging import ImageError, decode_image
 from utkface.data.labels import AGE, GENDER, IMAGE_SUFFIXES
 from utkface.data.rejections import Category
+from utkface.inference.faces import Box
 from utkface.inference.families import AGE_HIGH, AGE_LOW, P_FEMALE
 from utkface.inference.pyfunc import (
     BOX,
@@ -45,7 +46,6 @@ from utkface.params import load_params
 
 BATCH = 64
 PYFUNC_LOGGER = "utkface.inference.pyfunc"  # the served model's module, as its copy loads
-Box = tuple[int, int, int, int]  # x, y, width, height in pixels
 
 
 class PredictError(Exception):

@@ -11,7 +11,6 @@ is downloaded.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import cache
 
 import cv2
@@ -66,13 +65,3 @@ def crop_box(box: Box, width: int, height: int) -> Box:
     left = min(max(round(centre_x - side / 2), 0), width - side)
     top = min(max(round(centre_y - side / 2), 0), height - side)
     return left, top, side, side
-
-
-def crop_faces(image: np.ndarray, boxes: Sequence[Box]) -> list[np.ndarray]:
-    """The square crop (`crop_box`) of each detected box, as RGB uint8 arrays."""
-    height, width = image.shape[:2]
-    crops = []
-    for box in boxes:
-        left, top, side, _ = crop_box(box, width, height)
-        crops.append(image[top : top + side, left : left + side])
-    return crops

@@ -249,10 +249,6 @@ class Landmarks:
             passed[unsure] = self.detected([faces[i] for i in unsure])
         return passed
 
-    def plausible(self, faces: Sequence[np.ndarray]) -> np.ndarray:
-        """The face check (`check`) of each RGB crop, as a bool (n,) array."""
-        return self.check(faces, [self.locate(face) for face in faces])
-
 
 class FaceBackbone:
     """Aligned chips and features of square RGB face crops; one instance per process."""
