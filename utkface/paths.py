@@ -88,3 +88,4 @@ REGISTERED = MODELS / "registered.json"
 
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
+CHAMPION_CACHE = "champions.json"  # beside a SQLite store: see registry.champion_files

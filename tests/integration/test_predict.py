@@ -155,6 +155,31 @@ def test_default_is_the_champion(
     assert (files / "MLmodel").is_file() and files.is_relative_to(Path.cwd() / "mlartifacts")
 
 
+def test_the_champion_is_looked_up_again_only_after_the_store_changed(
+    logged: ModelInfo, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    name = "cached-champion"
+    first, second = register_version(logged, name), register_version(logged, name)
+    store = registry.registry_client()
+    store.set_registered_model_alias(name, registry.CHAMPION, first.version)
+    asked = []
+    look_up = registry.get_alias_version
+    monkeypatch.setattr(
+        registry, "get_alias_version", lambda *args: asked.append(args[1:]) or look_up(*args)
+    )
+    files = registry.champion_files(name)
+    assert files == registry.version_files(store, first)
+    assert registry.champion_files(name) == files and len(asked) == 1  # kept beside the store
+    cache = Path.cwd() / "champions.json"
+    kept = json.loads(cache.read_text())
+    cache.write_text(json.dumps({name: kept[name] | {"files": str(tmp_path)}}))
+    assert registry.champion_files(name) == files and len(asked) == 2  # not beside the store
+    store.set_registered_model_alias(name, registry.CHAMPION, second.version)  # a write
+    assert registry.champion_files(name) == files and len(asked) == 3  # asked again
+    store.delete_registered_model_alias(name, registry.CHAMPION)
+    assert registry.champion_files(name) is None and len(asked) == 4
+
+
 def test_a_model_from_another_environment_is_named_with_what_differs(
     logged: ModelInfo, tmp_path: Path
 ) -> None:

@@ -196,17 +196,16 @@ def predict_inputs(
 
 def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
     """The pyfunc at `uri`, by default the champion of `model_name` (params' when None)."""
-    tracking.check_store()
     mlflow.set_tracking_uri(tracking.tracking_uri())
     if uri is None:
         name = model_name or load_params(only=("register",)).register_.model_name
-        store = registry.registry_client()
-        if (version := registry.get_alias_version(store, name, registry.CHAMPION)) is None:
+        if (uri := registry.champion_files(name)) is None:
             raise PredictError(
                 f"model {name!r} has no {registry.CHAMPION} in {tracking.tracking_uri()}: "
                 "train and register one with `dvc repro`, then `utkface promote`"
             )
-        uri = registry.version_files(store, version)
+    else:
+        tracking.check_store()
     # the model logs its synthetic-set warning as it loads (for `utkface serve`); predict and
     # the app say it themselves (`synthetic_warning`), once
     model_logger = logging.getLogger(PYFUNC_LOGGER)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -20,6 +23,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
+from utkface import paths
 from utkface.mlops import tracking
 
 CHAMPION = "champion"
@@ -126,6 +130,55 @@ def version_files(client: MlflowClient, version: ModelVersion) -> str:
     if folder is not None and folder.is_dir():
         return str(folder)
     return f"models:/{version.name}/{version.version}"
+
+
+def champion_files(name: str) -> str | None:
+    """`version_files` of the champion of `name`; None when it has none.
+
+    Asking a SQLite store costs about half a second of a cold `utkface predict` (SQLAlchemy,
+    MLflow's schema check), so the answer is kept beside such a store (`paths.CHAMPION_CACHE`)
+    with the store's `_stamp`, and reused while the stamp holds and the folder is still in the
+    store's artifacts: any write to the store, such as a promotion, makes the next call ask
+    the store again."""
+    store = tracking.sqlite_store(tracking.tracking_uri())
+    if store is not None and not store.is_file():
+        store = None  # no store yet: MLflow makes one, without a champion
+    cache = store.parent / paths.CHAMPION_CACHE if store else None
+    stamp = _stamp(store) if store else None
+    kept = _read_cache(cache).get(name) if cache else None
+    if isinstance(kept, dict) and [kept.get("store"), kept.get("stamp")] == [str(store), stamp]:
+        folder = Path(str(kept.get("files")))
+        if folder.is_dir() and folder.is_relative_to(store.parent / paths.MLFLOW_ARTIFACTS):
+            return str(folder)
+    client = registry_client()
+    if (version := get_alias_version(client, name, CHAMPION)) is None:
+        return None
+    files = version_files(client, version)
+    if cache and Path(files).is_dir():
+        entries = _read_cache(cache) | {name: {"store": str(store), "stamp": stamp, "files": files}}
+        with contextlib.suppress(OSError):  # a read-only project still predicts
+            partial = cache.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(entries, indent=1))
+            partial.replace(cache)
+    return files
+
+
+def _stamp(store: Path) -> list[int]:
+    """What a write to a SQLite store changes: the change counter in its header (which every
+    committed write increments, even one within the file clock's tick), and the size and
+    modification time of the store and of its write-ahead log."""
+    with store.open("rb") as handle:
+        counter = int.from_bytes(handle.read(28)[24:], "big")
+    stats = [f.stat() for f in (store, store.with_name(store.name + "-wal")) if f.exists()]
+    return [counter, *(n for stat in stats for n in (stat.st_size, stat.st_mtime_ns))]
+
+
+def _read_cache(cache: Path) -> dict[str, Any]:
+    try:
+        entries = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
 
 
 def get_alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

@@ -51,13 +51,16 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / paths.MLFLOW_DB}"
 
 
+def sqlite_store(uri: str) -> Path | None:
+    """The file of a SQLite store; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")).absolute() if uri.startswith("sqlite:///") else None
+
+
 def _artifact_location(uri: str) -> str | None:
     """Artifacts beside a SQLite store (never inside a temporary workspace); a server decides
     for itself."""
-    if uri.startswith("sqlite:///"):
-        store = Path(uri.removeprefix("sqlite:///")).absolute()
-        return (store.parent / paths.MLFLOW_ARTIFACTS).as_uri()
-    return None
+    store = sqlite_store(uri)
+    return None if store is None else (store.parent / paths.MLFLOW_ARTIFACTS).as_uri()
 
 
 class StoreMovedError(MlflowException):
@@ -83,10 +86,8 @@ def check_store(uri: str | None = None) -> None:
 
 @functools.cache
 def _check_store(uri: str) -> None:
-    if not uri.startswith("sqlite:///"):
-        return
-    store = Path(uri.removeprefix("sqlite:///")).absolute()
-    if not store.exists():
+    store = sqlite_store(uri)
+    if store is None or not store.exists():
         return
     beside = store.parent / paths.MLFLOW_ARTIFACTS
     client = MlflowClient(uri)
