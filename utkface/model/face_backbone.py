@@ -211,10 +211,11 @@ class Landmarks:
     The landmark model is a cascade of regressors: on a face its points go to the eyes and nose
     wherever its box starts, while on anything else (flat grey, noise, a scene, a face turned
     sideways) they mostly stay where the box puts them, and still pass `landmarks_plausible`.
-    So `locate` runs it three times, from the crop and from the crop moved right and moved up
-    by `HOLD_SHIFT` of its side, and the points `held` when they moved less than `HOLD_LIMIT`
-    of that. Crops whose points do not hold are asked of dlib's HOG frontal-face detector
-    (bundled in dlib, no file; about ten times the cost of the two extra landmark runs):
+    So `locate` runs it twice, from the crop and from the crop moved right and up by
+    `HOLD_SHIFT` of its side (each run costs about 0.5 ms whatever the crop's size), and the
+    points `held` when they moved less than `HOLD_LIMIT` of that along each axis. Crops whose
+    points do not hold are asked of dlib's HOG frontal-face detector (bundled in dlib, no file;
+    about ten times the cost of the extra landmark run):
     UTKFace crops are tighter than its box, so it looks at the crop at `CHECK_SIDE` px with
     `CHECK_PAD` of edge pixels around. Measured in `bench/face_check.py`.
     """
@@ -240,10 +241,7 @@ class Landmarks:
         shape = self.shape(face)
         points = self.points(shape)
         shift = max(1, round(HOLD_SHIFT * min(face.shape[:2])))
-        moved = max(
-            np.abs(self.points(self.shape(face, dx, dy)) - points).mean() / shift
-            for dx, dy in ((shift, 0), (0, -shift))
-        )
+        moved = np.abs(self.points(self.shape(face, shift, -shift)) - points).mean() / shift
         return Located(shape, points, bool(moved < HOLD_LIMIT))
 
     def detected(self, faces: Sequence[np.ndarray]) -> np.ndarray:
