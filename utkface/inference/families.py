@@ -54,12 +54,10 @@ class OnnxHead:
     def __init__(self, path: Path, threads: int = 0) -> None:
         import onnxruntime as ort
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        from utkface.model.face_backbone import session_options
+
         self.session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
         )
         metadata = self.session.get_modelmeta().custom_metadata_map
         self.bin_centres = np.asarray(json.loads(metadata[BIN_CENTRES]), dtype=float)
