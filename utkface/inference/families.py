@@ -102,22 +102,27 @@ def load_family(member: str, path: Path) -> OnnxHead | KerasCnn:
     return OnnxHead(path) if member in HEADS else KerasCnn(path)
 
 
-def to_answers(outputs: Outputs, age_max: int, interval: AgeInterval | None = None) -> pd.DataFrame:
-    """A family's answer: the age clamped and the gender the likelier one; with `interval`,
-    `age_low` and `age_high` too (from the bin probabilities when the interval is of that
-    kind)."""
+def answer_columns(
+    outputs: Outputs, age_max: int, interval: AgeInterval | None = None
+) -> dict[str, np.ndarray]:
+    """A family's answer by column: the age clamped and the gender the likelier one; with
+    `interval`, `age_low` and `age_high` too (from the bin probabilities when the interval is
+    of that kind)."""
     age = clamp_ages(outputs.age, age_max)
-    frame = pd.DataFrame(
-        {
-            AGE: age,
-            GENDER: np.asarray(GENDERS, dtype=object)[gender_labels(outputs.p_female)],
-            P_FEMALE: outputs.p_female,
-        }
-    )
+    columns = {
+        AGE: age,
+        GENDER: np.asarray(GENDERS, dtype=object)[gender_labels(outputs.p_female)],
+        P_FEMALE: outputs.p_female,
+    }
     if interval is not None:
         bins = outputs.age_bins if interval.kind == "bins" else None
-        frame[AGE_LOW], frame[AGE_HIGH] = interval.bounds(age, age_max, bins)
-    return frame
+        columns[AGE_LOW], columns[AGE_HIGH] = interval.bounds(age, age_max, bins)
+    return columns
+
+
+def to_answers(outputs: Outputs, age_max: int, interval: AgeInterval | None = None) -> pd.DataFrame:
+    """`answer_columns` as a frame."""
+    return pd.DataFrame(answer_columns(outputs, age_max, interval))
 
 
 def calibrate_interval(outputs: Outputs, ages: np.ndarray, age_max: int) -> AgeInterval:
