@@ -36,7 +36,7 @@ from utkface.inference.families import FamilyModel
 from utkface.scoring.age_interval import AgeInterval
 
 STAGES = [
-    *("check_params", "ingest", "features", "prefix", "validate", "balance", "split"),
+    *("check_params", "ingest", "validate", "features", "prefix", "balance", "split"),
     *("tune", "train", "evaluate"),
 ]
 BANDS = [(0, 3), (3, 10), (10, 20), (20, 40), (40, 60), (60, 200)]

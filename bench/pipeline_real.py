@@ -28,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "utkface" / "crop_part1_dev"
 STAGES = [
-    *("check_params", "ingest", "features", "prefix", "validate", "balance", "split"),
+    *("check_params", "ingest", "validate", "features", "prefix", "balance", "split"),
     *("tune", "train", "evaluate"),
 ]
 PROJECT_FILES = [
