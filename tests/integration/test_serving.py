@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from pathlib import Path
 
@@ -51,7 +52,7 @@ from utkface import tensorflow_build
 from utkface.data.imaging import load_image
 from utkface.inference.families import Outputs, to_answers
 from utkface.inference.pyfunc import NO_FACE, encode_png
-from utkface.inference.server import too_large_message
+from utkface.inference.server import BatchedModel, too_large_message
 from utkface.mlops import registry
 from utkface.params import Params
 
@@ -262,6 +263,66 @@ def test_every_face_of_a_photo_and_an_error_where_there_is_none(
     assert result["box_x"][1] < 140 <= result["box_x"][2]  # left to right
     with pytest.raises(MlflowException, match=re.escape(f"row 0: {NO_FACE}")):
         pyfunc.predict(frame)
+
+
+class HeldModel:
+    """The tiny model, recording the rows of each call; the first call waits for `release`,
+    so that requests sent meanwhile queue."""
+
+    def __init__(self, model: PyFuncModel) -> None:
+        self.model, self.metadata = model, model.metadata
+        self.calls: list[int] = []
+        self.release = threading.Event()
+
+    def predict(self, data: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        self.calls.append(len(data))
+        assert self.release.wait(30)
+        return self.model.predict(data, params=params)
+
+
+def _wait_for(condition: Callable[[], object], seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert condition()
+
+
+def _queued(frames: list[pd.DataFrame], pyfunc: PyFuncModel) -> tuple[HeldModel, list]:
+    """The answers (futures) of `frames` sent at once to a `BatchedModel` of the tiny model:
+    the first alone, the others while it runs."""
+    held = HeldModel(pyfunc)
+    batched = BatchedModel(held)
+    pool = ThreadPoolExecutor(len(frames))
+    futures = [pool.submit(batched.predict, frames[0], CROP)]
+    _wait_for(lambda: held.calls)
+    futures += [pool.submit(batched.predict, frame, CROP) for frame in frames[1:]]
+    _wait_for(lambda: len(batched.waiting) == len(frames) - 1)
+    held.release.set()
+    pool.shutdown(wait=True)
+    return held, futures
+
+
+def test_requests_that_wait_are_answered_in_one_call_each_as_alone(pyfunc: PyFuncModel) -> None:
+    frames = [
+        pd.DataFrame({"image": [b64(image_bytes(seed)) for seed in range(start, start + size)]})
+        for start, size in ((1, 2), (3, 1), (4, 3), (7, 2))
+    ]
+    held, futures = _queued(frames, pyfunc)
+    assert held.calls == [2, 6]  # the first alone, then the three that waited, together
+    for frame, future in zip(frames, futures, strict=True):
+        pd.testing.assert_frame_equal(future.result(), pyfunc.predict(frame, params=CROP))
+
+
+def test_a_refused_image_fails_only_its_own_request(pyfunc: PyFuncModel) -> None:
+    frames = [pd.DataFrame({"image": [b64(image_bytes(seed))]}) for seed in (1, 2, 3)]
+    frames.insert(2, pd.DataFrame({"image": [b64(image_bytes(4)), NOT_AN_IMAGE]}))
+    held, futures = _queued(frames, pyfunc)
+    assert held.calls == [1, 4, 1, 2, 1]  # the batch refused: asked again one by one
+    with pytest.raises(MlflowException, match="row 1: not an image"):
+        futures[2].result()
+    for index in (0, 1, 3):
+        expected = pyfunc.predict(frames[index], params=CROP)
+        pd.testing.assert_frame_equal(futures[index].result(), expected)
 
 
 # --- mlflow models serve -----------------------------------------------------------------------
