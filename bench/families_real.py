@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 from pipeline_real import DEFAULT_DATA, REPO, cpu_description, prepare
-from predict_latency import _frame, _median_ms
+from predict_latency import WHOLE, _frame, _median_ms
 
 from utkface.inference.families import FamilyModel
 from utkface.scoring.age_interval import AgeInterval
@@ -114,8 +114,8 @@ def latency() -> tuple[float, float]:
         info = log_serving_model(paths.MODEL, config, examples, lineage={})
     model = mlflow.pyfunc.load_model(info.model_uri)
     single, batch = _frame(1), _frame(64)
-    return _median_ms(lambda: model.predict(single), 20), _median_ms(
-        lambda: model.predict(batch), 5
+    return _median_ms(lambda: model.predict(single, params=WHOLE), 20), _median_ms(
+        lambda: model.predict(batch, params=WHOLE), 5
     )
 
 
