@@ -30,7 +30,7 @@ from pipeline_real import DEFAULT_DATA, cpu_description
 
 STEPS = {  # cProfile entries (file suffix, function) and what they stand for
     "import the command (MLflow with it)": ("utkface/cli/predict.py", "<module>"),
-    "find the champion in the registry": ("utkface/mlops/registry.py", "get_alias_version"),
+    "find the champion (registry.champion_files)": ("utkface/mlops/registry.py", "champion_files"),
     "load the model (mlflow.pyfunc)": ("mlflow/pyfunc/__init__.py", "load_model"),
     "  of which the pyfunc's load_context": ("utkface/inference/pyfunc.py", "load_context"),
     "answer (predict_files)": ("utkface/inference/client.py", "predict_files"),
