@@ -5,10 +5,10 @@ temporary directory (never the repository: nothing derived from UTKFace may be c
 points `ingest.source` at the real folder, sets `model.family` and runs every DVC stage with
 `dvc repro -s`.
 
-Prints: wall time per stage, feature-extraction images/s, test age MAE and gender
-accuracy overall and per age band (0-2, 3-9, 10-19, 20-39, 40-59, 60+) as mean +- standard
-deviation over the seeds, and the served model's predict latency per face (one image, and
-batches of 64 synthetic 200 px JPEGs), with the CPU they were measured on.
+Prints: wall time per stage, feature-extraction images/s, test age MAE, gender accuracy and
+the 80 % interval's coverage overall and per age band (0-2, 3-9, 10-19, 20-39, 40-59, 60+) as
+mean +- standard deviation over the seeds, and the served model's predict latency per face
+(one image, and batches of 64 synthetic 200 px JPEGs), with the CPU they were measured on.
 
     python bench/families_real.py [--family pretrained] [--seeds 1 2 3] [--set key=value ...]
 """
@@ -77,12 +77,16 @@ def score() -> dict:
     correct = gender_labels(frame["p_female"].to_numpy()) == frame["gender"].to_numpy()
     error = (frame["pred_age"] - frame["age"]).abs().to_numpy()
     result = {"age_mae": float(error.mean()), "gender_accuracy": float(correct.mean())}
+    inside = frame["age"].between(frame["age_low"], frame["age_high"]).to_numpy()
     for low, high in BANDS:
         rows = frame["age"].between(low, high - 1).to_numpy()
-        result[band_name(low, high)] = (float(error[rows].mean()), float(correct[rows].mean()))
+        result[band_name(low, high)] = (
+            float(error[rows].mean()),
+            float(correct[rows].mean()),
+            float(inside[rows].mean()),
+        )
     adults = frame["age"].between(20, 59).to_numpy()
     result["gender_20_59"] = float(correct[adults].mean())
-    inside = frame["age"].between(frame["age_low"], frame["age_high"])
     result["interval_coverage"] = float(inside.mean())
     return result
 
@@ -180,12 +184,11 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         f"{mean_sd([r['gender_20_59'] for r in rows])} (target >= {TARGETS['gender_20_59']})"
     )
     print(f"80 % age interval coverage: {mean_sd([r['interval_coverage'] for r in rows])}")
-    print(f"{'age band':>9s} {'age MAE':>16s} {'gender accuracy':>16s}")
+    print(f"{'age band':>9s} {'age MAE':>16s} {'gender accuracy':>16s} {'coverage':>16s}")
     for low, high in BANDS:
         name = band_name(low, high)
-        mae = mean_sd([r[name][0] for r in rows])
-        acc = mean_sd([r[name][1] for r in rows])
-        print(f"{name:>9s} {mae:>16s} {acc:>16s}")
+        mae, acc, coverage = (mean_sd([r[name][i] for r in rows]) for i in range(3))
+        print(f"{name:>9s} {mae:>16s} {acc:>16s} {coverage:>16s}")
     if "latency_ms" in rows[0]:
         single, batch = rows[0]["latency_ms"]
         print(
