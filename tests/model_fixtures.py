@@ -14,6 +14,7 @@ from pathlib import Path
 
 import keras
 import mlflow
+import mlflow.tracking._tracking_service.utils as mlflow_tracking_utils
 import numpy as np
 import pandas as pd
 import pytest
@@ -59,6 +60,10 @@ def use_tmp_store(monkeypatch: pytest.MonkeyPatch, root: Path) -> str:
     """MLflow store, artifacts and a minimal params.yaml under `root`, which becomes the cwd."""
     uri = new_store(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # a URI set in the process (`mlflow.set_tracking_uri`, which `utkface predict` calls) wins
+    # over the environment's: cleared here and put back with the rest, so that no test's store
+    # outlives it
+    monkeypatch.setattr(mlflow_tracking_utils, "_tracking_uri", None)
     monkeypatch.chdir(root)
     (root / "params.yaml").write_text(
         yaml.safe_dump({"promote": GATE, "register": {"model_name": MODEL_NAME}})
