@@ -50,9 +50,10 @@ from tiny import free_port, synthetic_faces
 
 from utkface import tensorflow_build
 from utkface.data.imaging import load_image
+from utkface.inference.batching import BatchedModel
 from utkface.inference.families import Outputs, to_answers
 from utkface.inference.pyfunc import NO_FACE, encode_png
-from utkface.inference.server import BatchedModel, too_large_message
+from utkface.inference.server import too_large_message
 from utkface.mlops import registry
 from utkface.params import Params
 

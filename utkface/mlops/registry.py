@@ -145,7 +145,8 @@ def champion_files(name: str) -> str | None:
         store = None  # no store yet: MLflow makes one, without a champion
     cache = store.parent / paths.CHAMPION_CACHE if store else None
     stamp = _stamp(store) if store else None
-    kept = _read_cache(cache).get(name) if cache else None
+    entries = _read_cache(cache) if cache else {}
+    kept = entries.get(name)
     if isinstance(kept, dict) and [kept.get("store"), kept.get("stamp")] == [str(store), stamp]:
         folder = Path(str(kept.get("files")))
         if folder.is_dir() and folder.is_relative_to(store.parent / paths.MLFLOW_ARTIFACTS):
@@ -155,7 +156,7 @@ def champion_files(name: str) -> str | None:
         return None
     files = version_files(client, version)
     if cache and Path(files).is_dir():
-        entries = _read_cache(cache) | {name: {"store": str(store), "stamp": stamp, "files": files}}
+        entries[name] = {"store": str(store), "stamp": stamp, "files": files}
         with contextlib.suppress(OSError):  # a read-only project still predicts
             partial = cache.with_suffix(f".{os.getpid()}.tmp")
             partial.write_text(json.dumps(entries, indent=1))

@@ -16,7 +16,12 @@ import onnxruntime as ort
 from onnx import utils as onnx_utils
 
 from utkface.model.age_network import LAST_STAGE
-from utkface.model.face_backbone import FaceBackbone, flush_subnormals, package_files
+from utkface.model.face_backbone import (
+    FaceBackbone,
+    flush_subnormals,
+    package_files,
+    session_options,
+)
 from utkface.params import FinetuneParams
 
 BATCH = 256
@@ -59,12 +64,9 @@ class Prefix:
     def __init__(self, backbone: FaceBackbone, threads: int = 0) -> None:
         self.backbone = backbone
         network = flush_subnormals(onnx.load(str(package_files().network("age"))))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.log_severity_level = 3
         self.session = ort.InferenceSession(
             prefix_graph(network).SerializeToString(),
-            sess_options=options,
+            sess_options=session_options(threads),
             providers=["CPUExecutionProvider"],
         )
         self.input = self.session.get_inputs()[0].name
