@@ -10,7 +10,11 @@ from itertools import count
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import RegisteredModel
+from mlflow.exceptions import MlflowException
 from mlflow.models.model import ModelInfo
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
 from model_fixtures import (
     CARD,
     MODEL_NAME,
@@ -183,6 +187,27 @@ def test_register_creates_described_challenger(logged: ModelInfo, name: str) -> 
     assert registry.get_alias_version(client, name, registry.CHAMPION) is None
     assert registry.get_alias_version(client, "no-such-model", registry.CHAMPION) is None
     assert registry.champion_uri(name) == f"models:/{name}@champion"
+
+
+class _RacedClient(MlflowClient):
+    """Finds the model missing, and another evaluation creates it (undescribed) right after."""
+
+    raced = False
+
+    def get_registered_model(self, name: str) -> RegisteredModel:
+        if not self.raced:
+            self.raced = True
+            MlflowClient().create_registered_model(name)
+            raise MlflowException(f"{name} not found", RESOURCE_DOES_NOT_EXIST)
+        return super().get_registered_model(name)
+
+
+def test_register_takes_the_model_a_concurrent_evaluation_created(
+    logged: ModelInfo, name: str
+) -> None:
+    registry._ensure_registered_model(_RacedClient(), name)
+    described = registry.registry_client().get_registered_model(name).description
+    assert "non-commercial research only" in described
 
 
 def test_register_refuses_missing_metrics(logged: ModelInfo, name: str) -> None:

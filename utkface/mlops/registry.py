@@ -21,7 +21,11 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.protos.databricks_pb2 import (
+    RESOURCE_ALREADY_EXISTS,
+    RESOURCE_DOES_NOT_EXIST,
+    ErrorCode,
+)
 
 from utkface import paths
 from utkface.mlops import tracking
@@ -227,13 +231,21 @@ def version_description(
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    """Create `name` with its description, or give an older one the description. Two queued
+    experiments that evaluate at once into one server can both find it missing: the one whose
+    create then fails takes the model the other made."""
     try:
         model = client.get_registered_model(name)
     except MlflowException as error:
         if error.error_code != ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
             raise
-        client.create_registered_model(name, description=MODEL_DESCRIPTION)
-        return
+        try:
+            client.create_registered_model(name, description=MODEL_DESCRIPTION)
+            return
+        except MlflowException as error:
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        model = client.get_registered_model(name)
     if not model.description:
         client.update_registered_model(name, description=MODEL_DESCRIPTION)
 
