@@ -22,6 +22,7 @@ import yaml
 from dvc_data.hashfile import hash as dvc_hash
 from dvc_project import clean_env, committed_and_reproduced, run
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from tiny import new_store
 
 from utkface import tensorflow_build
@@ -214,6 +215,49 @@ def test_split_tables_are_logged_as_mlflow_datasets(store: str, tmp_path: Path) 
     assert '"num_rows": 2' in train.profile
     assert tags == {"mlflow.data.context": "training", "data_version": "v1"}
     assert logged["val"][1]["mlflow.data.context"] == "validation"
+
+
+UNIQUE_VIOLATION = (  # what MLflow's server answers the run that lost the insert race
+    '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+)
+
+
+def test_a_split_another_run_inserted_at_the_same_moment_is_still_logged(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_data(tmp_path)
+    log_input, refused = mlflow.log_input, []
+
+    def lose_the_first_insert_race(*args: object, **kwargs: object) -> None:
+        if not refused:
+            refused.append(kwargs["context"])
+            raise MlflowException(UNIQUE_VIOLATION)
+        log_input(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow, "log_input", lose_the_first_insert_race)
+    tracking.use_experiment("tests-tracking")
+    with mlflow.start_run() as run:
+        tracking.log_split_datasets(["train", "val"], "v1")
+    inputs = MlflowClient(store).get_run(run.info.run_id).inputs.dataset_inputs
+    assert refused == ["training"]
+    assert sorted(i.dataset.name for i in inputs) == ["train", "val"]
+
+
+def test_other_dataset_errors_are_not_retried(
+    store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_data(tmp_path)
+    calls = []
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        calls.append(kwargs["context"])
+        raise MlflowException("the server is read-only")
+
+    monkeypatch.setattr(mlflow, "log_input", refuse)
+    tracking.use_experiment("tests-tracking")
+    with mlflow.start_run(), pytest.raises(MlflowException, match="read-only"):
+        tracking.log_split_datasets(["train"], "v1")
+    assert calls == ["training"]
 
 
 @pytest.fixture(scope="module")

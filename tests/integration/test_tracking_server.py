@@ -213,10 +213,12 @@ def test_two_queued_experiments_run_at_once_into_the_server_and_one_is_promoted(
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", change], root, env)
     run(["dvc", "queue", "start", "-j", "2"], root, env)
     status = _wait_for_queue(root, env)
-    assert status.count("Success") == len(QUEUED), status
+    logs = {
+        name: run(["dvc", "queue", "logs", name], root, env, check=False).stdout for name in QUEUED
+    }
+    assert status.count("Success") == len(QUEUED), (status, {n: t[-3000:] for n, t in logs.items()})
     assert not (root / "mlflow.db").exists()  # every run went to the server
-    for name in QUEUED:
-        log = run(["dvc", "queue", "logs", name], root, env).stdout
+    for log in logs.values():
         assert "database is locked" not in log and "Traceback" not in log, log[-3000:]
 
     client = MlflowClient(uri, registry_uri=uri)

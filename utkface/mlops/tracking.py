@@ -261,7 +261,20 @@ def log_split_datasets(names: Sequence[str], version: str) -> None:
         with warnings.catch_warnings():  # a hint for model signatures, not for a record
             warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
             dataset = mlflow.data.from_pandas(pd.read_parquet(table), source, name=name, digest=md5)
-            mlflow.log_input(dataset, context=SPLIT_CONTEXTS[name], tags={"data_version": version})
+            _log_input(dataset, context=SPLIT_CONTEXTS[name], tags={"data_version": version})
+
+
+def _log_input(dataset: mlflow.data.Dataset, context: str, tags: dict[str, str]) -> None:
+    """`mlflow.log_input`, tried once more when another run inserted the same dataset at the
+    same moment. MLflow's store looks a dataset up before inserting it, so two queued
+    experiments logging one split into one server (`dvc queue start -j 2`) can both insert it,
+    and one fails on the unique key; the second try finds the dataset and links it."""
+    try:
+        mlflow.log_input(dataset, context=context, tags=tags)
+    except MlflowException as error:
+        if "unique constraint" not in str(error).lower():
+            raise
+        mlflow.log_input(dataset, context=context, tags=tags)
 
 
 def lineage_tags(version: str) -> dict[str, str]:
