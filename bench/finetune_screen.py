@@ -1,0 +1,109 @@
+"""Benchmark: screen finetuned-family candidates on ONE split of a real project, before they
+earn a three-seed run of `bench/families_real.py`.
+
+PROJECT is a project copy whose stages ran on the real data up to `tune` (e.g. the one
+`bench/last_mile.py --keep` keeps under bench/results/): its prefix cache, splits and tuned
+rate are reused, nothing there is written. For each member seed, fits the finetuned family as
+`train` does (its tuned knobs and rate, `--set part.knob=value` applied to `model.head` or
+`model.finetune`) and prints the validation and test age MAE per age band and gender accuracy:
+each member alone, the running average of the members' outputs (an ensemble over the one
+cached prefix) and, with `--same-init` (every member starts from the project seed's weights,
+only the data order differs), the running average of their weights (a "soup", served at one
+model's cost). Decide on validation; the test figures are for the record.
+
+    python bench/finetune_screen.py PROJECT [--members 42 43 44] [--same-init]
+                                            [--set head.age_bins=24 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from families_real import BANDS, band_name
+from pipeline_real import cpu_description
+
+
+def scores(ages: np.ndarray, genders: np.ndarray, age: np.ndarray, female: np.ndarray) -> str:
+    error = np.abs(age - ages)
+    bands = " ".join(
+        f"{band_name(low, high)}: {error[(ages >= low) & (ages < high)].mean():.2f}"
+        for low, high in BANDS
+    )
+    return f"age MAE {error.mean():.3f} ({bands}), gender {((female > 0.5) == genders).mean():.3f}"
+
+
+def with_overrides(cfg: object, overrides: list[str]) -> object:
+    for override in overrides:
+        key, value = override.split("=", 1)
+        part, knob = key.split(".")
+        changed = getattr(cfg, part).model_copy(update={knob: json.loads(value)})
+        cfg = cfg.model_copy(update={part: changed})
+    return cfg
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("project", type=Path)
+    parser.add_argument("--members", type=int, nargs="+", default=[42])
+    parser.add_argument("--same-init", action="store_true")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[])
+    args = parser.parse_args()
+    os.chdir(args.project)  # the project's relative paths: its caches, splits and tune result
+
+    from utkface.model import finetuned
+    from utkface.model.fitting import build_member, fit_model, load_inputs, seed_everything
+    from utkface.model.training import epochs, load_tuned, member_config, resolve_lr
+    from utkface.params import load_params
+
+    params, tuned, family = load_params(), load_tuned(), "finetuned"
+    cfg = with_overrides(member_config(params, family, tuned.of(family)), args.overrides)
+    lr, _ = resolve_lr(params.fixed_lr, tuned.of(family))
+    train, val, test = (load_inputs(family, split) for split in ("train", "val", "test"))
+    judged = {"val": val, "test": test}
+    inputs = {name: finetuned.example_inputs(data, len(data.age)) for name, data in judged.items()}
+    print(f"{cpu_description()}; lr {lr}, overrides {args.overrides or 'none'}")
+
+    def predict(model: object) -> dict[str, dict[str, np.ndarray]]:
+        served = finetuned.serving_model(model)
+        return {name: served.predict(x, verbose=0, batch_size=256) for name, x in inputs.items()}
+
+    def show(label: str, outputs: dict[str, dict[str, np.ndarray]]) -> None:
+        for name, data in judged.items():
+            out = outputs[name]
+            figures = scores(data.age, data.gender, out["age"][:, 0], out["gender"][:, 0])
+            print(f"{label:<28} {name:<4} {figures}", flush=True)
+
+    members, weights = [], []
+    for seed in args.members:
+        started = time.perf_counter()
+        init = params.seed if args.same_init else seed
+        seed_everything(init)
+        model, compile_fn = build_member(family, cfg, params.train, train, init)
+        if args.same_init:
+            seed_everything(seed)  # then the data order's; otherwise as `fit` does
+        fit_model(
+            model, params.train, lr, train, val, seed, epochs(family, cfg, params), [],
+            early_stopping=False, compile_fn=compile_fn, epoch_lines=False,
+        )  # fmt: skip
+        members.append(predict(model))
+        show(f"member {seed} ({time.perf_counter() - started:.0f} s)", members[-1])
+        if len(members) > 1:
+            average = {
+                name: {k: np.mean([m[name][k] for m in members], 0) for k in ("age", "gender")}
+                for name in judged
+            }
+            show(f"  output average of {len(members)}", average)
+        if args.same_init:
+            weights.append(model.get_weights())
+            model.set_weights([np.mean(layer, 0) for layer in zip(*weights, strict=True)])
+            if len(weights) > 1:
+                show(f"  weight average of {len(weights)}", predict(model))
+
+
+if __name__ == "__main__":
+    main()
