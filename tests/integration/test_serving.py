@@ -4,6 +4,7 @@ them with the parameter faces="crop" (the centre square is one face, whatever it
 
 from __future__ import annotations
 
+import argparse
 import base64
 import contextlib
 import json
@@ -49,6 +50,7 @@ from model_fixtures import (
 from tiny import free_port, synthetic_faces
 
 from utkface import tensorflow_build
+from utkface.cli import serve as serve_command
 from utkface.data.imaging import load_image
 from utkface.inference.batching import BatchedModel
 from utkface.inference.families import Outputs, to_answers
@@ -412,6 +414,51 @@ def raw_post(port: int, headers: list[str], body: Iterator[bytes]) -> tuple[int,
 
 def rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
+
+
+def test_utkface_serve_without_a_champion_says_how_to_get_one(
+    logged: ModelInfo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    (tmp_path / "params.yaml").write_text("register:\n  model_name: never-registered\n")
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser()
+    serve_command.add_arguments(parser)
+    assert serve_command.run(parser.parse_args([])) == 1  # before any server starts
+    err = capsys.readouterr().err
+    assert "model 'never-registered' has no champion" in err and "utkface promote" in err
+
+
+@pytest.mark.slow
+def test_utkface_serve_loads_the_champions_files_in_place(
+    logged: ModelInfo, tmp_path: Path
+) -> None:
+    version = register_version(logged, MODEL_NAME)
+    client = registry.registry_client()
+    client.set_registered_model_alias(MODEL_NAME, registry.CHAMPION, version.version)
+    (tmp_path / "params.yaml").write_text(f"register:\n  model_name: {MODEL_NAME}\n")
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    server = subprocess.Popen(
+        [str(bin_dir / "utkface"), "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        files = registry.version_files(client, version)
+        champion = f"models:/{MODEL_NAME}@{registry.CHAMPION}"
+        assert server.stdout.readline().startswith(f"serve: {champion} ({files}) on http://")
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(server, url)
+        ok = invoke(url, b64(image_bytes(1)), faces="crop")
+        assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1, ok.text
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -13,8 +13,7 @@ import os
 import sys
 
 from utkface.inference import server
-from utkface.mlops import tracking
-from utkface.mlops.registry import champion_uri
+from utkface.mlops import registry, tracking
 from utkface.params import load_params
 
 WORKERS = 1  # on 2 cores, 2 used twice the memory for no more requests/s (docs/benchmarks.md)
@@ -33,15 +32,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """1 when the store was copied from another clone; otherwise this process becomes the
-    server and never returns."""
+    """1 when the store was copied from another clone or the model has no champion; otherwise
+    this process becomes the server and never returns."""
     params = load_params(only=("register",))
     try:
         tracking.check_store()
     except tracking.StoreMovedError as error:
         print(f"serve: {error}", file=sys.stderr)
         return 1
-    uri = args.model or champion_uri(params.register_.model_name)
+    uri, shown = args.model, args.model
+    if uri is None:  # the champion's folder in the store, loaded in place (not copied)
+        name = params.register_.model_name
+        if (uri := registry.champion_files(name)) is None:
+            print(f"serve: {registry.no_champion(name)}", file=sys.stderr)
+            return 1
+        shown = f"{registry.champion_uri(name)} ({uri})"
     limit = params.register_.max_request_bytes
     env = {
         **os.environ,
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     command = [sys.executable, "-m", "uvicorn", "--factory", f"{server.__name__}:create_app"]
     command += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     print(
-        f"serve: {uri} on http://{args.host}:{args.port}, requests up to {limit} bytes", flush=True
+        f"serve: {shown} on http://{args.host}:{args.port}, requests up to {limit} bytes",
+        flush=True,
     )
     os.execve(sys.executable, command, env)

@@ -200,10 +200,7 @@ def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
     if uri is None:
         name = model_name or load_params(only=("register",)).register_.model_name
         if (uri := registry.champion_files(name)) is None:
-            raise PredictError(
-                f"model {name!r} has no {registry.CHAMPION} in {tracking.tracking_uri()}: "
-                "train and register one with `dvc repro`, then `utkface promote`"
-            )
+            raise PredictError(registry.no_champion(name))
     else:
         tracking.check_store()
     # the model logs its synthetic-set warning as it loads (for `utkface serve`); predict and

@@ -136,6 +136,14 @@ def version_files(client: MlflowClient, version: ModelVersion) -> str:
     return f"models:/{version.name}/{version.version}"
 
 
+def no_champion(name: str) -> str:
+    """What to say when `name` has no champion yet, and how to get one."""
+    return (
+        f"model {name!r} has no {CHAMPION} in {tracking.tracking_uri()}: "
+        "train and register one with `dvc repro`, then `utkface promote`"
+    )
+
+
 def champion_files(name: str) -> str | None:
     """`version_files` of the champion of `name`; None when it has none.
 
