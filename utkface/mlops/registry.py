@@ -250,8 +250,8 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
         try:
             client.create_registered_model(name, description=MODEL_DESCRIPTION)
             return
-        except MlflowException as error:
-            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+        except MlflowException as lost:
+            if lost.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
         model = client.get_registered_model(name)
     if not model.description:
