@@ -9,9 +9,10 @@ rate are reused, nothing there is written. For each member seed, fits the finetu
 each member alone, the running average of the members' outputs (an ensemble over the one
 cached prefix) and, with `--same-init` (every member starts from the project seed's weights,
 only the data order differs), the running average of their weights (a "soup", served at one
-model's cost). Decide on validation; the test figures are for the record.
+model's cost); with `--face-only`, each of these also without the mirror image the served
+model averages each face with. Decide on validation; the test figures are for the record.
 
-    python bench/finetune_screen.py PROJECT [--members 42 43 44] [--same-init]
+    python bench/finetune_screen.py PROJECT [--members 42 43 44] [--same-init] [--face-only]
                                             [--set head.age_bins=24 ...]
 """
 
@@ -52,6 +53,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[42])
     parser.add_argument("--same-init", action="store_true")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[])
+    parser.add_argument(
+        "--face-only", action="store_true", help="also judge each face without its mirror"
+    )
     args = parser.parse_args()
     os.chdir(args.project)  # the project's relative paths: its caches, splits and tune result
 
@@ -66,6 +70,12 @@ def main() -> None:
     train, val, test = (load_inputs(family, split) for split in ("train", "val", "test"))
     judged = {"val": val, "test": test}
     inputs = {name: finetuned.example_inputs(data, len(data.age)) for name, data in judged.items()}
+    if args.face_only:  # the model averages its two prefix slots: give both the face
+        for name in ("val", "test"):
+            prefix = inputs[name][finetuned.PREFIX].copy()
+            prefix[:, 1] = prefix[:, 0]
+            inputs[f"{name}, face only"] = inputs[name] | {finetuned.PREFIX: prefix}
+            judged[f"{name}, face only"] = judged[name]
     print(f"{cpu_description()}; lr {lr}, overrides {args.overrides or 'none'}")
 
     def predict(model: object) -> dict[str, dict[str, np.ndarray]]:
@@ -76,7 +86,7 @@ def main() -> None:
         for name, data in judged.items():
             out = outputs[name]
             figures = scores(data.age, data.gender, out["age"][:, 0], out["gender"][:, 0])
-            print(f"{label:<28} {name:<4} {figures}", flush=True)
+            print(f"{label:<28} {name:<15} {figures}", flush=True)
 
     members, weights = [], []
     for seed in args.members:
