@@ -28,6 +28,8 @@ import numpy as np
 from families_real import BANDS, band_name
 from pipeline_real import cpu_description
 
+from utkface.data.labels import gender_labels
+
 
 def scores(ages: np.ndarray, genders: np.ndarray, age: np.ndarray, female: np.ndarray) -> str:
     error = np.abs(age - ages)
@@ -35,7 +37,8 @@ def scores(ages: np.ndarray, genders: np.ndarray, age: np.ndarray, female: np.nd
         f"{band_name(low, high)}: {error[(ages >= low) & (ages < high)].mean():.2f}"
         for low, high in BANDS
     )
-    return f"age MAE {error.mean():.3f} ({bands}), gender {((female > 0.5) == genders).mean():.3f}"
+    correct = gender_labels(female) == genders
+    return f"age MAE {error.mean():.3f} ({bands}), gender {correct.mean():.3f}"
 
 
 def with_overrides(cfg: object, overrides: list[str]) -> object:

@@ -337,7 +337,7 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
     registry.registry_client().set_registered_model_alias(MODEL_NAME, registry.CHAMPION, "1")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent  # the scoring server execs `uvicorn` from PATH
+    bin_dir = Path(sys.executable).parent
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
         server = subprocess.Popen(
@@ -355,7 +355,7 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
                 "127.0.0.1",
             ],
             cwd=tmp_path,  # not the repository root: its code comes with the model
-            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+            env=venv_on_path(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -375,6 +375,13 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
             assert bad.status_code == 400, bad.text
             assert bad.json()["error_code"] == "INVALID_PARAMETER_VALUE"
             assert re.search(f"row 1: {reason}", bad.json()["message"])
+
+
+def venv_on_path() -> dict[str, str]:
+    """The environment with this venv's scripts first on PATH: the scoring server execs
+    `uvicorn` from PATH."""
+    bin_dir = Path(sys.executable).parent
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def port_is_free(port: int) -> bool:
@@ -437,28 +444,24 @@ def test_utkface_serve_loads_the_champions_files_in_place(
     client.set_registered_model_alias(MODEL_NAME, registry.CHAMPION, version.version)
     (tmp_path / "params.yaml").write_text(f"register:\n  model_name: {MODEL_NAME}\n")
     port = free_port()
-    bin_dir = Path(sys.executable).parent
-    server = subprocess.Popen(
-        [str(bin_dir / "utkface"), "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        files = registry.version_files(client, version)
-        champion = f"models:/{MODEL_NAME}@{registry.CHAMPION}"
-        assert server.stdout.readline().startswith(f"serve: {champion} ({files}) on http://")
+    log_path = tmp_path / "serve.log"
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "utkface"), "serve", "--port", str(port)],
+            cwd=tmp_path,
+            env=venv_on_path(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    with stopped_after(server, log_path):
         url = f"http://127.0.0.1:{port}"
         wait_until_up(server, url)
+        files = registry.version_files(client, version)
+        champion = f"models:/{MODEL_NAME}@{registry.CHAMPION}"
+        assert log_path.read_text().startswith(f"serve: {champion} ({files}) on {url}")
         ok = invoke(url, b64(image_bytes(1)), faces="crop")
         assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1, ok.text
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)
-        server.wait(timeout=30)
 
 
 @pytest.mark.slow
@@ -478,7 +481,7 @@ def test_utkface_serve_refuses_large_requests_unread_and_stops_on_sigterm(
     server = subprocess.Popen(
         command,
         cwd=tmp_path,
-        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
+        env=venv_on_path(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
