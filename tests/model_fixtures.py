@@ -248,6 +248,14 @@ def invoke(url: str, *cells: str, faces: str | None = None) -> requests.Response
     return requests.post(f"{url}/invocations", json=body, timeout=30)
 
 
+def start_logged(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`command` started in its own session (for `stopped_after`), its output in `log`."""
+    with log.open("w") as out:
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
 @contextlib.contextmanager
 def stopped_after(server: subprocess.Popen, log: Path) -> Iterator[None]:
     """The body runs with `server` up (started with `start_new_session`); a failed assertion

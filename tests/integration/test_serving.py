@@ -42,6 +42,7 @@ from model_fixtures import (
     log_tiny_serving_model,
     register_version,
     scratch_reference,
+    start_logged,
     stopped_after,
     two_faces_jpeg,
     use_tmp_store,
@@ -339,27 +340,10 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
     url = f"http://127.0.0.1:{port}"
     bin_dir = Path(sys.executable).parent
     log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [
-                str(bin_dir / "mlflow"),
-                "models",
-                "serve",
-                "-m",
-                registry.champion_uri(MODEL_NAME),
-                "--env-manager",
-                "local",
-                "-p",
-                str(port),
-                "--host",
-                "127.0.0.1",
-            ],
-            cwd=tmp_path,  # not the repository root: its code comes with the model
-            env=venv_on_path(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", registry.champion_uri(MODEL_NAME)]
+    command += ["--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"]
+    # cwd not the repository root: its code comes with the model
+    server = start_logged(command, tmp_path, venv_on_path(), log_path)
     with stopped_after(server, log_path):
         wait_until_up(server, url)
         ok = invoke(url, b64(image_bytes(1)), b64(image_bytes(2, fmt="JPEG")), faces="crop")
@@ -445,15 +429,8 @@ def test_utkface_serve_loads_the_champions_files_in_place(
     (tmp_path / "params.yaml").write_text(f"register:\n  model_name: {MODEL_NAME}\n")
     port = free_port()
     log_path = tmp_path / "serve.log"
-    with log_path.open("w") as log:
-        server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "utkface"), "serve", "--port", str(port)],
-            cwd=tmp_path,
-            env=venv_on_path(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    command = [str(Path(sys.executable).parent / "utkface"), "serve", "--port", str(port)]
+    server = start_logged(command, tmp_path, venv_on_path(), log_path)
     with stopped_after(server, log_path):
         url = f"http://127.0.0.1:{port}"
         wait_until_up(server, url)

@@ -22,6 +22,7 @@ from model_fixtures import (
     face_crop,
     invoke,
     log_tiny_serving_model,
+    start_logged,
     stopped_after,
     use_tmp_store,
     wait_until_up,
@@ -156,15 +157,8 @@ def test_the_model_is_served_over_rest(
         ],
     }[server]
     log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(serve_venv / "bin" / command[0]), *command[1:]],
-            cwd=tmp_path,
-            env=_env(serve_venv, tmp_path),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    executable = [str(serve_venv / "bin" / command[0]), *command[1:]]
+    process = start_logged(executable, tmp_path, _env(serve_venv, tmp_path), log)
     with stopped_after(process, log):
         url = f"http://127.0.0.1:{port}"
         wait_until_up(process, url)
