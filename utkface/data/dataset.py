@@ -28,17 +28,22 @@ class SplitData:
     table: pd.DataFrame  # the split's rows, in the order of the arrays
 
 
-def sample_rows(data: SplitData, size: int, seed: int) -> SplitData:
-    """`size` seeded random rows of `data` (all of it when it has no more), in split order."""
-    if size >= len(data.age):
-        return data
-    keep = np.sort(np.random.default_rng(seed).choice(len(data.age), size=size, replace=False))
+def take_rows(data: SplitData, keep: np.ndarray) -> SplitData:
+    """The rows `keep` (indices, in that order) of `data`."""
     images = (
         {name: array[keep] for name, array in data.images.items()}
         if isinstance(data.images, dict)
         else data.images[keep]
     )
     return SplitData(images, data.age[keep], data.gender[keep], data.table.iloc[keep])
+
+
+def sample_rows(data: SplitData, size: int, seed: int) -> SplitData:
+    """`size` seeded random rows of `data` (all of it when it has no more), in split order."""
+    if size >= len(data.age):
+        return data
+    keep = np.sort(np.random.default_rng(seed).choice(len(data.age), size=size, replace=False))
+    return take_rows(data, keep)
 
 
 def load_split(
