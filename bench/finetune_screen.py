@@ -12,8 +12,14 @@ only the data order differs), the running average of their weights (a "soup", se
 model's cost); with `--face-only`, each of these also without the mirror image the served
 model averages each face with. Decide on validation; the test figures are for the record.
 
+Two checks of how much the faces are worth: `--train-share 0.81` fits on a seeded share of the
+training split's source images (`--draw` seeds it; an image's augmented copies go with it), a
+learning curve; `--refit` fits on train + validation, which then judges nothing, so only test
+is printed.
+
     python bench/finetune_screen.py PROJECT [--members 42 43 44] [--same-init] [--face-only]
                                             [--set head.age_bins=24 ...]
+                                            [--train-share 0.81 [--draw 0] | --refit]
 """
 
 from __future__ import annotations
@@ -25,9 +31,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from families_real import BANDS, band_name
 from pipeline_real import cpu_description
 
+from utkface.data.dataset import SplitData, take_rows
 from utkface.data.labels import gender_labels
 
 
@@ -39,6 +47,26 @@ def scores(ages: np.ndarray, genders: np.ndarray, age: np.ndarray, female: np.nd
     )
     correct = gender_labels(female) == genders
     return f"age MAE {error.mean():.3f} ({bands}), gender {correct.mean():.3f}"
+
+
+def source_share(data: SplitData, share: float, seed: int) -> SplitData:
+    """A seeded `share` of `data`'s source images (`image_id`), each with its augmented copies,
+    in split order."""
+    sources = data.table["image_id"].unique()
+    drawn = np.random.default_rng(seed).choice(sources, round(share * len(sources)), replace=False)
+    return take_rows(data, np.flatnonzero(data.table["image_id"].isin(drawn).to_numpy()))
+
+
+def joined(train: SplitData, val: SplitData, age_cap: int) -> SplitData:
+    """The training and validation splits as one, validation's ages capped as `balance` caps
+    the training split's."""
+    images = {
+        name: np.concatenate([np.asarray(train.images[name]), np.asarray(val.images[name])])
+        for name in train.images
+    }
+    age = np.concatenate([train.age, np.minimum(val.age, age_cap).astype(train.age.dtype)])
+    gender = np.concatenate([train.gender, val.gender])
+    return SplitData(images, age, gender, pd.concat([train.table, val.table], ignore_index=True))
 
 
 def with_overrides(cfg: object, overrides: list[str]) -> object:
@@ -59,6 +87,10 @@ def main() -> None:
     parser.add_argument(
         "--face-only", action="store_true", help="also judge each face without its mirror"
     )
+    faces = parser.add_mutually_exclusive_group()
+    faces.add_argument("--train-share", type=float, help="fit on this share of the sources")
+    faces.add_argument("--refit", action="store_true", help="fit on train + validation")
+    parser.add_argument("--draw", type=int, default=0, help="the seed of --train-share's draw")
     args = parser.parse_args()
     os.chdir(args.project)  # the project's relative paths: its caches, splits and tune result
 
@@ -72,14 +104,21 @@ def main() -> None:
     lr, _ = resolve_lr(params.fixed_lr, tuned.of(family))
     train, val, test = (load_inputs(family, split) for split in ("train", "val", "test"))
     judged = {"val": val, "test": test}
+    if args.train_share is not None:
+        train = source_share(train, args.train_share, args.draw)
+    if args.refit:
+        train, judged = joined(train, val, params.balance.age_cap), {"test": test}
     inputs = {name: finetuned.example_inputs(data, len(data.age)) for name, data in judged.items()}
     if args.face_only:  # the model averages its two prefix slots: give both the face
-        for name in ("val", "test"):
+        for name in list(judged):
             prefix = inputs[name][finetuned.PREFIX].copy()
             prefix[:, 1] = prefix[:, 0]
             inputs[f"{name}, face only"] = inputs[name] | {finetuned.PREFIX: prefix}
             judged[f"{name}, face only"] = judged[name]
-    print(f"{cpu_description()}; lr {lr}, overrides {args.overrides or 'none'}")
+    print(
+        f"{cpu_description()}; lr {lr}, overrides {args.overrides or 'none'}; "
+        f"{len(train.age)} training rows"
+    )
 
     def predict(model: object) -> dict[str, dict[str, np.ndarray]]:
         served = finetuned.serving_model(model)
