@@ -87,9 +87,9 @@ def main() -> None:
     parser.add_argument(
         "--face-only", action="store_true", help="also judge each face without its mirror"
     )
-    faces = parser.add_mutually_exclusive_group()
-    faces.add_argument("--train-share", type=float, help="fit on this share of the sources")
-    faces.add_argument("--refit", action="store_true", help="fit on train + validation")
+    fitted_on = parser.add_mutually_exclusive_group()
+    fitted_on.add_argument("--train-share", type=float, help="fit on this share of the sources")
+    fitted_on.add_argument("--refit", action="store_true", help="fit on train + validation")
     parser.add_argument("--draw", type=int, default=0, help="the seed of --train-share's draw")
     args = parser.parse_args()
     os.chdir(args.project)  # the project's relative paths: its caches, splits and tune result
