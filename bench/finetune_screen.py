@@ -14,12 +14,13 @@ model averages each face with. Decide on validation; the test figures are for th
 
 Two checks of how much the faces are worth: `--train-share 0.81` fits on a seeded share of the
 training split's source images (`--draw` seeds it; an image's augmented copies go with it), a
-learning curve; `--refit` fits on train + validation, which then judges nothing, so only test
-is printed.
+learning curve, and with `--bagged` each member draws its own share (seeded by its seed:
+members on different parts of the data); `--refit` fits on train + validation, which then
+judges nothing, so only test is printed.
 
     python bench/finetune_screen.py PROJECT [--members 42 43 44] [--same-init] [--face-only]
                                             [--set head.age_bins=24 ...]
-                                            [--train-share 0.81 [--draw 0] | --refit]
+                                            [--train-share 0.81 [--draw 0 | --bagged] | --refit]
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def main() -> None:
     fitted_on.add_argument("--train-share", type=float, help="fit on this share of the sources")
     fitted_on.add_argument("--refit", action="store_true", help="fit on train + validation")
     parser.add_argument("--draw", type=int, default=0, help="the seed of --train-share's draw")
+    parser.add_argument(
+        "--bagged", action="store_true", help="with --train-share, each member draws its own"
+    )
     args = parser.parse_args()
     os.chdir(args.project)  # the project's relative paths: its caches, splits and tune result
 
@@ -104,7 +108,9 @@ def main() -> None:
     lr, _ = resolve_lr(params.fixed_lr, tuned.of(family))
     train, val, test = (load_inputs(family, split) for split in ("train", "val", "test"))
     judged = {"val": val, "test": test}
-    if args.train_share is not None:
+    if args.bagged and args.train_share is None:
+        parser.error("--bagged needs --train-share")
+    if args.train_share is not None and not args.bagged:
         train = source_share(train, args.train_share, args.draw)
     if args.refit:
         train, judged = joined(train, val, params.balance.age_cap), {"test": test}
@@ -133,13 +139,16 @@ def main() -> None:
     members, weights = [], []
     for seed in args.members:
         started = time.perf_counter()
+        fitted = source_share(train, args.train_share, seed) if args.bagged else train
+        if args.bagged:
+            print(f"member {seed}: {len(fitted.age)} training rows", flush=True)
         init = params.seed if args.same_init else seed
         seed_everything(init)
-        model, compile_fn = build_member(family, cfg, params.train, train, init)
+        model, compile_fn = build_member(family, cfg, params.train, fitted, init)
         if args.same_init:
             seed_everything(seed)  # then the data order's; otherwise as `fit` does
         fit_model(
-            model, params.train, lr, train, val, seed, epochs(family, cfg, params), [],
+            model, params.train, lr, fitted, val, seed, epochs(family, cfg, params), [],
             early_stopping=False, compile_fn=compile_fn, epoch_lines=False,
         )  # fmt: skip
         members.append(predict(model))
