@@ -96,6 +96,8 @@ def main() -> None:
         "--bagged", action="store_true", help="with --train-share, each member draws its own"
     )
     args = parser.parse_args()
+    if args.bagged and args.train_share is None:
+        parser.error("--bagged needs --train-share")
     os.chdir(args.project)  # the project's relative paths: its caches, splits and tune result
 
     from utkface.model import finetuned
@@ -108,8 +110,6 @@ def main() -> None:
     lr, _ = resolve_lr(params.fixed_lr, tuned.of(family))
     train, val, test = (load_inputs(family, split) for split in ("train", "val", "test"))
     judged = {"val": val, "test": test}
-    if args.bagged and args.train_share is None:
-        parser.error("--bagged needs --train-share")
     if args.train_share is not None and not args.bagged:
         train = source_share(train, args.train_share, args.draw)
     if args.refit:
