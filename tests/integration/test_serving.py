@@ -65,6 +65,7 @@ WHERE = ["row", "faces", "face", "box_x", "box_y", "box_w", "box_h"]  # which fa
 CROP = {"faces": "crop"}
 NOT_AN_IMAGE = base64.b64encode(b"hello, I am plain text").decode()
 TOO_LARGE = rf"image of (about )?\d+ bytes exceeds the limit of {MAX_IMAGE_BYTES}"
+VENV_BIN = Path(sys.executable).parent  # this venv's scripts: mlflow, utkface, uvicorn
 
 
 def b64(data: bytes) -> str:
@@ -338,9 +339,8 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
     registry.registry_client().set_registered_model_alias(MODEL_NAME, registry.CHAMPION, "1")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    bin_dir = Path(sys.executable).parent
     log_path = tmp_path / "serve.log"
-    command = [str(bin_dir / "mlflow"), "models", "serve", "-m", registry.champion_uri(MODEL_NAME)]
+    command = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", registry.champion_uri(MODEL_NAME)]
     command += ["--env-manager", "local", "-p", str(port), "--host", "127.0.0.1"]
     # cwd not the repository root: its code comes with the model
     server = start_logged(command, tmp_path, venv_on_path(), log_path)
@@ -364,8 +364,7 @@ def test_mlflow_models_serve_the_champion(logged: ModelInfo, tmp_path: Path) -> 
 def venv_on_path() -> dict[str, str]:
     """The environment with this venv's scripts first on PATH: the scoring server execs
     `uvicorn` from PATH."""
-    bin_dir = Path(sys.executable).parent
-    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def port_is_free(port: int) -> bool:
@@ -429,7 +428,7 @@ def test_utkface_serve_loads_the_champions_files_in_place(
     (tmp_path / "params.yaml").write_text(f"register:\n  model_name: {MODEL_NAME}\n")
     port = free_port()
     log_path = tmp_path / "serve.log"
-    command = [str(Path(sys.executable).parent / "utkface"), "serve", "--port", str(port)]
+    command = [str(VENV_BIN / "utkface"), "serve", "--port", str(port)]
     server = start_logged(command, tmp_path, venv_on_path(), log_path)
     with stopped_after(server, log_path):
         url = f"http://127.0.0.1:{port}"
@@ -452,8 +451,7 @@ def test_utkface_serve_refuses_large_requests_unread_and_stops_on_sigterm(
     (tmp_path / "params.yaml").write_text("# the defaults: register.max_request_bytes 14 MB\n")
     limit = Params().register_.max_request_bytes
     port = free_port()
-    bin_dir = Path(sys.executable).parent
-    command = [str(bin_dir / "utkface"), "serve", "--port", str(port)]
+    command = [str(VENV_BIN / "utkface"), "serve", "--port", str(port)]
     command += ["--model", f"models:/{MODEL_NAME}@{registry.CHALLENGER}"]
     server = subprocess.Popen(
         command,
