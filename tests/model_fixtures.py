@@ -29,8 +29,8 @@ from tiny import AGE_MAX, MAX_PIXELS, new_store, synthetic_faces
 from utkface import paths
 from utkface.data.labels import AGE, GENDER
 from utkface.data.synthetic import draw_face
+from utkface.inference.answering import ServingConfig
 from utkface.inference.faces import Box, crop_box, detect_faces
-from utkface.inference.pyfunc import ServingConfig
 from utkface.inference.pyfunc_logging import log_serving_model
 from utkface.mlops import promotion, registry, tracking
 from utkface.model.head import build_head, serving_head

@@ -21,8 +21,8 @@ from PIL import Image
 
 from utkface.app import logic
 from utkface.data.imaging import prepare_image
+from utkface.inference.answering import encode_png
 from utkface.inference.client import InputLimits, PredictError
-from utkface.inference.pyfunc import encode_png
 from utkface.mlops import registry
 
 APP_BYTES = 1_000_000

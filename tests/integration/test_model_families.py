@@ -21,9 +21,9 @@ from tiny import AGE_MAX, dag_params, enter_project, with_overrides
 
 from utkface import paths
 from utkface.data.synthetic import synthetic_files
+from utkface.inference.answering import SYNTHETIC_TRAINING, to_base64
 from utkface.inference.evaluation import served_inputs
 from utkface.inference.families import OnnxHead, to_answers
-from utkface.inference.pyfunc import SYNTHETIC_TRAINING, to_base64
 from utkface.model.face_backbone import package_files
 from utkface.model.finetuned import FEATURES, PREFIX
 from utkface.model.fitting import load_inputs

@@ -27,7 +27,7 @@ from dvc_project import (
 from dvc_project import run as _run
 from tiny import default_params, with_overrides
 
-from utkface.inference.pyfunc import to_base64
+from utkface.inference.answering import to_base64
 
 pytestmark = pytest.mark.slow
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.models.model import ModelInfo
 from model_fixtures import (
@@ -32,8 +33,14 @@ from tiny import MAX_PIXELS
 from utkface.cli import predict as predict_command
 from utkface.cli import promote as promote_command
 from utkface.data.imaging import load_image, prepare_image
-from utkface.inference import client
-from utkface.inference.pyfunc import NO_FACE, SYNTHETIC_TRAINING, SYNTHETIC_WARNING, encode_png
+from utkface.inference import client, local_model, mlflow_model
+from utkface.inference.answering import (
+    NO_FACE,
+    SYNTHETIC_TRAINING,
+    SYNTHETIC_WARNING,
+    encode_png,
+    to_base64,
+)
 from utkface.mlops import registry
 
 COLUMNS = ["path", "face", "box", "age", "interval", "gender", "p_female", "face_check", "error"]
@@ -192,6 +199,30 @@ def test_a_model_from_another_environment_is_named_with_what_differs(
         f"numpy==0.0.1 (here {np.__version__})",
         "no-such-package==1.0 (here not installed)",
     ]
+
+
+def test_a_model_folder_with_this_code_is_answered_without_mlflow_as_mlflow_answers(
+    logged: ModelInfo, folder: Path, tmp_path: Path
+) -> None:
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
+    frame = pd.DataFrame({"image": [to_base64(image_bytes(i)) for i in (1, 2, 3)] + ["no image"]})
+    params = {"on_error": "report", "faces": "crop"}
+    expected = mlflow.pyfunc.load_model(str(local)).predict(frame, params=params)
+    model = client.load_model(str(local), None)
+    assert isinstance(model, local_model.LocalModel)
+    pd.testing.assert_frame_equal(model.predict(frame, params), expected)
+    assert model.model_config == mlflow.pyfunc.load_model(str(local)).model_config
+    with pytest.raises(client.PredictError, match="faces must be one of"):
+        client.predict_inputs(model, [client.Input("a.png", image_bytes(1))], faces="all")
+    # a model carrying other code than this one's runs its own, through MLflow
+    carried = local / "code" / "utkface" / "inference" / "faces.py"
+    carried.write_text(carried.read_text() + "\n# logged by another version\n")
+    assert local_model.load(local) is None
+    model = client.load_model(str(local), None)
+    assert isinstance(model, mlflow_model.MlflowModel)
+    pd.testing.assert_frame_equal(model.predict(frame, params), expected)
+    with pytest.raises(client.PredictError, match="faces must be one of"):
+        client.predict_inputs(model, [client.Input("a.png", image_bytes(1))], faces="all")
 
 
 def test_bad_model_uri_is_a_clear_error(

@@ -1,7 +1,8 @@
 """The served model of the pretrained family: ONNX Runtime alone (no TensorFlow or Keras
-imported by loading, predicting, `utkface predict` or `utkface serve`), the same answer for a
-photo whatever EXIF orientation it was stored with, the age interval from the head's bins and
-the face check."""
+imported by loading, predicting, `utkface predict` or `utkface serve`, and no MLflow by
+`utkface predict` with its champion kept beside the store), the same answer for a photo
+whatever EXIF orientation it was stored with, the age interval from the head's bins and the
+face check."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from model_fixtures import (
     FACE_SIZE,
     astronaut_face,
     log_tiny_serving_model,
+    register_version,
     save_tiny_head,
     use_tmp_store,
 )
@@ -32,6 +34,7 @@ from raw_files import STORED, stored
 from tiny import AGE_MAX, MAX_PIXELS
 
 from utkface.data.imaging import load_image
+from utkface.mlops import registry
 from utkface.model.face_backbone import FaceBackbone, package_files
 from utkface.scoring.age_interval import AgeInterval
 
@@ -78,14 +81,19 @@ LOADED_FRAMEWORKS = """
 import json, sys
 {body}
 names = {{m.split(".")[0] for m in sys.modules}}
-frameworks = sorted(names & {{"tensorflow", "keras", "tf_keras"}})
+frameworks = sorted(names & {watched!r})
 print("frameworks:", json.dumps(frameworks))
 """
+DEEP_LEARNING = {"tensorflow", "keras", "tf_keras"}
 
 
-def _frameworks_after(body: str, cwd: Path) -> tuple[list[str], str]:
+def _frameworks_after(
+    body: str, cwd: Path, watched: set[str] = DEEP_LEARNING
+) -> tuple[list[str], str]:
+    """Which of the `watched` top-level packages a fresh Python has imported after `body`, and
+    what it printed."""
     done = subprocess.run(
-        [sys.executable, "-c", LOADED_FRAMEWORKS.format(body=body)],
+        [sys.executable, "-c", LOADED_FRAMEWORKS.format(body=body, watched=watched)],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -116,6 +124,37 @@ except SystemExit as done:
 
 
 @pytest.mark.slow
+def test_predict_with_the_champion_kept_beside_the_store_never_imports_mlflow(
+    logged: ModelInfo, tmp_path: Path
+) -> None:
+    name = "champion-without-mlflow"
+    version = register_version(logged, name)
+    registry.registry_client().set_registered_model_alias(name, registry.CHAMPION, version.version)
+    assert registry.champion_files(name) is not None  # asks the store, and keeps the answer
+    photo = tmp_path / "face.png"
+    photo.write_bytes(png(astronaut_face(FACE_SIZE)))
+    body = f"""
+from utkface.cli.main import main
+try:
+    main(["predict", "--json", "--model-name", {name!r}, {str(photo)!r}])
+except SystemExit as done:
+    print("exit:", done.code)
+"""
+    loaded, out = _frameworks_after(body, Path.cwd(), {"mlflow", *DEEP_LEARNING})
+    assert loaded == []
+    (answer,) = json.loads(out[out.index("[") : out.index("exit:")])
+    (expected,) = (
+        mlflow.pyfunc.load_model(logged.model_uri)
+        .predict(pd.DataFrame({"image": [b64(photo.read_bytes())]}), params={"on_error": "report"})
+        .to_dict("records")
+    )
+    assert answer["age"] == pytest.approx(expected["age"], rel=1e-6)
+    assert answer["p_female"] == pytest.approx(expected["p_female"], rel=1e-6)
+    assert answer["face_check"] == expected["face_check"] == "ok"
+    assert "exit: 0" in out
+
+
+@pytest.mark.slow
 def test_serve_loads_the_model_without_tensorflow(logged: ModelInfo, tmp_path: Path) -> None:
     body = f"""
 import os
@@ -132,7 +171,7 @@ def test_the_app_predicts_without_tensorflow(logged: ModelInfo, tmp_path: Path) 
     body = f"""
 from skimage import data
 from utkface.app import logic
-from utkface.inference.pyfunc import encode_png
+from utkface.inference.answering import encode_png
 model, limits = logic.load_model({logged.model_uri!r})
 (face,) = logic.predict_faces(model, encode_png(data.astronaut()))
 print("label:", logic.label(face))

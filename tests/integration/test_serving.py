@@ -53,9 +53,9 @@ from tiny import free_port, synthetic_faces
 from utkface import tensorflow_build
 from utkface.cli import serve as serve_command
 from utkface.data.imaging import load_image
+from utkface.inference.answering import NO_FACE, encode_png
 from utkface.inference.batching import BatchedModel
 from utkface.inference.families import Outputs, to_answers
-from utkface.inference.pyfunc import NO_FACE, encode_png
 from utkface.inference.server import too_large_message
 from utkface.mlops import registry
 from utkface.params import Params
@@ -99,6 +99,7 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "utkface/data/labels.py",
         "utkface/data/rejections.py",
         "utkface/inference/__init__.py",
+        "utkface/inference/answering.py",
         "utkface/inference/faces.py",
         "utkface/inference/families.py",
         "utkface/inference/pyfunc.py",

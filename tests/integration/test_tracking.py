@@ -29,6 +29,7 @@ from utkface import tensorflow_build
 from utkface.cli import predict as predict_command
 from utkface.mlops import tracking
 from utkface.mlops.keras_logging import EpochLogger, log_keras_model
+from utkface.mlops.store import repo_root, tracking_uri
 from utkface.model.age_network import ChannelAffine
 from utkface.model.fitting import LearningRateInLogs
 from utkface.model.network import build_model, compile_model
@@ -51,27 +52,27 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_repo_root_of_a_dvc_queue_workspace_is_the_repository(tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     workspace = repo / ".dvc" / "tmp" / "exps" / "tmpabc" / "sub"
-    assert tracking.repo_root(workspace) == repo.resolve()
-    assert tracking.repo_root(repo / ".dvc" / "tmp" / "exps" / "tmpabc") == repo.resolve()
+    assert repo_root(workspace) == repo.resolve()
+    assert repo_root(repo / ".dvc" / "tmp" / "exps" / "tmpabc") == repo.resolve()
 
 
 def test_repo_root_outside_a_queue_workspace_is_the_folder_itself(tmp_path: Path) -> None:
-    assert tracking.repo_root(tmp_path / "repo" / "sub") == (tmp_path / "repo" / "sub").resolve()
+    assert repo_root(tmp_path / "repo" / "sub") == (tmp_path / "repo" / "sub").resolve()
     # .dvc/tmp alone (not exps) is not a queue workspace
     other = tmp_path / "repo" / ".dvc" / "tmp" / "other"
-    assert tracking.repo_root(other) == other.resolve()
+    assert repo_root(other) == other.resolve()
 
 
 def test_repo_root_defaults_to_the_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpq1w2"
     workspace.mkdir(parents=True)
     monkeypatch.chdir(workspace)
-    assert tracking.repo_root() == (tmp_path / "repo").resolve()
+    assert repo_root() == (tmp_path / "repo").resolve()
 
 
 def test_tracking_uri_honours_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
-    assert tracking.tracking_uri() == "http://mlflow.example:5000"
+    assert tracking_uri() == "http://mlflow.example:5000"
 
 
 def test_tracking_uri_defaults_to_sqlite_at_the_repository_root(
@@ -81,9 +82,9 @@ def test_tracking_uri_defaults_to_sqlite_at_the_repository_root(
     workspace = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc"
     workspace.mkdir(parents=True)
     monkeypatch.chdir(workspace)
-    assert tracking.tracking_uri() == f"sqlite:///{(tmp_path / 'repo').resolve()}/mlflow.db"
+    assert tracking_uri() == f"sqlite:///{(tmp_path / 'repo').resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # empty counts as unset
-    assert tracking.tracking_uri().endswith("/repo/mlflow.db")
+    assert tracking_uri().endswith("/repo/mlflow.db")
 
 
 # --- experiments ------------------------------------------------------------------------------

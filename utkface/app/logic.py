@@ -15,14 +15,15 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PyFuncModel
 from PIL import Image, ImageDraw, ImageFont
 from skimage import data
 
 from utkface.app import MODEL_ENV
 from utkface.data.synthetic import draw_face
 from utkface.inference import client
+from utkface.inference.answering import FACE_OK, NO_FACE
 from utkface.inference.client import (
+    AnsweringModel,
     Input,
     InputLimits,
     PredictError,
@@ -30,8 +31,7 @@ from utkface.inference.client import (
     age_range,
     predict_inputs,
 )
-from utkface.inference.pyfunc import FACE_OK, NO_FACE
-from utkface.mlops import registry, tracking
+from utkface.mlops import registry, store
 from utkface.params import load_params
 
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
@@ -83,12 +83,12 @@ def model_card(uri: str) -> ModelCard:
             version = client.get_model_version(name, number)
         elif (version := registry.get_alias_version(client, name, alias)) is None:
             raise PredictError(
-                f"model {name!r} has no {alias} in {tracking.tracking_uri()} yet: train and "
+                f"model {name!r} has no {alias} in {store.tracking_uri()} yet: train and "
                 "register one with `dvc repro`, then make it the champion with `utkface promote`"
             )
         model = client.get_registered_model(name)
     except MlflowException as error:
-        raise PredictError(f"cannot read {uri} from {tracking.tracking_uri()}: {error}") from None
+        raise PredictError(f"cannot read {uri} from {store.tracking_uri()}: {error}") from None
     tags = version.tags
     return ModelCard(
         uri=f"models:/{name}/{version.version}",
@@ -119,7 +119,7 @@ def upload_limit(limits: InputLimits) -> tuple[int, str]:
     )
 
 
-def load_model(uri: str) -> tuple[PyFuncModel, InputLimits]:
+def load_model(uri: str) -> tuple[AnsweringModel, InputLimits]:
     """The pyfunc at `uri` and the input limits of its config; `PredictError` when it fails."""
     model = client.load_model(uri, None)
     return model, InputLimits.of(model)
@@ -139,14 +139,14 @@ def sample_images() -> dict[str, np.ndarray]:
     }
 
 
-def predict_faces(model: PyFuncModel, data: bytes) -> list[Prediction]:
+def predict_faces(model: AnsweringModel, data: bytes) -> list[Prediction]:
     """One prediction per face of an image's bytes, left to right, as the model finds them
     (a tight crop is one face); none when the model finds no face."""
     predictions = predict_inputs(model, [Input("image", data)])
     return [] if [p.error for p in predictions] == [NO_FACE] else predictions
 
 
-def predict_whole(model: PyFuncModel, data: bytes) -> Prediction:
+def predict_whole(model: AnsweringModel, data: bytes) -> Prediction:
     """The prediction on the whole image, whose centre square is what the model sees."""
     (prediction,) = predict_inputs(model, [Input("image", data)], faces="crop")
     return prediction

@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import numpy as np
 import streamlit as st
-from mlflow.pyfunc import PyFuncModel
 
 from utkface.app import logic
 from utkface.data.imaging import ImageError
-from utkface.inference.client import InputLimits, PredictError, decode_rgb, synthetic_warning
-from utkface.inference.pyfunc import encode_png
+from utkface.inference.answering import encode_png
+from utkface.inference.client import (
+    AnsweringModel,
+    InputLimits,
+    PredictError,
+    decode_rgb,
+    synthetic_warning,
+)
 from utkface.mlops.tracking import StoreMovedError
 from utkface.params import ParamsError
 
@@ -24,7 +29,7 @@ RESPONSIBLE_USE = (
 
 
 @st.cache_resource(show_spinner="Loading the model...")
-def _load(uri: str) -> tuple[PyFuncModel, InputLimits]:
+def _load(uri: str) -> tuple[AnsweringModel, InputLimits]:
     return logic.load_model(uri)
 
 

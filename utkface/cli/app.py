@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from utkface import app
-from utkface.mlops import tracking
+from utkface.mlops import store, tracking
 from utkface.mlops.registry import champion_uri
 from utkface.params import load_params
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     except tracking.StoreMovedError as error:
         print(f"app: {error}", file=sys.stderr)
         return 1
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), app.MODEL_ENV: uri}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store.tracking_uri(), app.MODEL_ENV: uri}
     command = [
         *(sys.executable, "-m", "streamlit", "run", str(PAGE)),
         *("--server.address", args.host, "--server.port", str(args.port)),

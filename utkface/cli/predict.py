@@ -1,5 +1,5 @@
 """`utkface predict PATH...`: age and gender of every face in image files, through the
-registered pyfunc: a tight face crop is one face, a photo gives each face found in it."""
+registered model: a tight face crop is one face, a photo gives each face found in it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-
-from mlflow.exceptions import MlflowException
 
 from utkface.data.labels import IMAGE_SUFFIXES
 from utkface.inference.client import (
@@ -87,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         if warning := synthetic_warning(limits):
             print(f"predict: warning: {warning}", file=sys.stderr)
         predicted = predict_files(model, files, limits, args.faces)
-    except (PredictError, MlflowException) as error:
+    except PredictError as error:
         print(f"predict: {error}", file=sys.stderr)
         return NONE_ANSWERED
     predictions = sorted([*missing, *predicted], key=lambda p: p.path)

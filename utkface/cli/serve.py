@@ -13,7 +13,7 @@ import os
 import sys
 
 from utkface.inference import server
-from utkface.mlops import registry, tracking
+from utkface.mlops import registry, store, tracking
 from utkface.params import load_params
 
 WORKERS = 1  # on 2 cores, 2 used twice the memory for no more requests/s (docs/benchmarks.md)
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     limit = params.register_.max_request_bytes
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+        "MLFLOW_TRACKING_URI": store.tracking_uri(),
         server.MODEL_ENV: uri,
         server.LIMIT_ENV: str(limit),
     }

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from utkface.inference.pyfunc import ROW
+from utkface.inference.answering import ROW
 
 
 class BatchedModel:

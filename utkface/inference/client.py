@@ -10,23 +10,20 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Protocol
 
-import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.exceptions import MlflowException
-from mlflow.pyfunc import PyFuncModel
 
 from utkface.data.imaging import ImageError, decode_image
 from utkface.data.labels import AGE, GENDER, IMAGE_SUFFIXES
 from utkface.data.rejections import Category
-from utkface.inference.faces import Box
-from utkface.inference.families import AGE_HIGH, AGE_LOW, P_FEMALE
-from utkface.inference.pyfunc import (
+from utkface.inference import local_model
+from utkface.inference.answering import (
     BOX,
     ERROR,
     FACE,
@@ -38,18 +35,35 @@ from utkface.inference.pyfunc import (
     ROW,
     SYNTHETIC_TRAINING,
     SYNTHETIC_WARNING,
+    InvalidInput,
     to_base64,
     too_large,
 )
-from utkface.mlops import registry, tracking
+from utkface.inference.faces import Box
+from utkface.inference.families import AGE_HIGH, AGE_LOW, P_FEMALE
+from utkface.mlops import store
 from utkface.params import load_params
 
 BATCH = 64
-PYFUNC_LOGGER = "utkface.inference.pyfunc"  # the served model's module, as its copy loads
+# the served model's module, also as the copy a model carries loads
+ANSWERING_LOGGER = "utkface.inference.answering"
 
 
 class PredictError(Exception):
-    """No model to predict with; the message says how to get one."""
+    """No model to predict with (the message says how to get one), or one that refused the
+    request."""
+
+
+class AnsweringModel(Protocol):
+    """What predicting needs of a served model: `local_model.LocalModel` or
+    `mlflow_model.MlflowModel`."""
+
+    @property
+    def model_config(self) -> dict[str, Any]: ...
+
+    def predict(
+        self, data: pd.DataFrame, params: Mapping[str, Any] | None = None
+    ) -> pd.DataFrame: ...
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,7 @@ class InputLimits:
     trained_on: str = ""
 
     @classmethod
-    def of(cls, model: PyFuncModel) -> InputLimits:
+    def of(cls, model: AnsweringModel) -> InputLimits:
         config = model.model_config
         try:
             return cls(
@@ -145,7 +159,10 @@ def read_input(path: Path, max_bytes: int) -> Input | Prediction:
 
 
 def predict_files(
-    model: PyFuncModel, files: Sequence[Path], limits: InputLimits, faces: str = FACE_MODES[0]
+    model: AnsweringModel,
+    files: Sequence[Path],
+    limits: InputLimits,
+    faces: str = FACE_MODES[0],
 ) -> list[Prediction]:
     """Every face of every file (`faces`: the served model's mode), reading `BATCH` files at a
     time, so memory holds one batch of images whatever the number of files."""
@@ -168,7 +185,7 @@ def decode_rgb(data: bytes, limits: InputLimits) -> np.ndarray:
 
 
 def predict_inputs(
-    model: PyFuncModel, inputs: Sequence[Input], faces: str = FACE_MODES[0]
+    model: AnsweringModel, inputs: Sequence[Input], faces: str = FACE_MODES[0]
 ) -> list[Prediction]:
     """One prediction per face (`faces`: the served model's mode) of the inputs, in input
     order, in batches; an input that got no answer gets the pyfunc's reason as error."""
@@ -176,7 +193,10 @@ def predict_inputs(
     for start in range(0, len(inputs), BATCH):
         batch = inputs[start : start + BATCH]
         frame = pd.DataFrame({IMAGE: [to_base64(item.data) for item in batch]})
-        result = model.predict(frame, params={ON_ERROR: "report", FACES: faces})
+        try:
+            result = model.predict(frame, params={ON_ERROR: "report", FACES: faces})
+        except InvalidInput as error:
+            raise PredictError(f"the model refused the request: {error}") from None
         if ROW not in result.columns:
             raise PredictError(
                 "the model answers one row per image, without the faces found: it was logged "
@@ -194,28 +214,22 @@ def predict_inputs(
     return predictions
 
 
-def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
-    """The pyfunc at `uri`, by default the champion of `model_name` (params' when None)."""
-    mlflow.set_tracking_uri(tracking.tracking_uri())
+def load_model(uri: str | None, model_name: str | None) -> AnsweringModel:
+    """The served model at `uri`, by default the champion of `model_name` (params' when None).
+    A folder on this machine whose code is the installed code is loaded without importing
+    MLflow (`local_model`); any other model by MLflow (`mlflow_model`)."""
     if uri is None:
         name = model_name or load_params(only=("register",)).register_.model_name
-        if (uri := registry.champion_files(name)) is None:
-            raise PredictError(registry.no_champion(name))
-    else:
-        tracking.check_store()
-    # the model logs its synthetic-set warning as it loads (for `utkface serve`); predict and
-    # the app say it themselves (`synthetic_warning`), once
-    model_logger = logging.getLogger(PYFUNC_LOGGER)
-    level = model_logger.level
-    model_logger.setLevel(logging.ERROR)
+        uri = store.cached_champion(name) or _champion_from_store(name)
     folder = Path(uri)
     local = folder.is_dir()
+    # the model logs its synthetic-set warning as it loads (for `utkface serve`); predict and
+    # the app say it themselves (`synthetic_warning`), once
+    model_logger = logging.getLogger(ANSWERING_LOGGER)
+    level = model_logger.level
+    model_logger.setLevel(logging.ERROR)
     try:
-        # MLflow's check of the environment scans every installed distribution (0.3-0.6 s of
-        # a cold start); a local model's few pins are checked here instead
-        model = mlflow.pyfunc.load_model(uri, suppress_warnings=local)
-    except (MlflowException, OSError, ImportError) as error:  # ImportError: see KerasCnn
-        raise PredictError(f"cannot load model {uri}: {error}") from None
+        model = (local_model.load(folder) if local else None) or _load_by_mlflow(uri, local)
     finally:
         model_logger.setLevel(level)
     if local and (mismatches := environment_mismatches(folder)):
@@ -225,10 +239,38 @@ def load_model(uri: str | None, model_name: str | None) -> PyFuncModel:
     return model
 
 
+def _champion_from_store(name: str) -> str:
+    """The champion's files as the store says; `PredictError` without one, or when the store
+    cannot answer. Imports MLflow: only where the champion is not cached beside the store."""
+    from mlflow.exceptions import MlflowException
+
+    from utkface.mlops import registry
+
+    try:
+        files = registry.champion_files(name)
+    except MlflowException as error:  # a moved store, an unreachable server
+        raise PredictError(str(error)) from None
+    if files is None:
+        raise PredictError(registry.no_champion(name))
+    return files
+
+
+def _load_by_mlflow(uri: str, local: bool) -> AnsweringModel:
+    """`mlflow_model.load`, its failures as `PredictError`."""
+    from mlflow.exceptions import MlflowException
+
+    from utkface.inference import mlflow_model  # imports MLflow: see local_model
+
+    try:
+        return mlflow_model.load(uri, local)
+    except (MlflowException, OSError, ImportError) as error:  # ImportError: see KerasCnn
+        raise PredictError(f"cannot load model {uri}: {error}") from None
+
+
 def environment_mismatches(folder: Path) -> list[str]:
     """How this environment differs from the one the model at `folder` was logged in: its
     Python (major.minor) and its pinned requirements (`requirements.txt`, `name==version`)."""
-    python = mlflow.models.Model.load(folder).flavors["python_function"].get("python_version")
+    python = local_model.pyfunc_flavor(folder).get("python_version")
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     found = [] if str(python).startswith(f"{here}.") else [f"Python {python} (here {here})"]
     requirements = folder / "requirements.txt"

@@ -13,6 +13,7 @@ import pandas as pd
 from utkface import paths
 from utkface.data.dataset import SplitData, load_split
 from utkface.data.labels import AGE
+from utkface.inference.answering import SYNTHETIC_TRAINING, ServingConfig
 from utkface.inference.families import (
     AGE_HIGH,
     AGE_LOW,
@@ -21,7 +22,6 @@ from utkface.inference.families import (
     KerasCnn,
     to_answers,
 )
-from utkface.inference.pyfunc import SYNTHETIC_TRAINING, ServingConfig
 from utkface.model import face_backbone
 from utkface.params import Family, Params
 from utkface.scoring.age_interval import AgeInterval

@@ -20,17 +20,16 @@ from mlflow.models.model import ModelInfo
 
 from utkface import paths, tensorflow_build
 from utkface.inference import served_model
-from utkface.inference.families import HEADS
-from utkface.inference.pyfunc import (
+from utkface.inference.answering import (
     BACKBONE_ARTIFACT,
     IMAGE,
-    SIGNATURE,
-    AgeGenderModel,
     ServingConfig,
     encode_png,
     model_artifact,
     to_base64,
 )
+from utkface.inference.families import HEADS
+from utkface.inference.pyfunc import SIGNATURE, AgeGenderModel
 from utkface.mlops.code import copy_code
 from utkface.model import face_backbone
 

@@ -25,7 +25,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 
-from utkface.mlops import registry, tracking
+from utkface.mlops import registry, store
 from utkface.params import PromoteParams
 
 FIRST_MODEL = "first model, beats the baseline"
@@ -224,7 +224,7 @@ def _candidate(client: MlflowClient, name: str, version: int | None) -> ModelVer
     challenger = registry.get_alias_version(client, name, registry.CHALLENGER)
     if challenger is None:
         raise PromotionError(
-            f"model {name!r} has no {registry.CHALLENGER!r} version in {tracking.tracking_uri()}: "
+            f"model {name!r} has no {registry.CHALLENGER!r} version in {store.tracking_uri()}: "
             "run `dvc repro` (evaluate registers one) or pass --version N"
         )
     return challenger

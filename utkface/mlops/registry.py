@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -27,8 +24,7 @@ from mlflow.protos.databricks_pb2 import (
     ErrorCode,
 )
 
-from utkface import paths
-from utkface.mlops import tracking
+from utkface.mlops import store, tracking
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -116,7 +112,7 @@ class ModelCardFacts:
 
 def registry_client() -> MlflowClient:
     """A client on the project's store, which also holds the registry."""
-    uri = tracking.tracking_uri()
+    uri = store.tracking_uri()
     tracking.check_store(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -130,7 +126,7 @@ def version_files(client: MlflowClient, version: ModelVersion) -> str:
     machine, which MLflow loads in place (a `models:/` URI would have it copy them to a
     temporary folder first), else `models:/<name>/<version>`."""
     location = client.get_model_version_download_uri(version.name, version.version)
-    folder = tracking.local_path(location)
+    folder = store.local_path(location)
     if folder is not None and folder.is_dir():
         return str(folder)
     return f"models:/{version.name}/{version.version}"
@@ -139,59 +135,23 @@ def version_files(client: MlflowClient, version: ModelVersion) -> str:
 def no_champion(name: str) -> str:
     """What to say when `name` has no champion yet, and how to get one."""
     return (
-        f"model {name!r} has no {CHAMPION} in {tracking.tracking_uri()}: "
+        f"model {name!r} has no {CHAMPION} in {store.tracking_uri()}: "
         "train and register one with `dvc repro`, then `utkface promote`"
     )
 
 
 def champion_files(name: str) -> str | None:
-    """`version_files` of the champion of `name`; None when it has none.
-
-    Asking a SQLite store costs about half a second of a cold `utkface predict` (SQLAlchemy,
-    MLflow's schema check), so the answer is kept beside such a store (`paths.CHAMPION_CACHE`)
-    with the store's `_stamp`, and reused while the stamp holds and the folder is still in the
-    store's artifacts: any write to the store, such as a promotion, makes the next call ask
-    the store again."""
-    store = tracking.sqlite_store(tracking.tracking_uri())
-    if store is not None and not store.is_file():
-        store = None  # no store yet: MLflow makes one, without a champion
-    cache = store.parent / paths.CHAMPION_CACHE if store else None
-    stamp = _stamp(store) if store else None
-    entries = _read_cache(cache) if cache else {}
-    kept = entries.get(name)
-    if isinstance(kept, dict) and [kept.get("store"), kept.get("stamp")] == [str(store), stamp]:
-        folder = Path(str(kept.get("files")))
-        if folder.is_dir() and folder.is_relative_to(store.parent / paths.MLFLOW_ARTIFACTS):
-            return str(folder)
+    """`version_files` of the champion of `name`; None when it has none. Kept beside a SQLite
+    store (`store.cached_champion`) until the store changes."""
+    if (files := store.cached_champion(name)) is not None:
+        return files
+    stamp = store.store_stamp()  # before asking: a write meanwhile makes the next call ask again
     client = registry_client()
     if (version := get_alias_version(client, name, CHAMPION)) is None:
         return None
     files = version_files(client, version)
-    if cache and Path(files).is_dir():
-        entries[name] = {"store": str(store), "stamp": stamp, "files": files}
-        with contextlib.suppress(OSError):  # a read-only project still predicts
-            partial = cache.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(json.dumps(entries, indent=1))
-            partial.replace(cache)
+    store.remember_champion(name, files, stamp)
     return files
-
-
-def _stamp(store: Path) -> list[int]:
-    """What a write to a SQLite store changes: the change counter in its header (which every
-    committed write increments, even one within the file clock's tick), and the size and
-    modification time of the store and of its write-ahead log."""
-    with store.open("rb") as handle:
-        counter = int.from_bytes(handle.read(28)[24:], "big")
-    stats = [f.stat() for f in (store, store.with_name(store.name + "-wal")) if f.exists()]
-    return [counter, *(n for stat in stats for n in (stat.st_size, stat.st_mtime_ns))]
-
-
-def _read_cache(cache: Path) -> dict[str, Any]:
-    try:
-        entries = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        return {}
-    return entries if isinstance(entries, dict) else {}
 
 
 def get_alias_version(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
 
 import mlflow
 import mlflow.data
@@ -27,6 +26,7 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 
 from utkface import paths
+from utkface.mlops.store import local_path, sqlite_store, tracking_uri
 
 if TYPE_CHECKING:
     from dvc.repo import Repo
@@ -35,25 +35,6 @@ TRAIN_EXPERIMENT = "utkface-age-gender"
 TUNE_EXPERIMENT = "utkface-age-gender-tuning"
 DATA_FILES = (paths.IMAGES, *map(paths.split_table, paths.SPLIT_NAMES))
 SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
-
-
-def repo_root(start: Path | None = None) -> Path:
-    """The user's repository root, also from inside a DVC queue's temporary workspace."""
-    here = (start or Path.cwd()).resolve()
-    parts = here.parts
-    for i in range(len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return here
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / paths.MLFLOW_DB}"
-
-
-def sqlite_store(uri: str) -> Path | None:
-    """The file of a SQLite store; None for any other store."""
-    return Path(uri.removeprefix("sqlite:///")).absolute() if uri.startswith("sqlite:///") else None
 
 
 def _artifact_location(uri: str) -> str | None:
@@ -65,14 +46,6 @@ def _artifact_location(uri: str) -> str | None:
 
 class StoreMovedError(MlflowException):
     """A SQLite store whose artifacts are not beside it: copied or moved from another clone."""
-
-
-def local_path(location: str) -> Path | None:
-    """The folder of a local artifact location; None for a remote one (s3://, http://...)."""
-    parsed = urlparse(location)
-    if parsed.scheme in ("", "file"):
-        return Path(unquote(parsed.path)).absolute()
-    return None
 
 
 def check_store(uri: str | None = None) -> None:
