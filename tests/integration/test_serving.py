@@ -163,6 +163,7 @@ def test_the_model_loads_with_only_the_code_it_carries(logged: ModelInfo, tmp_pa
         "utkface.data.labels",
         "utkface.data.rejections",
         "utkface.inference",
+        "utkface.inference.answering",
         "utkface.inference.faces",
         "utkface.inference.families",
         "utkface.inference.pyfunc",
