@@ -1,6 +1,6 @@
 """A logged model's folder answered without importing MLflow: how `utkface predict` loads the
-champion, about 1.5 s sooner than `mlflow.pyfunc.load_model` (which imports all of MLflow
-first, 1.3-1.9 s of a 3 s cold start on a 2-core Intel Xeon).
+champion, about 1 s sooner than `mlflow.pyfunc.load_model`, which imports all of MLflow first
+(a cold start of 1.1-1.5 s against 2.3-2.5 s on a 2-core Intel Xeon: docs/benchmarks.md).
 
 MLflow runs a model with the project code the model carries (its `code` folder, put first on
 the path); here the code is the one installed. So only a model that both would run the same
@@ -54,7 +54,7 @@ def runs_installed_code(folder: Path, flavor: Mapping[str, Any]) -> bool:
     code = folder / str(flavor["code"])
     if not script.is_file() or not code.is_dir():
         return False
-    logged = sorted(path for path in code.rglob("*.py"))
+    logged = sorted(code.rglob("*.py"))
     return _same_file(script, SERVED_MODEL) and all(
         _same_file(path, PROJECT_ROOT / path.relative_to(code)) for path in logged
     )
@@ -64,7 +64,6 @@ def runs_installed_code(folder: Path, flavor: Mapping[str, Any]) -> bool:
 class LocalModel:
     """The served model of a local folder, with the pyfunc's `model_config` and `predict`."""
 
-    folder: Path
     model_config: dict[str, Any]
     answerer: FaceAnswerer
 
@@ -83,4 +82,4 @@ def load(folder: Path) -> LocalModel | None:
     artifacts = {
         name: str(folder / spec["path"]) for name, spec in (flavor.get("artifacts") or {}).items()
     }
-    return LocalModel(folder, config, FaceAnswerer(config, artifacts))
+    return LocalModel(config, FaceAnswerer(config, artifacts))

@@ -1,5 +1,5 @@
 """Where the project's MLflow store is, and the champion remembered beside it: what a cold
-`utkface predict` needs before it answers, without importing MLflow (about 1.5 s of a cold
+`utkface predict` needs before it answers, without importing MLflow (about 1 s of a cold
 start).
 
 `tracking_uri` is `MLFLOW_TRACKING_URI`, by default a SQLite store in the repository root.
