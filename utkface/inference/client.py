@@ -229,7 +229,7 @@ def load_model(uri: str | None, model_name: str | None) -> AnsweringModel:
     level = model_logger.level
     model_logger.setLevel(logging.ERROR)
     try:
-        model = (local_model.load(folder) if local else None) or _load_by_mlflow(uri, local)
+        model = (_load_here(folder) if local else None) or _load_by_mlflow(uri, local)
     finally:
         model_logger.setLevel(level)
     if local and (mismatches := environment_mismatches(folder)):
@@ -253,6 +253,14 @@ def _champion_from_store(name: str) -> str:
     if files is None:
         raise PredictError(registry.no_champion(name))
     return files
+
+
+def _load_here(folder: Path) -> AnsweringModel | None:
+    """`local_model.load`, its failures as `PredictError` (as `_load_by_mlflow`'s)."""
+    try:
+        return local_model.load(folder)
+    except (OSError, ImportError) as error:  # ImportError: see KerasCnn
+        raise PredictError(f"cannot load model {folder}: {error}") from None
 
 
 def _load_by_mlflow(uri: str, local: bool) -> AnsweringModel:
