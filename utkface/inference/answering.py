@@ -43,6 +43,7 @@ import base64
 import binascii
 import io
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -329,9 +330,23 @@ class FaceAnswerer:
 
 def _with_errors(predicted: pd.DataFrame, errors: dict[int, RowError]) -> pd.DataFrame:
     """The predicted rows and one row per rejected input row, in input order, each with its
-    `error`; absent values are None (JSON null, where NaN would not be valid JSON)."""
-    records = [{**record, ERROR: None} for record in predicted.to_dict("records")]
-    records += [{ROW: row, FACES: error.found, ERROR: str(error)} for row, error in errors.items()]
-    records.sort(key=lambda record: record[ROW])  # stable: faces stay left to right
-    frame = pd.DataFrame.from_records(records, columns=[*predicted.columns, ERROR]).astype(object)
-    return frame.where(frame.notna(), None)
+    `error`; absent values are None (JSON null, where NaN would not be valid JSON). Built
+    column by column from Python lists: going through records and pandas' missing-value
+    replacement cost 4 ms a call, as much as answering one image."""
+    columns = {name: predicted[name].tolist() for name in predicted.columns}
+    columns[ERROR] = [None] * len(predicted)
+    for row, error in errors.items():
+        rejected = {ROW: row, FACES: error.found, ERROR: str(error)}
+        for name, values in columns.items():
+            values.append(rejected.get(name))
+    order = sorted(range(len(columns[ROW])), key=columns[ROW].__getitem__)  # stable: faces
+    # stay left to right
+    return pd.DataFrame(
+        {name: [_none_for_nan(values[i]) for i in order] for name, values in columns.items()},
+        columns=list(columns),
+        dtype=object,
+    )
+
+
+def _none_for_nan(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
