@@ -191,11 +191,12 @@ def test_a_model_from_another_environment_is_named_with_what_differs(
     logged: ModelInfo, tmp_path: Path
 ) -> None:
     folder = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
-    assert client.environment_mismatches(folder) == []  # logged here
+    flavor = local_model.pyfunc_flavor(folder)
+    assert client.environment_mismatches(folder, flavor) == []  # logged here
     requirements = folder / "requirements.txt"
     pins = requirements.read_text().split()
     requirements.write_text("\n".join([*pins, "numpy==0.0.1", "no-such-package==1.0"]))
-    assert client.environment_mismatches(folder) == [
+    assert client.environment_mismatches(folder, flavor) == [
         f"numpy==0.0.1 (here {np.__version__})",
         "no-such-package==1.0 (here not installed)",
     ]
@@ -217,7 +218,7 @@ def test_a_model_folder_with_this_code_is_answered_without_mlflow_as_mlflow_answ
     # a model carrying other code than this one's runs its own, through MLflow
     carried = local / "code" / "utkface" / "inference" / "faces.py"
     carried.write_text(carried.read_text() + "\n# logged by another version\n")
-    assert local_model.load(local) is None
+    assert local_model.load(local, local_model.pyfunc_flavor(local)) is None
     model = client.load_model(str(local), None)
     assert isinstance(model, mlflow_model.MlflowModel)
     pd.testing.assert_frame_equal(model.predict(frame, params), expected)

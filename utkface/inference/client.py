@@ -35,6 +35,7 @@ from utkface.inference.answering import (
     ROW,
     SYNTHETIC_TRAINING,
     SYNTHETIC_WARNING,
+    FaceAnswerer,
     InvalidInput,
     to_base64,
     too_large,
@@ -45,8 +46,6 @@ from utkface.mlops import store
 from utkface.params import load_params
 
 BATCH = 64
-# the served model's module, also as the copy a model carries loads
-ANSWERING_LOGGER = "utkface.inference.answering"
 
 
 class PredictError(Exception):
@@ -225,14 +224,15 @@ def load_model(uri: str | None, model_name: str | None) -> AnsweringModel:
     local = folder.is_dir()
     # the model logs its synthetic-set warning as it loads (for `utkface serve`); predict and
     # the app say it themselves (`synthetic_warning`), once
-    model_logger = logging.getLogger(ANSWERING_LOGGER)
+    model_logger = logging.getLogger(FaceAnswerer.__module__)  # also the carried copy's name
     level = model_logger.level
     model_logger.setLevel(logging.ERROR)
+    flavor = local_model.pyfunc_flavor(folder) if local else {}
     try:
-        model = (_load_here(folder) if local else None) or _load_by_mlflow(uri, local)
+        model = (_load_here(folder, flavor) if local else None) or _load_by_mlflow(uri, local)
     finally:
         model_logger.setLevel(level)
-    if local and (mismatches := environment_mismatches(folder)):
+    if local and (mismatches := environment_mismatches(folder, flavor)):
         logging.getLogger(__name__).warning(
             "the model was logged in another environment: %s", "; ".join(mismatches)
         )
@@ -255,10 +255,10 @@ def _champion_from_store(name: str) -> str:
     return files
 
 
-def _load_here(folder: Path) -> AnsweringModel | None:
+def _load_here(folder: Path, flavor: Mapping[str, Any]) -> AnsweringModel | None:
     """`local_model.load`, its failures as `PredictError` (as `_load_by_mlflow`'s)."""
     try:
-        return local_model.load(folder)
+        return local_model.load(folder, flavor)
     except (OSError, ImportError) as error:  # ImportError: see KerasCnn
         raise PredictError(f"cannot load model {folder}: {error}") from None
 
@@ -275,10 +275,11 @@ def _load_by_mlflow(uri: str, local: bool) -> AnsweringModel:
         raise PredictError(f"cannot load model {uri}: {error}") from None
 
 
-def environment_mismatches(folder: Path) -> list[str]:
-    """How this environment differs from the one the model at `folder` was logged in: its
-    Python (major.minor) and its pinned requirements (`requirements.txt`, `name==version`)."""
-    python = local_model.pyfunc_flavor(folder).get("python_version")
+def environment_mismatches(folder: Path, flavor: Mapping[str, Any]) -> list[str]:
+    """How this environment differs from the one the model at `folder` (its `pyfunc_flavor`:
+    `flavor`) was logged in: its Python (major.minor) and its pinned requirements
+    (`requirements.txt`, `name==version`)."""
+    python = flavor.get("python_version")
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     found = [] if str(python).startswith(f"{here}.") else [f"Python {python} (here {here})"]
     requirements = folder / "requirements.txt"

@@ -72,10 +72,9 @@ class LocalModel:
         return self.answerer.predict(data, params)
 
 
-def load(folder: Path) -> LocalModel | None:
-    """The model in `folder` when this installed code runs it as MLflow would (see the
-    module), else None."""
-    flavor = pyfunc_flavor(folder)
+def load(folder: Path, flavor: Mapping[str, Any]) -> LocalModel | None:
+    """The model in `folder`, whose `pyfunc_flavor` is `flavor`, when this installed code runs
+    it as MLflow would (see the module), else None."""
     if not runs_installed_code(folder, flavor):
         return None
     config = dict(flavor.get("config") or {})
