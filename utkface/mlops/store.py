@@ -55,12 +55,15 @@ def _cache_of(store: Path | None) -> Path | None:
 
 
 def store_stamp() -> list[int] | None:
-    """What a write to the SQLite store changes: the change counter in its header (which every
-    committed write increments, even one within the file clock's tick), and the size and
-    modification time of the store and of its write-ahead log; None for any other store."""
+    """The `_stamp` of the project's store; None when it is not a SQLite file."""
     store = sqlite_store(tracking_uri())
-    if _cache_of(store) is None:
-        return None
+    return None if _cache_of(store) is None else _stamp(store)
+
+
+def _stamp(store: Path) -> list[int]:
+    """What a write to a SQLite store changes: the change counter in its header (which every
+    committed write increments, even one within the file clock's tick), and the size and
+    modification time of the store and of its write-ahead log."""
     with store.open("rb") as handle:
         counter = int.from_bytes(handle.read(28)[24:], "big")
     stats = [f.stat() for f in (store, store.with_name(store.name + "-wal")) if f.exists()]
@@ -76,7 +79,7 @@ def cached_champion(name: str) -> str | None:
     if not isinstance(kept, dict) or kept.get("store") != str(store):
         return None
     folder = Path(str(kept.get("files")))
-    fresh = kept.get("stamp") == store_stamp()
+    fresh = kept.get("stamp") == _stamp(store)
     if fresh and folder.is_dir() and folder.is_relative_to(store.parent / paths.MLFLOW_ARTIFACTS):
         return str(folder)
     return None
