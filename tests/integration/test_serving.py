@@ -296,15 +296,17 @@ def _wait_for(condition: Callable[[], object], seconds: float = 30) -> None:
     assert condition()
 
 
-def _queued(frames: list[pd.DataFrame], pyfunc: PyFuncModel) -> tuple[HeldModel, list]:
+def _queued(
+    frames: list[pd.DataFrame], pyfunc: PyFuncModel, params: dict[str, str] = CROP
+) -> tuple[HeldModel, list]:
     """The answers (futures) of `frames` sent at once to a `BatchedModel` of the tiny model:
     the first alone, the others while it runs."""
     held = HeldModel(pyfunc)
     batched = BatchedModel(held)
     pool = ThreadPoolExecutor(len(frames))
-    futures = [pool.submit(batched.predict, frames[0], CROP)]
+    futures = [pool.submit(batched.predict, frames[0], params)]
     _wait_for(lambda: held.calls)
-    futures += [pool.submit(batched.predict, frame, CROP) for frame in frames[1:]]
+    futures += [pool.submit(batched.predict, frame, params) for frame in frames[1:]]
     _wait_for(lambda: len(batched.waiting) == len(frames) - 1)
     held.release.set()
     pool.shutdown(wait=True)
@@ -320,6 +322,25 @@ def test_requests_that_wait_are_answered_in_one_call_each_as_alone(pyfunc: PyFun
     assert held.calls == [2, 6]  # the first alone, then the three that waited, together
     for frame, future in zip(frames, futures, strict=True):
         pd.testing.assert_frame_equal(future.result(), pyfunc.predict(frame, params=CROP))
+
+
+def test_reported_errors_stay_in_their_own_request_when_answered_together(
+    pyfunc: PyFuncModel,
+) -> None:
+    report = {**CROP, "on_error": "report"}
+    frames = [
+        pd.DataFrame({"image": [b64(image_bytes(seed)) for seed in range(start, start + size)]})
+        for start, size in ((1, 2), (3, 1), (4, 3), (7, 2))
+    ]
+    frames[2].loc[1, "image"] = NOT_AN_IMAGE
+    held, futures = _queued(frames, pyfunc, report)
+    assert held.calls == [2, 6]  # reported, not refused: no request asked again
+    for frame, future in zip(frames, futures, strict=True):
+        answer = future.result()
+        pd.testing.assert_frame_equal(answer, pyfunc.predict(frame, params=report))
+        assert [type(row) for row in answer["row"]] == [int] * len(frame)  # JSON integers
+    errors = futures[2].result()["error"].tolist()
+    assert errors == [None, "not an image (unrecognised format)", None]
 
 
 def test_a_refused_image_fails_only_its_own_request(pyfunc: PyFuncModel) -> None:

