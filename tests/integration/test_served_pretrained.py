@@ -210,7 +210,8 @@ def test_the_interval_comes_from_the_heads_bins(
     interval = AgeInterval.from_config(config["age_interval"])
     assert interval.kind == "bins"
     prepared = [load_image(png(p), FACE_SIZE, MAX_PIXELS) for p in photos]
-    features, _ = FaceBackbone(package_files()).features(prepared)
+    backbone = FaceBackbone(package_files())
+    features = backbone.chip_features(backbone.aligned(prepared)[0])
     outputs = save_tiny_head(tmp_path).predict(features, verbose=0)
     age = np.clip(outputs["age"].ravel(), 1, AGE_MAX)
     low, high = interval.bounds(age, AGE_MAX, outputs["age_bins"])

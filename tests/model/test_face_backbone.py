@@ -47,6 +47,14 @@ def real_faces(count: int) -> list[np.ndarray]:
     return [load_image(path.read_bytes(), SIZE, MAX_PIXELS) for path in files]
 
 
+def stage_features(
+    backbone: FaceBackbone, faces: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The features and landmark plausibility of crops, as stage `features` computes them."""
+    chips, plausible = backbone.aligned(faces)
+    return backbone.chip_features(chips), plausible
+
+
 def test_alignment_cuts_one_chip_per_network_at_the_manifest_size(
     backbone: FaceBackbone, faces: list[np.ndarray]
 ) -> None:
@@ -62,21 +70,19 @@ def test_alignment_cuts_one_chip_per_network_at_the_manifest_size(
 def test_features_have_one_row_per_face_of_the_documented_size(
     backbone: FaceBackbone, faces: list[np.ndarray]
 ) -> None:
-    features, plausible = backbone.features(faces)
+    features, plausible = stage_features(backbone, faces)
     assert backbone.feature_size == FEATURE_SIZE
     assert features.shape == (len(faces), FEATURE_SIZE)
     assert np.isfinite(features).all()
     assert plausible.tolist() == [True] * len(faces)  # generated faces: frontal landmarks
-    alone, _ = backbone.features(faces[2:3])
+    alone, _ = stage_features(backbone, faces[2:3])
     np.testing.assert_allclose(alone[0], features[2], rtol=1e-5, atol=1e-5)  # batch-independent
-    empty, none = backbone.features([])
-    assert empty.shape == (0, FEATURE_SIZE) and none.shape == (0,)
 
 
 def test_features_average_each_face_with_its_mirror(
     backbone: FaceBackbone, faces: list[np.ndarray]
 ) -> None:
-    features, _ = backbone.features(faces[:1])
+    features, _ = stage_features(backbone, faces[:1])
     chips, _ = backbone.align(faces[0])
     plain = backbone.run("age", chips["age"][None])[0]  # the pooled embedding comes first
     mirror = backbone.run("age", chips["age"][None, :, ::-1])[0]
@@ -94,7 +100,7 @@ def test_non_faces_still_get_features_and_are_flagged_by_the_face_check(
         for seed in range(3)
     ]
     flats = [np.full((40, 90, 3), 128, np.uint8), np.full((SIZE, SIZE, 3), 200, np.uint8)]
-    features, geometry = backbone.features([*noises, *flats])
+    features, geometry = stage_features(backbone, [*noises, *flats])
     assert features.shape == (5, FEATURE_SIZE) and np.isfinite(features).all()
     assert geometry.tolist() == [True] * 5  # as documented: points placed plausibly anyway
     assert face_check(backbone, [*noises, *flats]).tolist() == [False] * 5
@@ -158,7 +164,7 @@ def test_exposed_outputs_equal_the_packages_predictions_on_real_faces(
 ) -> None:
     faces = real_faces(8)
     _assert_parity(backbone, faces)
-    _, plausible = backbone.features(real_faces(40))
+    _, plausible = stage_features(backbone, real_faces(40))
     assert plausible.mean() >= 0.9  # UTKFace crops are mostly frontal
 
 
@@ -172,8 +178,9 @@ def test_an_exported_backbone_carries_its_features_and_notices(
     for name in NETWORKS:
         session = ort.InferenceSession(str(files.network(name)), providers=["CPUExecutionProvider"])
         assert set(EXPOSED[name]) <= {output.name for output in session.get_outputs()}
-    exported, _ = FaceBackbone(files).features(faces[:2])
-    np.testing.assert_allclose(exported, backbone.features(faces[:2])[0], rtol=1e-5, atol=1e-6)
+    exported, _ = stage_features(FaceBackbone(files), faces[:2])
+    expected, _ = stage_features(backbone, faces[:2])
+    np.testing.assert_allclose(exported, expected, rtol=1e-5, atol=1e-6)
 
 
 def _subnormal_weights(model: onnx.ModelProto) -> int:

@@ -368,23 +368,12 @@ class FaceBackbone:
         `network_features`, the age network's first."""
         return np.concatenate([self.network_features(n, chips[n]) for n in NETWORKS], axis=1)
 
-    def features(self, faces: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """float32 (n, `feature_size`) features and a bool (n,) landmark plausibility of RGB
-        face crops, each averaged with its mirror image's, `FACE_BATCH` at a time."""
-        rows, plausible = [], []
-        for start in range(0, len(faces), FACE_BATCH):
-            chips, ok = self.aligned(faces[start : start + FACE_BATCH])
-            rows.append(self.chip_features(chips))
-            plausible.append(ok)
-        if not rows:
-            return np.zeros((0, self.feature_size), np.float32), np.zeros(0, bool)
-        return np.concatenate(rows), np.concatenate(plausible)
-
     def located_features(
         self, faces: Sequence[np.ndarray], located: Sequence[Located]
     ) -> np.ndarray:
         """float32 (n, `feature_size`) features of RGB face crops whose landmarks are already
-        `Landmarks.locate`d, as `features` computes them."""
+        `Landmarks.locate`d, as stage `features` computes them (`aligned`, then
+        `chip_features`), `FACE_BATCH` at a time."""
         rows = []
         for start in range(0, len(faces), FACE_BATCH):
             end = start + FACE_BATCH
