@@ -17,7 +17,8 @@ Then, on photos picked from the real folder (sorted, every k-th), measures:
   (the peer has no batch API over images: `predict` batches the faces of one photo only);
 - REST: `utkface serve` on 127.0.0.1, one base64 photo per POST /invocations: p50/p95 latency,
   errors and requests/s at concurrency 1, then 3 x 1,000 requests at concurrency 8, then the
-  server's RSS (its process tree); `--serve "--workers 2 --threads 1"` tries other options,
+  server's RSS and PSS (its process tree; PSS counts the pages its processes share once);
+  `--serve "--workers 2"` tries other options,
   `--rest-only` measures only the server;
 - whether the answers carry age_low/age_high/face_check, and (an extra) age MAE and gender
   accuracy of both on those of the faces that the project's test split holds;
@@ -298,14 +299,24 @@ def load_test(url: str, bodies: list[bytes], count: int, concurrency: int) -> Lo
     return Load(concurrency, latencies, count - len(latencies), seconds, before, load_average())
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants, summed."""
+@dataclass(frozen=True)
+class Memory:
+    """Bytes of a process tree: resident (`rss`, summed) and proportional (`pss`: a page that
+    n of them share counts 1/n in each)."""
+
+    rss: int
+    pss: int
+
+
+def tree_memory(pid: int) -> Memory:
+    """The memory of a process and all its descendants."""
     process = psutil.Process(pid)
-    total = 0
+    rss = pss = 0
     for member in [process, *process.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
-            total += member.memory_info().rss
-    return total
+            info = member.memory_full_info()
+            rss, pss = rss + info.rss, pss + info.pss
+    return Memory(rss, pss)
 
 
 @dataclass
@@ -313,12 +324,12 @@ class Rest:
     startup_s: float
     example: dict
     loads: list[Load]
-    rss_ready: int
-    rss_after: int
+    ready: Memory
+    after: Memory
 
 
 def rest(root: Path, env: dict, model_args: list[str], photos: list[Path], args) -> Rest:
-    """Start `utkface serve`, load it at concurrency 1 and N, measure its RSS, stop it."""
+    """Start `utkface serve`, load it at concurrency 1 and N, measure its memory, stop it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = (root / "bench-serve.log").open("w")
@@ -328,7 +339,7 @@ def rest(root: Path, env: dict, model_args: list[str], photos: list[Path], args)
     try:
         startup = wait_ready(server, url, timeout=600)
         print(f"last_mile: serve ready on {url} after {startup:.1f} s", flush=True)
-        rss_ready = tree_rss(server.pid)
+        ready = tree_memory(server.pid)
         bodies = [request_body(p) for p in photos[: max(args.requests, args.concurrent_requests)]]
         answer = requests.post(
             f"{url}/invocations",
@@ -345,7 +356,7 @@ def rest(root: Path, env: dict, model_args: list[str], photos: list[Path], args)
             load_test(url, bodies, args.concurrent_requests, args.concurrency)
             for _ in range(args.repeats)
         ]
-        rss_after = tree_rss(server.pid)
+        after = tree_memory(server.pid)
     finally:
         server.terminate()
         try:
@@ -354,7 +365,7 @@ def rest(root: Path, env: dict, model_args: list[str], photos: list[Path], args)
             server.kill()
             server.wait()
         log.close()
-    return Rest(startup, example, loads, rss_ready, rss_after)
+    return Rest(startup, example, loads, ready, after)
 
 
 def verdict(ok: bool) -> str:
@@ -362,7 +373,7 @@ def verdict(ok: bool) -> str:
 
 
 def rest_lines(rest_: Rest, args) -> list[str]:
-    """What the server did: start-up, each load test, RSS."""
+    """What the server did: start-up, each load test, memory."""
     lines = [
         f"REST (utkface serve {args.serve}, 127.0.0.1, 1 photo per request) on "
         f"{cpu_description()}:",
@@ -376,8 +387,9 @@ def rest_lines(rest_: Rest, args) -> list[str]:
             f"load {load.load_before:.2f}->{load.load_after:.2f}"
         )
     lines.append(
-        f"  server RSS (process tree): {rest_.rss_ready / 1e6:.0f} MB when ready, "
-        f"{rest_.rss_after / 1e6:.0f} MB ({rest_.rss_after / 2**20:.0f} MiB) after the load"
+        f"  server RSS (process tree): {rest_.ready.rss / 1e6:.0f} MB when ready, "
+        f"{rest_.after.rss / 1e6:.0f} MB ({rest_.after.rss / 2**20:.0f} MiB) after the load; "
+        f"PSS {rest_.ready.pss / 1e6:.0f} and {rest_.after.pss / 1e6:.0f} MB"
     )
     return lines
 
@@ -389,7 +401,7 @@ def rest_rows(rest_: Rest) -> list[tuple[str, ...]]:
     p95 = max(load.p(95) for load in several)
     rps = min(load.per_second for load in several)
     errors = sum(load.errors for load in rest_.loads)
-    mb = rest_.rss_after / 1e6
+    mb = rest_.after.rss / 1e6
     return [
         (
             "REST p50 / p95, 1 client (ms)",
@@ -406,8 +418,8 @@ def rest_rows(rest_: Rest) -> list[tuple[str, ...]]:
             verdict(rps >= TARGETS["rest_rps"] and p95 <= TARGETS["rest_p95_ms"] and not errors),
         ),
         (
-            "server RSS after load (MB)",
-            f"{mb:.0f}",
+            "server RSS after load (MB; PSS)",
+            f"{mb:.0f} ({rest_.after.pss / 1e6:.0f})",
             "n/a",
             f"<= {TARGETS['rss_mb']:.0f} MB",
             verdict(mb <= TARGETS["rss_mb"]),
