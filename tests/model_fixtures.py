@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import keras
@@ -167,9 +167,11 @@ def log_tiny_serving_model(
     member: str = "scratch",
     max_image_bytes: int = MAX_IMAGE_BYTES,
     varied: bool = False,
+    examples: Sequence[np.ndarray] | None = None,
 ) -> ModelInfo:
     """The tiny CNN (or, for `member` "pretrained", a tiny head) saved under `root`, logged as
-    the served pyfunc in a new run; with `varied`, the CNN of `save_varied_tiny_model`."""
+    the served pyfunc in a new run; with `varied`, the CNN of `save_varied_tiny_model`;
+    `examples`: the candidates for its input example (default: two of noise)."""
     folder = root / "model"
     folder.mkdir(parents=True, exist_ok=True)
     interval = INTERVAL
@@ -179,9 +181,10 @@ def log_tiny_serving_model(
     else:
         save = save_varied_tiny_model if varied else save_tiny_model
         save(paths.member_model("scratch", folder))
-    examples = np.random.default_rng(0).integers(
-        0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
-    )  # small: noise PNGs of FACE_SIZE are over MAX_IMAGE_BYTES
+    if examples is None:
+        examples = np.random.default_rng(0).integers(
+            0, 256, (2, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8
+        )  # small: noise PNGs of FACE_SIZE are over MAX_IMAGE_BYTES
     config = ServingConfig(
         FACE_SIZE if member == "pretrained" else IMAGE_SIZE,
         max_image_bytes,

@@ -34,6 +34,8 @@ from raw_files import STORED, stored
 from tiny import AGE_MAX, MAX_PIXELS
 
 from utkface.data.imaging import load_image
+from utkface.inference import local_model
+from utkface.inference.pyfunc_logging import answered_examples
 from utkface.mlops import registry
 from utkface.model.face_backbone import FaceBackbone, package_files
 from utkface.scoring.age_interval import AgeInterval
@@ -62,6 +64,27 @@ def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelInfo]:
 @pytest.fixture(scope="module")
 def pyfunc(logged: ModelInfo) -> PyFuncModel:
     return mlflow.pyfunc.load_model(logged.model_uri)
+
+
+def test_the_input_example_holds_the_first_images_the_model_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_tmp_store(monkeypatch, tmp_path)
+    noise = np.random.default_rng(1).integers(0, 256, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    face = astronaut_face(FACE_SIZE)
+    turned = np.asarray(Image.fromarray(face).rotate(8))
+    candidates = [noise, face, noise, turned, face]
+    info = log_tiny_serving_model(
+        tmp_path, member="pretrained", max_image_bytes=MAX_BYTES, examples=candidates
+    )
+    local = Path(mlflow.artifacts.download_artifacts(info.model_uri))
+    example = mlflow.models.Model.load(local).load_input_example(local)
+    pixels = [np.asarray(Image.open(io.BytesIO(base64.b64decode(i)))) for i in example["image"]]
+    assert len(pixels) == 2  # the noise skipped: the model finds no face in it
+    np.testing.assert_array_equal(pixels[0], face)
+    np.testing.assert_array_equal(pixels[1], turned)
+    answerer = local_model.load(local, local_model.pyfunc_flavor(local)).answerer
+    assert answered_examples(answerer, ["a", b64(png(noise)), "c"]) == ["a", b64(png(noise))]
 
 
 def test_the_logged_model_needs_no_tensorflow(logged: ModelInfo) -> None:

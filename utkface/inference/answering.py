@@ -223,8 +223,15 @@ class FaceAnswerer:
         self.max_pixels = int(config["max_pixels"])
         self.age_max = int(config["age_max"])
         self.interval = AgeInterval.from_config(config["age_interval"])
+
+    @classmethod
+    def load(cls, config: Mapping[str, Any], artifacts: Mapping[str, str]) -> FaceAnswerer:
+        """The answerer of a served model loaded for use, which warns when it is a demo model
+        (an answerer built to check the model as it is logged does not)."""
+        answerer = cls(config, artifacts)
         if config.get("trained_on") == SYNTHETIC_TRAINING:
             logging.getLogger(__name__).warning(SYNTHETIC_WARNING)
+        return answerer
 
     def face(
         self,

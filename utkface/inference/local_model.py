@@ -81,4 +81,4 @@ def load(folder: Path, flavor: Mapping[str, Any]) -> LocalModel | None:
     artifacts = {
         name: str(folder / spec["path"]) for name, spec in (flavor.get("artifacts") or {}).items()
     }
-    return LocalModel(config, FaceAnswerer(config, artifacts))
+    return LocalModel(config, FaceAnswerer.load(config, artifacts))

@@ -68,7 +68,7 @@ class AgeGenderModel(mlflow.pyfunc.PythonModel):
     """The pyfunc behind the registered model; its settings live in the model config."""
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.answerer = FaceAnswerer(context.model_config, context.artifacts)
+        self.answerer = FaceAnswerer.load(context.model_config, context.artifacts)
 
     def predict(
         self,

@@ -22,7 +22,11 @@ from utkface import paths, tensorflow_build
 from utkface.inference import served_model
 from utkface.inference.answering import (
     BACKBONE_ARTIFACT,
+    ERROR,
     IMAGE,
+    ON_ERROR,
+    ROW,
+    FaceAnswerer,
     ServingConfig,
     encode_png,
     model_artifact,
@@ -35,6 +39,7 @@ from utkface.model import face_backbone
 
 SERVING_MODEL_NAME = "serving_model"
 PYFUNC_MODULE = AgeGenderModel.__module__
+EXAMPLES = 2  # images in the logged input example
 
 
 def _pip_requirements(family: str) -> list[str]:
@@ -57,8 +62,9 @@ def log_serving_model(
     """Log the pyfunc serving the saved model of `config.family` in `model_folder`
     (`paths.served_file`) to the active MLflow run.
 
-    `input_example_images` are a few uint8 (S, S, 3) arrays; they are sent as base64 PNGs, and
-    MLflow checks that the example serves. The model is logged as code (`served_model.py`),
+    `input_example_images` are a few uint8 (S, S, 3) arrays, sent as base64 PNGs; the first
+    `EXAMPLES` that the model answers are its input example (`answered_examples`), which MLflow
+    checks by serving it. The model is logged as code (`served_model.py`),
     not as a pickled object. It carries `config` (its `model_config`),
     `lineage` (its metadata: git commit, data version, params...) and, as `code_paths`, only
     the modules the pyfunc imports, so it loads from any working directory.
@@ -76,6 +82,7 @@ def log_serving_model(
             replaced={"age": model_folder / finetuned} if family == "finetuned" else None,
         )
         artifacts[BACKBONE_ARTIFACT] = str(backbone.folder)
+        examples = answered_examples(FaceAnswerer(dataclasses.asdict(config), artifacts), examples)
         return mlflow.pyfunc.log_model(
             name=name,
             python_model=served_model.__file__,  # models from code: no pickle
@@ -87,3 +94,12 @@ def log_serving_model(
             input_example=pd.DataFrame({IMAGE: examples}),
             pip_requirements=_pip_requirements(family),
         )
+
+
+def answered_examples(answerer: FaceAnswerer, candidates: Sequence[str]) -> list[str]:
+    """The first `EXAMPLES` of the base64 images `candidates` that `answerer` answers in its
+    default mode, or the first ones if it answers none: an example without a face (UTKFace
+    holds a slip of paper labelled 80) would fail MLflow's check and show users a refusal."""
+    answers = answerer.predict(pd.DataFrame({IMAGE: list(candidates)}), {ON_ERROR: "report"})
+    answered = answers.loc[answers[ERROR].isna(), ROW].unique()
+    return [candidates[row] for row in answered[:EXAMPLES]] or list(candidates[:EXAMPLES])
