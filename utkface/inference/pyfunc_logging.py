@@ -64,10 +64,10 @@ def log_serving_model(
 
     `input_example_images` are a few uint8 (S, S, 3) arrays, sent as base64 PNGs; the first
     `EXAMPLES` that the model answers are its input example (`answered_examples`), which MLflow
-    checks by serving it. The model is logged as code (`served_model.py`),
-    not as a pickled object. It carries `config` (its `model_config`),
-    `lineage` (its metadata: git commit, data version, params...) and, as `code_paths`, only
-    the modules the pyfunc imports, so it loads from any working directory.
+    checks by serving it. The model is logged as code (`served_model.py`), not as a pickled
+    object. It carries `config` (its `model_config`), `lineage` (its metadata: git commit, data
+    version, params...) and, as `code_paths`, only the modules the pyfunc imports, so it loads
+    from any working directory.
     """
     examples = [to_base64(encode_png(image)) for image in input_example_images]
     family = config.family
