@@ -15,6 +15,7 @@ from onnx import numpy_helper
 from PIL import Image
 from tiny import MAX_PIXELS
 
+from stages.features import extract
 from utkface.data.imaging import load_image
 from utkface.data.synthetic import synthetic_files
 from utkface.model.face_backbone import (
@@ -50,9 +51,9 @@ def real_faces(count: int) -> list[np.ndarray]:
 def stage_features(
     backbone: FaceBackbone, faces: list[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The features and landmark plausibility of crops, as stage `features` computes them."""
-    chips, plausible = backbone.aligned(faces)
-    return backbone.chip_features(chips), plausible
+    """The features and landmark plausibility of crops, computed by stage `features`."""
+    table, plausible, _ = extract(enumerate(faces), len(faces), backbone, progress=False)
+    return table, plausible
 
 
 def test_alignment_cuts_one_chip_per_network_at_the_manifest_size(
