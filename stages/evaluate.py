@@ -74,7 +74,7 @@ def main() -> None:
         tags = tracking.lineage_tags(lineage["data_version"])
         config = serving_config(params, model, interval)
         lineage_tags = tags | {"train_run_id": lineage["run_id"]}
-        info = log_serving_model(paths.MODEL, config, test.images[:8], lineage=lineage_tags)
+        info = log_serving_model(paths.MODEL, config, test.images, lineage=lineage_tags)
         trained = json.loads(paths.TRAIN_METRICS.read_text())
         validation = {k: trained[k] for k in (VAL_AGE_MAE, VAL_GENDER_ACCURACY)}
         version = registry.register(

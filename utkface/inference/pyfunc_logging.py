@@ -39,7 +39,8 @@ from utkface.model import face_backbone
 
 SERVING_MODEL_NAME = "serving_model"
 PYFUNC_MODULE = AgeGenderModel.__module__
-EXAMPLES = 2  # images in the logged input example
+EXAMPLES = 2  # images in the logged input example ...
+EXAMPLE_CANDIDATES = 8  # ... the first the model answers of this many
 
 
 def _pip_requirements(family: str) -> list[str]:
@@ -62,14 +63,15 @@ def log_serving_model(
     """Log the pyfunc serving the saved model of `config.family` in `model_folder`
     (`paths.served_file`) to the active MLflow run.
 
-    `input_example_images` are a few uint8 (S, S, 3) arrays, sent as base64 PNGs; the first
-    `EXAMPLES` that the model answers are its input example (`answered_examples`), which MLflow
-    checks by serving it. The model is logged as code (`served_model.py`), not as a pickled
-    object. It carries `config` (its `model_config`), `lineage` (its metadata: git commit, data
-    version, params...) and, as `code_paths`, only the modules the pyfunc imports, so it loads
-    from any working directory.
+    `input_example_images` are uint8 (S, S, 3) arrays, sent as base64 PNGs; of the first
+    `EXAMPLE_CANDIDATES`, the first `EXAMPLES` that the model answers are its input example
+    (`answered_examples`), which MLflow checks by serving it. The model is logged as code
+    (`served_model.py`), not as a pickled object. It carries `config` (its `model_config`),
+    `lineage` (its metadata: git commit, data version, params...) and, as `code_paths`, only the
+    modules the pyfunc imports, so it loads from any working directory.
     """
-    examples = [to_base64(encode_png(image)) for image in input_example_images]
+    candidates = input_example_images[:EXAMPLE_CANDIDATES]
+    examples = [to_base64(encode_png(image)) for image in candidates]
     family = config.family
     artifacts = {model_artifact(family): str(paths.served_file(family, model_folder))}
     with tempfile.TemporaryDirectory() as tmp:
