@@ -16,11 +16,14 @@ Two checks of how much the faces are worth: `--train-share 0.81` fits on a seede
 training split's source images (`--draw` seeds it; an image's augmented copies go with it), a
 learning curve, and with `--bagged` each member draws its own share (seeded by its seed:
 members on different parts of the data); `--refit` fits on train + validation, which then
-judges nothing, so only test is printed.
+judges nothing, so only test is printed: validation whole, or with `--balanced` as `balance`'s
+plan has its images (the originals it kept, each as often as the plan has it with its augmented
+copies), so that its faces follow the training split's balanced ages.
 
     python bench/finetune_screen.py PROJECT [--members 42 43 44] [--same-init] [--face-only]
                                             [--set head.age_bins=24 ...]
-                                            [--train-share 0.81 [--draw 0 | --bagged] | --refit]
+                                            [--train-share 0.81 [--draw 0 | --bagged]
+                                             | --refit [--balanced]]
 """
 
 from __future__ import annotations
@@ -70,6 +73,14 @@ def joined(train: SplitData, val: SplitData, age_cap: int) -> SplitData:
     return SplitData(images, age, gender, pd.concat([train.table, val.table], ignore_index=True))
 
 
+def as_planned(val: SplitData, plan: pd.DataFrame) -> SplitData:
+    """`val`'s rows as `balance`'s plan has its images: each image the plan kept, once per plan
+    row (the original and its augmented copies), in plan order."""
+    position = pd.Series(np.arange(len(val.age)), index=val.table["image_id"].to_numpy())
+    planned = plan["image_id"][plan["image_id"].isin(position.index)]
+    return take_rows(val, position[planned].to_numpy())
+
+
 def with_overrides(cfg: object, overrides: list[str]) -> object:
     for override in overrides:
         key, value = override.split("=", 1)
@@ -93,13 +104,19 @@ def main() -> None:
     fitted_on.add_argument("--refit", action="store_true", help="fit on train + validation")
     parser.add_argument("--draw", type=int, default=0, help="the seed of --train-share's draw")
     parser.add_argument(
+        "--balanced", action="store_true", help="with --refit, validation as the plan has it"
+    )
+    parser.add_argument(
         "--bagged", action="store_true", help="with --train-share, each member draws its own"
     )
     args = parser.parse_args()
     if args.bagged and args.train_share is None:
         parser.error("--bagged needs --train-share")
+    if args.balanced and not args.refit:
+        parser.error("--balanced needs --refit")
     os.chdir(args.project)  # the project's relative paths: its caches, splits and tune result
 
+    from utkface import paths
     from utkface.model import finetuned
     from utkface.model.fitting import build_member, fit_model, load_inputs, seed_everything
     from utkface.model.training import epochs, load_tuned, member_config, resolve_lr
@@ -113,7 +130,8 @@ def main() -> None:
     if args.train_share is not None and not args.bagged:
         train = source_share(train, args.train_share, args.draw)
     if args.refit:
-        train, judged = joined(train, val, params.balance.age_cap), {"test": test}
+        joining = as_planned(val, pd.read_parquet(paths.PLAN)) if args.balanced else val
+        train, judged = joined(train, joining, params.balance.age_cap), {"test": test}
     inputs = {name: finetuned.example_inputs(data, len(data.age)) for name, data in judged.items()}
     if args.face_only:  # the model averages its two prefix slots: give both the face
         for name in list(judged):
