@@ -129,7 +129,7 @@ def run(command: list[str], root: Path, env: dict[str, str]) -> tuple[float, str
     return seconds, done.stdout
 
 
-def timed(command: list[str], root: Path, env: dict[str, str], runs: int = 1) -> Timed:
+def timed(command: list[str], root: Path, env: dict[str, str], runs: int) -> Timed:
     """The median wall time of `runs` fresh runs of `command`, with the load around them."""
     before = load_average()
     seconds, output = [], ""
