@@ -10,7 +10,11 @@ each member alone, the running average of the members' outputs (an ensemble over
 cached prefix) and, with `--same-init` (every member starts from the project seed's weights,
 only the data order differs), the running average of their weights (a "soup", served at one
 model's cost); with `--face-only`, each of these also without the mirror image the served
-model averages each face with. Decide on validation; the test figures are for the record.
+model averages each face with. With `--cycles N`, each member fits its epochs as N restarts
+(each a warm-up and cosine decay of epochs/N, a fresh optimizer, the data order seeded by its
+seed + the restart's index) and its output is the average of the N snapshots after them (a
+snapshot ensemble: one member's training time). Decide on validation; the test figures are for
+the record.
 
 Two checks of how much the faces are worth: `--train-share 0.81` fits on a seeded share of the
 training split's source images (`--draw` seeds it; an image's augmented copies go with it), a
@@ -21,6 +25,7 @@ plan has its images (the originals it kept, each as often as the plan has it wit
 copies), so that its faces follow the training split's balanced ages.
 
     python bench/finetune_screen.py PROJECT [--members 42 43 44] [--same-init] [--face-only]
+                                            [--cycles 3 --set finetune.epochs=21]
                                             [--set head.age_bins=24 ...]
                                             [--train-share 0.81 [--draw 0 | --bagged]
                                              | --refit [--balanced]]
@@ -51,6 +56,17 @@ def scores(ages: np.ndarray, genders: np.ndarray, age: np.ndarray, female: np.nd
     )
     correct = gender_labels(female) == genders
     return f"age MAE {error.mean():.3f} ({bands}), gender {correct.mean():.3f}"
+
+
+Outputs = dict[str, dict[str, np.ndarray]]  # judged split -> "age" / "gender" -> values
+
+
+def output_average(outputs: list[Outputs]) -> Outputs:
+    """The mean of several models' (or snapshots') outputs, split by split."""
+    return {
+        name: {k: np.mean([out[name][k] for out in outputs], 0) for k in ("age", "gender")}
+        for name in outputs[0]
+    }
 
 
 def source_share(data: SplitData, share: float, seed: int) -> SplitData:
@@ -99,6 +115,7 @@ def main() -> None:
     parser.add_argument(
         "--face-only", action="store_true", help="also judge each face without its mirror"
     )
+    parser.add_argument("--cycles", type=int, default=1, help="restarts a member, averaged")
     fitted_on = parser.add_mutually_exclusive_group()
     fitted_on.add_argument("--train-share", type=float, help="fit on this share of the sources")
     fitted_on.add_argument("--refit", action="store_true", help="fit on train + validation")
@@ -114,6 +131,8 @@ def main() -> None:
         parser.error("--bagged needs --train-share")
     if args.balanced and not args.refit:
         parser.error("--balanced needs --refit")
+    if args.cycles < 1:
+        parser.error("--cycles must be at least 1")
     os.chdir(args.project)  # the project's relative paths: its caches, splits and tune result
 
     from utkface import paths
@@ -144,11 +163,11 @@ def main() -> None:
         f"{len(train.age)} training rows"
     )
 
-    def predict(model: object) -> dict[str, dict[str, np.ndarray]]:
+    def predict(model: object) -> Outputs:
         served = finetuned.serving_model(model)
         return {name: served.predict(x, verbose=0, batch_size=256) for name, x in inputs.items()}
 
-    def show(label: str, outputs: dict[str, dict[str, np.ndarray]]) -> None:
+    def show(label: str, outputs: Outputs) -> None:
         for name, data in judged.items():
             out = outputs[name]
             figures = scores(data.age, data.gender, out["age"][:, 0], out["gender"][:, 0])
@@ -165,18 +184,20 @@ def main() -> None:
         model, compile_fn = build_member(family, cfg, params.train, fitted, init)
         if args.same_init:
             seed_everything(seed)  # then the data order's; otherwise as `fit` does
-        fit_model(
-            model, params.train, lr, fitted, val, seed, epochs(family, cfg, params), [],
-            early_stopping=False, compile_fn=compile_fn, epoch_lines=False,
-        )  # fmt: skip
-        members.append(predict(model))
+        snapshots = []
+        for cycle in range(args.cycles):
+            fit_model(
+                model, params.train, lr, fitted, val, seed + cycle,
+                epochs(family, cfg, params) // args.cycles, [],
+                early_stopping=False, compile_fn=compile_fn, epoch_lines=False,
+            )  # fmt: skip
+            snapshots.append(predict(model))
+            if args.cycles > 1:
+                show(f"  snapshot {cycle + 1}", snapshots[-1])
+        members.append(output_average(snapshots))
         show(f"member {seed} ({time.perf_counter() - started:.0f} s)", members[-1])
         if len(members) > 1:
-            average = {
-                name: {k: np.mean([m[name][k] for m in members], 0) for k in ("age", "gender")}
-                for name in judged
-            }
-            show(f"  output average of {len(members)}", average)
+            show(f"  output average of {len(members)}", output_average(members))
         if args.same_init:
             weights.append(model.get_weights())
             model.set_weights([np.mean(layer, 0) for layer in zip(*weights, strict=True)])
