@@ -5,7 +5,9 @@ PROJECT is a project copy whose stages ran on the real data up to `tune` (e.g. t
 `bench/last_mile.py --keep` keeps under bench/results/): its prefix cache, splits and tuned
 rate are reused, nothing there is written. For each member seed, fits the finetuned family as
 `train` does (its tuned knobs and rate, `--set part.knob=value` applied to `model.head` or
-`model.finetune`) and prints the validation and test age MAE per age band and gender accuracy:
+`model.finetune`) and prints the validation and test age MAE per age band and gender accuracy
+(and, for test, the 80 % interval's coverage per age band, calibrated on validation as `train`
+calibrates it):
 each member alone, the running average of the members' outputs (an ensemble over the one
 cached prefix) and, with `--same-init` (every member starts from the project seed's weights,
 only the data order differs), the running average of their weights (a "soup", served at one
@@ -45,7 +47,10 @@ from families_real import BANDS, band_name
 from pipeline_real import cpu_description
 
 from utkface.data.dataset import SplitData, take_rows
-from utkface.data.labels import gender_labels
+from utkface.data.labels import AGE, AGE_BINS, GENDER, gender_labels
+from utkface.inference.families import Outputs as Answered
+from utkface.inference.families import answer_columns, calibrate_interval
+from utkface.scoring.age_interval import AGE_HIGH, AGE_LOW
 
 
 def scores(ages: np.ndarray, genders: np.ndarray, age: np.ndarray, female: np.ndarray) -> str:
@@ -58,15 +63,34 @@ def scores(ages: np.ndarray, genders: np.ndarray, age: np.ndarray, female: np.nd
     return f"age MAE {error.mean():.3f} ({bands}), gender {correct.mean():.3f}"
 
 
-Outputs = dict[str, dict[str, np.ndarray]]  # judged split -> "age" / "gender" -> values
+Outputs = dict[str, dict[str, np.ndarray]]  # judged split -> age / gender / age bins -> values
 
 
 def output_average(outputs: list[Outputs]) -> Outputs:
     """The mean of several models' (or snapshots') outputs, split by split."""
     return {
-        name: {k: np.mean([out[name][k] for out in outputs], 0) for k in ("age", "gender")}
+        name: {k: np.mean([out[name][k] for out in outputs], 0) for k in (AGE, GENDER, AGE_BINS)}
         for name in outputs[0]
     }
+
+
+def coverage(
+    val: SplitData, val_out: dict, test: SplitData, test_out: dict, centres: list, age_max: int
+) -> str:
+    """The 80 % age interval calibrated on the validation outputs as `train` calibrates the
+    served model's, and its coverage of the test ages, overall and per age band."""
+
+    def answered(out: dict) -> Answered:
+        return Answered(out[AGE][:, 0], out[GENDER][:, 0], out[AGE_BINS], np.asarray(centres))
+
+    interval = calibrate_interval(answered(val_out), val.age, age_max)
+    answer = answer_columns(answered(test_out), age_max, interval)
+    inside = (test.age >= answer[AGE_LOW]) & (test.age <= answer[AGE_HIGH])
+    bands = " ".join(
+        f"{band_name(low, high)}: {inside[(test.age >= low) & (test.age < high)].mean():.2f}"
+        for low, high in BANDS
+    )
+    return f"interval coverage {inside.mean():.3f} ({bands})"
 
 
 def source_share(data: SplitData, share: float, seed: int) -> SplitData:
@@ -138,6 +162,7 @@ def main() -> None:
     from utkface import paths
     from utkface.model import finetuned
     from utkface.model.fitting import build_member, fit_model, load_inputs, seed_everything
+    from utkface.model.head import HEAD
     from utkface.model.training import epochs, load_tuned, member_config, resolve_lr
     from utkface.params import load_params
 
@@ -164,13 +189,24 @@ def main() -> None:
     )
 
     def predict(model: object) -> Outputs:
-        served = finetuned.serving_model(model)
-        return {name: served.predict(x, verbose=0, batch_size=256) for name, x in inputs.items()}
+        return {name: model.predict(x, verbose=0, batch_size=256) for name, x in inputs.items()}
+
+    centres: list[list[float]] = []  # each member's bin centres: an average needs one set
 
     def show(label: str, outputs: Outputs) -> None:
         for name, data in judged.items():
             out = outputs[name]
-            figures = scores(data.age, data.gender, out["age"][:, 0], out["gender"][:, 0])
+            figures = scores(data.age, data.gender, out[AGE][:, 0], out[GENDER][:, 0])
+            calibrated = name.replace("test", "val")
+            if (
+                name.startswith("test")
+                and calibrated in judged
+                and len(set(map(tuple, centres))) == 1
+            ):
+                figures += ", " + coverage(
+                    judged[calibrated], outputs[calibrated], data, out, centres[0],
+                    params.validate_.age_max,
+                )  # fmt: skip
             print(f"{label:<28} {name:<15} {figures}", flush=True)
 
     members, weights = [], []
@@ -182,6 +218,7 @@ def main() -> None:
         init = params.seed if args.same_init else seed
         seed_everything(init)
         model, compile_fn = build_member(family, cfg, params.train, fitted, init)
+        centres.append(model.get_layer(HEAD).get_layer(AGE).get_weights()[0][:, 0].tolist())
         if args.same_init:
             seed_everything(seed)  # then the data order's; otherwise as `fit` does
         snapshots = []
