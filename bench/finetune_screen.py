@@ -53,14 +53,18 @@ from utkface.inference.families import answer_columns, calibrate_interval
 from utkface.scoring.age_interval import AGE_HIGH, AGE_LOW
 
 
-def scores(ages: np.ndarray, genders: np.ndarray, age: np.ndarray, female: np.ndarray) -> str:
-    error = np.abs(age - ages)
-    bands = " ".join(
-        f"{band_name(low, high)}: {error[(ages >= low) & (ages < high)].mean():.2f}"
+def by_band(ages: np.ndarray, values: np.ndarray) -> str:
+    """The mean of `values` in each age band of the true `ages`."""
+    return " ".join(
+        f"{band_name(low, high)}: {values[(ages >= low) & (ages < high)].mean():.2f}"
         for low, high in BANDS
     )
+
+
+def scores(ages: np.ndarray, genders: np.ndarray, age: np.ndarray, female: np.ndarray) -> str:
+    error = np.abs(age - ages)
     correct = gender_labels(female) == genders
-    return f"age MAE {error.mean():.3f} ({bands}), gender {correct.mean():.3f}"
+    return f"age MAE {error.mean():.3f} ({by_band(ages, error)}), gender {correct.mean():.3f}"
 
 
 Outputs = dict[str, dict[str, np.ndarray]]  # judged split -> age / gender / age bins -> values
@@ -75,22 +79,23 @@ def output_average(outputs: list[Outputs]) -> Outputs:
 
 
 def coverage(
-    val: SplitData, val_out: dict, test: SplitData, test_out: dict, centres: list, age_max: int
+    val: SplitData,
+    val_out: dict[str, np.ndarray],
+    test: SplitData,
+    test_out: dict[str, np.ndarray],
+    centres: np.ndarray,
+    age_max: int,
 ) -> str:
     """The 80 % age interval calibrated on the validation outputs as `train` calibrates the
     served model's, and its coverage of the test ages, overall and per age band."""
 
-    def answered(out: dict) -> Answered:
-        return Answered(out[AGE][:, 0], out[GENDER][:, 0], out[AGE_BINS], np.asarray(centres))
+    def answered(out: dict[str, np.ndarray]) -> Answered:
+        return Answered(out[AGE][:, 0], out[GENDER][:, 0], out[AGE_BINS], centres)
 
     interval = calibrate_interval(answered(val_out), val.age, age_max)
     answer = answer_columns(answered(test_out), age_max, interval)
     inside = (test.age >= answer[AGE_LOW]) & (test.age <= answer[AGE_HIGH])
-    bands = " ".join(
-        f"{band_name(low, high)}: {inside[(test.age >= low) & (test.age < high)].mean():.2f}"
-        for low, high in BANDS
-    )
-    return f"interval coverage {inside.mean():.3f} ({bands})"
+    return f"interval coverage {inside.mean():.3f} ({by_band(test.age, inside)})"
 
 
 def source_share(data: SplitData, share: float, seed: int) -> SplitData:
@@ -191,25 +196,24 @@ def main() -> None:
     def predict(model: object) -> Outputs:
         return {name: model.predict(x, verbose=0, batch_size=256) for name, x in inputs.items()}
 
-    centres: list[list[float]] = []  # each member's bin centres: an average needs one set
-
-    def show(label: str, outputs: Outputs) -> None:
+    def show(label: str, outputs: Outputs, centres: np.ndarray | None) -> None:
+        """Each judged split's scores; for test, with the bins' `centres` (None: the averaged
+        models' bins differ), the interval's coverage too."""
         for name, data in judged.items():
             out = outputs[name]
             figures = scores(data.age, data.gender, out[AGE][:, 0], out[GENDER][:, 0])
             calibrated = name.replace("test", "val")
-            if (
-                name.startswith("test")
-                and calibrated in judged
-                and len(set(map(tuple, centres))) == 1
-            ):
+            if name.startswith("test") and calibrated in judged and centres is not None:
                 figures += ", " + coverage(
-                    judged[calibrated], outputs[calibrated], data, out, centres[0],
+                    judged[calibrated], outputs[calibrated], data, out, centres,
                     params.validate_.age_max,
                 )  # fmt: skip
             print(f"{label:<28} {name:<15} {figures}", flush=True)
 
-    members, weights = [], []
+    def shared(centres: list[np.ndarray]) -> np.ndarray | None:
+        return centres[0] if all(np.array_equal(c, centres[0]) for c in centres) else None
+
+    members, weights, centres = [], [], []
     for seed in args.members:
         started = time.perf_counter()
         fitted = source_share(train, args.train_share, seed) if args.bagged else train
@@ -218,7 +222,7 @@ def main() -> None:
         init = params.seed if args.same_init else seed
         seed_everything(init)
         model, compile_fn = build_member(family, cfg, params.train, fitted, init)
-        centres.append(model.get_layer(HEAD).get_layer(AGE).get_weights()[0][:, 0].tolist())
+        centres.append(model.get_layer(HEAD).get_layer(AGE).get_weights()[0][:, 0])
         if args.same_init:
             seed_everything(seed)  # then the data order's; otherwise as `fit` does
         snapshots = []
@@ -230,16 +234,16 @@ def main() -> None:
             )  # fmt: skip
             snapshots.append(predict(model))
             if args.cycles > 1:
-                show(f"  snapshot {cycle + 1}", snapshots[-1])
+                show(f"  snapshot {cycle + 1}", snapshots[-1], centres[-1])
         members.append(output_average(snapshots))
-        show(f"member {seed} ({time.perf_counter() - started:.0f} s)", members[-1])
+        show(f"member {seed} ({time.perf_counter() - started:.0f} s)", members[-1], centres[-1])
         if len(members) > 1:
-            show(f"  output average of {len(members)}", output_average(members))
+            show(f"  output average of {len(members)}", output_average(members), shared(centres))
         if args.same_init:
             weights.append(model.get_weights())
             model.set_weights([np.mean(layer, 0) for layer in zip(*weights, strict=True)])
             if len(weights) > 1:
-                show(f"  weight average of {len(weights)}", predict(model))
+                show(f"  weight average of {len(weights)}", predict(model), shared(centres))
 
 
 if __name__ == "__main__":
