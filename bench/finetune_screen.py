@@ -181,7 +181,13 @@ def main() -> None:
     if args.refit:
         joining = as_planned(val, pd.read_parquet(paths.PLAN)) if args.balanced else val
         train, judged = joined(train, joining, params.balance.age_cap), {"test": test}
-    inputs = {name: finetuned.example_inputs(data, len(data.age)) for name, data in judged.items()}
+    inputs = {
+        name: {
+            finetuned.PREFIX: np.asarray(data.images[finetuned.PREFIX][:, 0], dtype=np.float32),
+            finetuned.FEATURES: data.images[finetuned.FEATURES],
+        }
+        for name, data in judged.items()
+    }  # each face's own view, with its mirror: one member's inputs
     if args.face_only:  # the model averages its two prefix slots: give both the face
         for name in list(judged):
             prefix = inputs[name][finetuned.PREFIX].copy()

@@ -42,7 +42,14 @@ def main() -> None:
             old.unlink()
         # logged first: a stopped run says what it was trying
         mlflow.log_params({"lr_used": lr, "lr_source": source})
-        trained = train_member(params, family, tuned.of(family), lr, source, [EpochLogger()])
+        trained = train_member(
+            params,
+            family,
+            tuned.of(family),
+            lr,
+            source,
+            lambda prefix: [EpochLogger(prefix=prefix)],
+        )
         mlflow.log_params({"train_rows": trained.summary["train_rows"]})
         mlflow.log_metrics(trained.speed)
         interval, saved = judge_saved_model(family, params.validate_.age_max)

@@ -132,9 +132,14 @@ class FinetuneParams(_Section):
 
     The frozen prefix's activations are cached (stage `prefix`) for each face and for `views`
     augmented copies of its aligned age chip (shifted, scaled, brightness and contrast
-    jittered), each with its mirror; training draws one view per face and epoch."""
+    jittered), each with its mirror; training draws one view per face and epoch.
+
+    `members` last stages (each with its head) are fitted over the one cached prefix, member
+    k seeded by `seed` + 10 k, and served averaged, each on the aligned chip alone: the
+    members, not the chip's mirror, average out the variance (docs/models.md)."""
 
     epochs: Annotated[int, Field(ge=1, le=1000)] = 20
+    members: Annotated[int, Field(ge=1, le=8)] = 2
     backbone_lr_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1  # of the head's rate
     views: Annotated[int, Field(ge=0, le=8)] = 2
     shift: Annotated[float, Field(ge=0.0, le=0.3)] = 0.05  # of the chip's side
@@ -267,7 +272,7 @@ class FinetuneSearchParams(SearchParams):
     @field_validator("search_space")
     @classmethod
     def _known_knobs(cls, value: Knobs) -> Knobs:
-        return _check_knobs(value, FinetuneParams, set(), "model.finetune")
+        return _check_knobs(value, FinetuneParams, {"members"}, "model.finetune")
 
 
 class TuneParams(SearchParams):

@@ -24,7 +24,7 @@ from utkface.data.synthetic import synthetic_files
 from utkface.inference.answering import SYNTHETIC_TRAINING, to_base64
 from utkface.inference.evaluation import served_inputs
 from utkface.inference.families import OnnxHead, to_answers
-from utkface.model.face_backbone import package_files
+from utkface.model.face_backbone import flush_subnormals, package_files
 from utkface.model.finetuned import FEATURES, PREFIX
 from utkface.model.fitting import load_inputs
 from utkface.model.prefix_cache import prefix_graph
@@ -176,8 +176,8 @@ def test_the_served_pretrained_model_predicts_as_the_stages_do(in_project: Path)
     assert served["gender"].tolist() == expected["gender"].tolist()
 
 
-def _initializers(path: Path) -> dict[str, np.ndarray]:
-    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
 def test_the_finetuned_family_trains_the_age_networks_last_stage(in_copy: Path) -> None:
@@ -192,19 +192,22 @@ def test_the_finetuned_family_trains_the_age_networks_last_stage(in_copy: Path) 
     cached = np.load(paths.PREFIX_ACTIVATIONS)
     assert cached.shape == (COUNT, 2, 2, 7, 7, 128)  # each face: itself and 1 view, + mirrors
     assert not np.array_equal(cached[:, 0], cached[:, 1])  # the view is jittered
-    # only the last stage's convolutions and the dense layer learned: the prefix, dlib's
-    # affine layers (frozen) and the graph are the wheel's
-    wheel = onnx.load(str(package_files().network("age")))
-    before, after = (
-        _initializers(package_files().network("age")),
-        _initializers(paths.FINETUNED_AGE_NETWORK),
-    )
-    assert before.keys() == after.keys()
-    changed = {name for name in before if not np.array_equal(before[name], after[name])}
+    # two members over one prefix: the prefix's constants are the wheel's, each member holds
+    # the rest, and only the last stage's convolutions and the dense layer learned (dlib's
+    # affine layers are frozen); the members learned apart
+    wheel = flush_subnormals(onnx.load(str(package_files().network("age"))))
+    before, after = _initializers(wheel), _initializers(onnx.load(paths.FINETUNED_AGE_NETWORK))
     prefix = {i.name for i in prefix_graph(wheel).graph.initializer}
+    members = [{k.split("/", 1)[1]: v for k, v in after.items() if k.startswith(m)}
+               for m in ("member0/", "member1/")]  # fmt: skip
+    assert {k for k in after if "/" not in k} == prefix
+    assert all(np.array_equal(before[name], after[name]) for name in prefix)
+    assert members[0].keys() == members[1].keys() == before.keys() - prefix
     op_of = {name: node.op_type for node in wheel.graph.node for name in node.input}
-    assert changed and not changed & prefix
-    assert {op_of[name] for name in changed} <= {"Conv", "Gemm"}
+    for member in members:
+        changed = {k for k, v in member.items() if not np.array_equal(before[k], v)}
+        assert changed and {op_of[name] for name in changed} <= {"Conv", "Gemm"}
+    assert any(not np.array_equal(members[0][k], members[1][k]) for k in members[0])
     # the served model: its own age network in the backbone, the head on ONNX Runtime
     registered = yaml.safe_load(paths.REGISTERED.read_text())
     uri = f"models:/families/{registered['version']}"
@@ -217,11 +220,11 @@ def test_the_finetuned_family_trains_the_age_networks_last_stage(in_copy: Path) 
     expected = to_answers(OnnxHead(paths.served_file("finetuned"))(inputs.images[:6]), AGE_MAX)
     np.testing.assert_allclose(served["age"], expected["age"], rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(served["p_female"], expected["p_female"], atol=1e-5)
-    # ... and the Keras model as trained, on the cached (float16) prefix of each face
+    # ... and the Keras ensemble as trained, on the cached (float16) prefix of each face
     keras_model = keras.saving.load_model(paths.member_model("finetuned"), compile=False)
     test = load_inputs("finetuned", "test")
     trained = keras_model.predict(
-        {PREFIX: test.images[PREFIX][:6, 0].astype("float32"),
+        {PREFIX: test.images[PREFIX][:6, 0, 0].astype("float32"),
          FEATURES: test.images[FEATURES][:6]},
         verbose=0,
     )  # fmt: skip
@@ -229,3 +232,6 @@ def test_the_finetuned_family_trains_the_age_networks_last_stage(in_copy: Path) 
     np.testing.assert_allclose(served["p_female"], trained["gender"].ravel(), atol=5e-3)
     train = yaml.safe_load(paths.TRAIN_METRICS.read_text())
     assert train["family"] == "finetuned" and "val_age_mae" in train
+    train_run = MlflowClient().get_run(yaml.safe_load(paths.TRAIN_RUN.read_text())["run_id"])
+    history = MlflowClient().get_metric_history(train_run.info.run_id, "member1_val_age_mae")
+    assert len(history) == 2 and "member0_val_age_mae" in train_run.data.metrics  # epochs

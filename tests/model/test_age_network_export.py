@@ -1,7 +1,8 @@
 """The age network written back into its ONNX graph (`utkface.model.age_network_export`): the
 unchanged port gives back the wheel's constants; with its last stage perturbed, the exported
 graph, run as the served model runs it, computes what Keras computes, and its prefix still
-computes what the wheel's does; a model and a graph that do not match are refused."""
+computes what the wheel's does; a model and a graph that do not match are refused. An ensemble
+of such networks is one graph that runs the prefix once and gives each member's features."""
 
 from __future__ import annotations
 
@@ -19,8 +20,19 @@ from utkface.data.imaging import load_image
 from utkface.data.synthetic import synthetic_files
 from utkface.model import face_backbone
 from utkface.model.age_network import LAST_STAGE, ChannelAffine, age_network, split, submodel
-from utkface.model.age_network_export import age_network_to_onnx, export_age_network
-from utkface.model.face_backbone import EXPOSED, FaceBackbone, expose_outputs, package_files
+from utkface.model.age_network_export import (
+    age_ensemble_to_onnx,
+    age_network_to_onnx,
+    export_age_ensemble,
+    export_age_network,
+)
+from utkface.model.face_backbone import (
+    ENSEMBLE_OUTPUT,
+    EXPOSED,
+    FaceBackbone,
+    expose_outputs,
+    package_files,
+)
 
 SIZE = 200  # features.image_size
 FACES = 8
@@ -33,16 +45,20 @@ def original() -> onnx.ModelProto:
     return onnx.load(str(package_files().network("age")))
 
 
-@pytest.fixture(scope="module")
-def perturbed() -> keras.Model:
+def perturbed_network(seed: int) -> keras.Model:
     """The port with every trainable weight after `LAST_STAGE` moved by seeded noise."""
     network = age_network()
-    rng = np.random.default_rng(26)
+    rng = np.random.default_rng(seed)
     for weight in split(network)[1].trainable_weights:
         value = weight.numpy()
         noise = rng.normal(0, NOISE * np.abs(value).mean(), value.shape)
         weight.assign((value + noise).astype(np.float32))
     return network
+
+
+@pytest.fixture(scope="module")
+def perturbed() -> keras.Model:
+    return perturbed_network(26)
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +142,48 @@ def test_a_model_and_a_graph_that_do_not_match_are_refused(
         node.output[:] = ["scores" if name == "logits" else name for name in node.output]
     with pytest.raises(ValueError, match=r"layer 'logits' .* matches no node"):
         age_network_to_onnx(perturbed, renamed)
+
+
+def test_an_ensemble_runs_the_prefix_once_and_gives_each_members_features_of_the_chip(
+    perturbed: keras.Model,
+    exported: Path,
+    original: onnx.ModelProto,
+    backbone: FaceBackbone,
+    chips: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    members = [perturbed, perturbed_network(27)]
+    export_age_ensemble(members, tmp_path / "ensemble.onnx")
+    files = face_backbone.export(
+        package_files(), tmp_path / "served", replaced={"age": tmp_path / "ensemble.onnx"}
+    )
+    served = FaceBackbone(files)
+    features = served.network_features("age", chips)
+    alone = FaceBackbone(face_backbone.export(package_files(), tmp_path / "one", replaced={
+        "age": exported})).run("age", chips)  # fmt: skip
+    size = sum(part.shape[1] for part in alone)
+    assert features.shape == (FACES, 2 * size) and served.network_size("age") == 2 * size
+    np.testing.assert_allclose(features[:, :size], np.concatenate(alone, axis=1), 0, ATOL)
+    inputs = backbone.inputs("age", chips).transpose(0, 2, 3, 1)
+    names = [*EXPOSED["age"], "probabilities"]
+    second = submodel(members[1], names).predict_on_batch(inputs)
+    second = [(x.transpose(0, 3, 1, 2) if x.ndim == 4 else x).reshape(FACES, -1) for x in second]
+    np.testing.assert_allclose(features[:, size:], np.concatenate(second, axis=1), 0, ATOL)
+    assert np.abs(features[:, :size] - features[:, size:]).max() > 0.01  # two members
+    convs = [
+        n for n in onnx.load(str(tmp_path / "ensemble.onnx")).graph.node if n.op_type == "Conv"
+    ]
+    wheel = [n for n in original.graph.node if n.op_type == "Conv"]
+    last = [n for n in convs if n.name.startswith("member1/")]
+    assert len(convs) == len(wheel) + len(last) and 0 < len(last) < len(wheel) / 2
+    assert served.sessions["age"].get_outputs()[0].name == ENSEMBLE_OUTPUT
+
+
+def test_members_that_differ_before_the_last_stage_are_refused(
+    perturbed: keras.Model, original: onnx.ModelProto
+) -> None:
+    other = age_network()
+    layer = split(other)[0].layers[2]  # an affine layer of the prefix
+    layer.set_weights([w * 1.01 for w in layer.get_weights()])
+    with pytest.raises(ValueError, match=f"member 1 differs from member 0 before {LAST_STAGE}"):
+        age_ensemble_to_onnx([perturbed, other], original)

@@ -253,6 +253,14 @@ def test_search_space_knob_without_values():
     assert "tune.search_space" in message and "['dense_units'] need at least one value" in message
 
 
+def test_the_finetuned_familys_members_are_not_a_search_knob():
+    # a trial fits one member: searching how many would compare nothing
+    space = {"finetune": {"search_space": {"members": [1, 2]}}}
+    message = error_of({"tune": space})
+    assert "unknown knob(s) ['members']" in message
+    assert "backbone_lr_ratio" in message.split("allowed:")[1]
+
+
 def test_known_search_space_knobs_are_accepted():
     space = {"dropout": [0.2, 0.4], "dense_units": [64, 128], "separable": [True, False]}
     assert parse_params({"tune": {"search_space": space}}).tune.search_space == space

@@ -30,7 +30,7 @@ from utkface.scoring.age_interval import AgeInterval
 def served_inputs(member: Family, split: str) -> SplitData:
     """What the served model gives family `member` for one split's faces: the image for the
     scratch CNN, the face features for a head. The finetuned family's are computed here by the
-    age network it saved (on the aligned chips `features` cached) beside the gender network's
+    age networks it saved (on the aligned chips `features` cached) beside the gender network's
     cached ones; the pretrained family's are those `features` cached."""
     if member == "scratch":
         return load_split(split)
@@ -44,8 +44,10 @@ def served_inputs(member: Family, split: str) -> SplitData:
             Path(folder),
             replaced={"age": paths.FINETUNED_AGE_NETWORK},
         )
-        age = face_backbone.FaceBackbone(files).network_features("age", np.asarray(chips))
-    features = np.concatenate([age, data.images[:, age.shape[1] :]], axis=1)
+        backbone = face_backbone.FaceBackbone(files)
+        age = backbone.network_features("age", np.asarray(chips))
+        gender = data.images.shape[1] - backbone.network_size("gender")
+    features = np.concatenate([age, data.images[:, gender:]], axis=1)
     return SplitData(features, data.age, data.gender, data.table)
 
 

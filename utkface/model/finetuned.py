@@ -13,9 +13,11 @@ dlib's affine layers (`ChannelAffine`: its batch normalisation, folded into a pe
 and shift, some scales negative) stay frozen, as batch normalisation is kept in inference mode
 when fine-tuning on a few thousand faces: only the convolutions learn.
 
-Served, the trained last stage goes back into the age network's ONNX graph
-(`age_network_export`), which the backbone runs as it runs the wheel's, and the head is
-exported as the pretrained family's is.
+`model.finetune.members` such models are fitted, member k seeded by `member_seed`, and served
+averaged (`ensemble`), each on the face alone: its prefix activation in both slots. Served,
+their trained last stages go into one ONNX graph after the one prefix
+(`age_network_export.age_ensemble_to_onnx`), which the backbone runs on the aligned chip
+alone, and their heads into one graph that averages them (`head_export.heads_to_onnx`).
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ from utkface import paths
 from utkface.data.dataset import SplitData, load_split
 from utkface.data.labels import AGE, GENDER
 from utkface.model.age_network import LAST_STAGE, ChannelAffine, age_network
-from utkface.model.age_network_export import export_age_network
+from utkface.model.age_network_export import export_age_ensemble
 from utkface.model.face_backbone import EXPOSED
 from utkface.model.head import HEAD, build_head, compile_head
-from utkface.model.head_export import save_head_onnx
+from utkface.model.head_export import save_heads_onnx
 from utkface.params import ModelParams, TrainParams
 
 PREFIX = "prefix"  # input: (2, H, W, C), a view of the face and its mirror
@@ -42,6 +44,7 @@ FEATURES = "features"  # input: the cached features; the model keeps the gender 
 LAST_STAGE_MODEL = "age_last_stage"
 AGE_OUTPUTS = (*EXPOSED["age"], "probabilities")  # in the order of the features' age part
 NCHW_MAPS = {"layer_3_relu"}  # flattened as ONNX Runtime flattens them
+SEED_STEP = 10  # between the seeds of successive members
 
 
 def last_stage(network: keras.Model) -> keras.Model:
@@ -115,18 +118,38 @@ def _view(inputs: dict, targets: dict, view: tf.Tensor | int) -> tuple[dict, dic
     return {PREFIX: chosen, FEATURES: inputs[FEATURES]}, targets
 
 
+def member_seed(seed: int, member: int) -> int:
+    """The seed of member `member` (from 0) of a run seeded `seed`."""
+    return seed + SEED_STEP * member
+
+
 def example_inputs(data: SplitData, rows: int) -> dict[str, np.ndarray]:
-    """The first `rows` faces as the saved model takes them: each face's own view."""
+    """The first `rows` faces as the saved `ensemble` takes them: each face's own prefix
+    activation."""
     return {
-        PREFIX: np.asarray(data.images[PREFIX][:rows, 0], dtype=np.float32),
+        PREFIX: np.asarray(data.images[PREFIX][:rows, 0, 0], dtype=np.float32),
         FEATURES: data.images[FEATURES][:rows],
     }
 
 
-def serving_model(model: keras.Model) -> keras.Model:
-    """The model as saved: only the `age` and `gender` outputs."""
-    outputs = {name: model.output[name] for name in (AGE, GENDER)}
-    return keras.Model(model.input, outputs, name="finetuned")
+def ensemble(members: list[keras.Model]) -> keras.Model:
+    """The model as saved: the members' `age` and `gender` averaged, each member given the
+    face's prefix activation in both of its slots (the face alone, as served)."""
+    first = members[0]
+    prefix = keras.Input(first.input[PREFIX].shape[2:], name=PREFIX)
+    features = keras.Input(first.input[FEATURES].shape[1:], name=FEATURES)
+    alone = keras.ops.stack([prefix, prefix], axis=1)
+    outputs = [
+        keras.Model(member.input, member.output, name=f"member{index}")(
+            {PREFIX: alone, FEATURES: features}
+        )
+        for index, member in enumerate(members)
+    ]
+    averaged = {
+        name: keras.ops.mean(keras.ops.stack([out[name] for out in outputs]), axis=0)
+        for name in (AGE, GENDER)
+    }
+    return keras.Model({PREFIX: prefix, FEATURES: features}, averaged, name="finetuned")
 
 
 def trained_network(model: keras.Model) -> keras.Model:
@@ -138,7 +161,10 @@ def trained_network(model: keras.Model) -> keras.Model:
     return network
 
 
-def export(model: keras.Model, head_path: Path, network_path: Path) -> None:
-    """The served files: the head's ONNX graph and the age network's, its last stage trained."""
-    save_head_onnx(model.get_layer(HEAD), head_path)
-    export_age_network(trained_network(model), network_path)
+def export(members: list[keras.Model], head_path: Path, network_path: Path) -> None:
+    """The served files: the members' heads in one ONNX graph and their age networks in
+    another, the prefix shared (see the module)."""
+    networks = [trained_network(member) for member in members]
+    export_age_ensemble(networks, network_path)
+    age_size = sum(int(np.prod(output.shape[1:])) for output in last_stage(networks[0]).outputs)
+    save_heads_onnx([member.get_layer(HEAD) for member in members], age_size, head_path)

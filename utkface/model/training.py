@@ -11,6 +11,7 @@ retrains without re-running `tune`. MLflow is the caller's: this module returns 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -86,13 +87,12 @@ def best_epoch_metrics(history: pd.DataFrame, es: EarlyStoppingParams | None) ->
 def inference_model(
     model: keras.Model, params: Params, train: SplitData, member: Family = "scratch"
 ) -> keras.Model:
-    """The model to save. A head: its `age` and `gender` outputs. The CNN: BatchNorm
-    statistics recomputed over the training split (`train.precise_batchnorm`), then each face
-    averaged with its mirror (`model.test_time_flip`)."""
+    """The model to save of the pretrained or scratch family. A head: its `age` and `gender`
+    outputs. The CNN: BatchNorm statistics recomputed over the training split
+    (`train.precise_batchnorm`), then each face averaged with its mirror
+    (`model.test_time_flip`)."""
     if member == "pretrained":
         return serving_head(model)
-    if member == "finetuned":
-        return finetuned.serving_model(model)
     if params.train.precise_batchnorm:
         recompute_statistics(model, train.images, params.train.batch_size, params.seed)
     return with_test_time_flip(model) if params.model.test_time_flip else model
@@ -152,34 +152,45 @@ def train_member(
     tuned: TunedValues | None,
     lr: float,
     lr_source: str,
-    callbacks: list[keras.callbacks.Callback],
+    callbacks: Callable[[str], list[keras.callbacks.Callback]],
 ) -> TrainedMember:
-    """Fit, finish and save `member` (its model file, and the head's ONNX graph)."""
+    """Fit, finish and save `member` (its model file, and the ONNX graphs it is served by).
+    The finetuned family fits `model.finetune.members` models (`finetuned.member_seed`); its
+    history and summary are their mean. `callbacks(prefix)` gives each fit's callbacks, the
+    fit's metrics named with `prefix` ('' for the one model, `member<k>_` for an ensemble's)."""
     cfg = member_config(params, member, tuned)
     train, val = load_inputs(member, "train"), load_inputs(member, "val")
     used = {"lr_used": lr, "lr_source": lr_source, "train_rows": len(train.age)}
+    count = cfg.finetune.members if member == "finetuned" else 1
     started = time.perf_counter()
-    model, history = fit(
-        cfg,
-        params.train,
-        lr,
-        train,
-        val,
-        params.seed,
-        epochs(member, cfg, params),
-        callbacks=callbacks,
-        member=member,
-    )
+    models, histories = [], []
+    for index in range(count):
+        model, history = fit(
+            cfg,
+            params.train,
+            lr,
+            train,
+            val,
+            finetuned.member_seed(params.seed, index),
+            epochs(member, cfg, params),
+            callbacks=callbacks(f"member{index}_" if member == "finetuned" else ""),
+            member=member,
+        )
+        models.append(model)
+        histories.append(history_table(history))
     seconds = time.perf_counter() - started
-    served = inference_model(model, params, train, member)
-    table = history_table(history)
+    table = sum(histories) / count if count > 1 else histories[0]
     early = params.train.early_stopping if stops_early(member) else None
-    speed = {"seconds": seconds, "images_per_second": len(train.age) * len(table) / seconds}
+    rows = len(train.age) * sum(len(history) for history in histories)
+    speed = {"seconds": seconds, "images_per_second": rows / seconds}
     summary = best_epoch_metrics(table, early) | used
     paths.MODEL.mkdir(parents=True, exist_ok=True)
-    save_model(served, paths.member_model(member))  # the same weights, the same bytes
+    if member == "finetuned":  # served: the members' age networks and heads, averaged
+        served = finetuned.ensemble(models)
+        finetuned.export(models, paths.served_file(member), paths.FINETUNED_AGE_NETWORK)
+    else:
+        served = inference_model(models[0], params, train, member)
     if member == "pretrained":  # served on ONNX Runtime, with the bins for its interval
-        save_head_onnx(model, paths.served_file(member))
-    if member == "finetuned":  # the head as above, the age network with its trained stage
-        finetuned.export(model, paths.served_file(member), paths.FINETUNED_AGE_NETWORK)
+        save_head_onnx(models[0], paths.served_file(member))
+    save_model(served, paths.member_model(member))  # the same weights, the same bytes
     return TrainedMember(served, table, summary, val, speed)
