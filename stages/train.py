@@ -13,7 +13,7 @@ import mlflow
 from utkface import paths
 from utkface.inference.validation import judge_saved_model
 from utkface.mlops import tracking
-from utkface.mlops.keras_logging import EpochLogger, log_keras_model
+from utkface.mlops.keras_logging import EpochLogger, log_history, log_keras_model
 from utkface.mlops.runs import stage_run
 from utkface.model.training import effective_model_params, load_tuned, resolve_lr, train_member
 from utkface.outputs import write_json
@@ -50,6 +50,8 @@ def main() -> None:
             source,
             lambda prefix: [EpochLogger(prefix=prefix)],
         )
+        if trained.members > 1:  # the members' mean, as one model's epochs are logged
+            log_history(trained.history)
         mlflow.log_params({"train_rows": trained.summary["train_rows"]})
         mlflow.log_metrics(trained.speed)
         interval, saved = judge_saved_model(family, params.validate_.age_max)

@@ -12,6 +12,7 @@ import keras
 import keras_tuner as kt
 import mlflow
 import numpy as np
+import pandas as pd
 from mlflow.models import Model, infer_signature
 from mlflow.models.model import ModelInfo
 
@@ -32,6 +33,14 @@ class EpochLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         metrics = {self.prefix + k: float(v) for k, v in (logs or {}).items()}
         mlflow.log_metrics(metrics, step=epoch, run_id=self.run_id)
+
+
+def log_history(history: pd.DataFrame) -> None:
+    """Every metric of a per-epoch `history` (`training.history_table`) to the active run, as
+    `EpochLogger` logs a fit's: an ensemble's mean, beside each member's own epochs."""
+    for row in history.to_dict("records"):
+        epoch = int(row.pop("epoch"))
+        mlflow.log_metrics({k: float(v) for k, v in row.items()}, step=epoch - 1)
 
 
 class _KerasFlavor:

@@ -121,13 +121,15 @@ def epochs(member: Family, cfg: ModelParams, params: Params) -> int:
 @dataclass
 class TrainedMember:
     """One model family as trained: the saved model, its history, its summary for
-    metrics/train.json, the validation inputs it was judged on and its speed."""
+    metrics/train.json, the validation inputs it was judged on, its speed and how many models
+    it fitted (the finetuned family's members; their mean is its history and summary)."""
 
     model: keras.Model
     history: pd.DataFrame
     summary: dict
     val: SplitData
     speed: dict[str, float]  # seconds and images per second: MLflow's, not DVC's
+    members: int = 1
 
     def example(self, rows: int = 2) -> np.ndarray | dict[str, np.ndarray]:
         """The first validation inputs, as the saved model takes them (its input example)."""
@@ -157,7 +159,7 @@ def train_member(
     """Fit, finish and save `member` (its model file, and the ONNX graphs it is served by).
     The finetuned family fits `model.finetune.members` models (`finetuned.member_seed`); its
     history and summary are their mean. `callbacks(prefix)` gives each fit's callbacks, the
-    fit's metrics named with `prefix` ('' for the one model, `member<k>_` for an ensemble's)."""
+    fit's metrics named with `prefix` ('' for one model, `member<k>_` for several)."""
     cfg = member_config(params, member, tuned)
     train, val = load_inputs(member, "train"), load_inputs(member, "val")
     used = {"lr_used": lr, "lr_source": lr_source, "train_rows": len(train.age)}
@@ -173,13 +175,13 @@ def train_member(
             val,
             finetuned.member_seed(params.seed, index),
             epochs(member, cfg, params),
-            callbacks=callbacks(f"member{index}_" if member == "finetuned" else ""),
+            callbacks=callbacks(f"member{index}_" if count > 1 else ""),
             member=member,
         )
         models.append(model)
         histories.append(history_table(history))
     seconds = time.perf_counter() - started
-    table = sum(histories) / count if count > 1 else histories[0]
+    table = pd.concat(histories).groupby("epoch", as_index=False).mean()
     early = params.train.early_stopping if stops_early(member) else None
     rows = len(train.age) * sum(len(history) for history in histories)
     speed = {"seconds": seconds, "images_per_second": rows / seconds}
@@ -193,4 +195,4 @@ def train_member(
     if member == "pretrained":  # served on ONNX Runtime, with the bins for its interval
         save_head_onnx(models[0], paths.served_file(member))
     save_model(served, paths.member_model(member))  # the same weights, the same bytes
-    return TrainedMember(served, table, summary, val, speed)
+    return TrainedMember(served, table, summary, val, speed, count)
