@@ -24,7 +24,6 @@ from utkface.model.age_network_export import (
     age_ensemble_to_onnx,
     age_network_to_onnx,
     export_age_ensemble,
-    export_age_network,
 )
 from utkface.model.face_backbone import (
     ENSEMBLE_OUTPUT,
@@ -62,9 +61,11 @@ def perturbed() -> keras.Model:
 
 
 @pytest.fixture(scope="module")
-def exported(perturbed: keras.Model, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(
+    perturbed: keras.Model, original: onnx.ModelProto, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     path = tmp_path_factory.mktemp("exported") / "age.onnx"
-    export_age_network(perturbed, path)
+    onnx.save_model(age_network_to_onnx(perturbed, original), str(path))
     return path
 
 
@@ -80,12 +81,8 @@ def chips(backbone: FaceBackbone) -> np.ndarray:
     return np.stack([backbone.align(face)[0]["age"] for face in faces])
 
 
-def test_the_unchanged_port_gives_back_the_wheels_graph(
-    original: onnx.ModelProto, tmp_path: Path
-) -> None:
-    path = tmp_path / "age.onnx"
-    export_age_network(age_network(), path)
-    model = onnx.load(str(path))
+def test_the_unchanged_port_gives_back_the_wheels_graph(original: onnx.ModelProto) -> None:
+    model = age_network_to_onnx(age_network(), original)
     assert [init.name for init in model.graph.initializer] == [
         init.name for init in original.graph.initializer
     ]

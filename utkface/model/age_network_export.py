@@ -118,19 +118,9 @@ def age_network_to_onnx(model: keras.Model, source: onnx.ModelProto) -> onnx.Mod
     return exported
 
 
-def export_age_network(
-    model: keras.Model, target: Path, files: BackboneFiles | None = None
-) -> None:
-    """`age_network_to_onnx` of `model` and the age network of `files` (default: the installed
-    wheel's, which `age_network()` ports), written to `target`."""
-    source = onnx.load(str((files or package_files()).network("age")))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(age_network_to_onnx(model, source), str(target))
-
-
 def _member_part(network: onnx.ModelProto, outputs: list[str], member: int) -> onnx.GraphProto:
     """The graph of `network` from `LAST_STAGE` to `outputs`, every name but `LAST_STAGE`'s
-    prefixed `member<member>/`, and the prefix's constants it would need refused."""
+    prefixed `member<member>/` (its constants too: each member holds its own)."""
     part = onnx_utils.Extractor(network).extract_model([LAST_STAGE], outputs).graph
     prefix = f"member{member}/"
     renamed = {name: name if name == LAST_STAGE else prefix + name for name in _names(part)}

@@ -39,7 +39,7 @@ from utkface.model.head import HEAD, build_head, compile_head
 from utkface.model.head_export import save_heads_onnx
 from utkface.params import ModelParams, TrainParams
 
-PREFIX = "prefix"  # input: (2, H, W, C), a view of the face and its mirror
+PREFIX = "prefix"  # a member's input: (2, H, W, C), a view and its mirror; the ensemble's: one
 FEATURES = "features"  # input: the cached features; the model keeps the gender network's part
 LAST_STAGE_MODEL = "age_last_stage"
 AGE_OUTPUTS = (*EXPOSED["age"], "probabilities")  # in the order of the features' age part

@@ -145,16 +145,17 @@ def heads_to_onnx(heads: list[keras.Model], age_size: int) -> onnx.ModelProto:
     its member's."""
     members = len(heads)
     features = heads[0].inputs[0].shape[-1] + (members - 1) * age_size
-    nodes, constants = [], []
+    nodes, constants = [], [numpy_helper.from_array(np.array([1], np.int64), "features/axis")]
 
     def columns(name: str, start: int, end: int) -> None:
         """Node `name`: the features' columns from `start` to `end`."""
+        for bound, value in (("start", start), ("end", end)):
+            constants.append(
+                numpy_helper.from_array(np.array([value], np.int64), f"{name}/{bound}")
+            )
         bounds = [f"{name}/start", f"{name}/end", "features/axis"]
-        for bound, value in zip(bounds, (start, end), strict=False):
-            constants.append(numpy_helper.from_array(np.array([value], np.int64), bound))
         nodes.append(helper.make_node("Slice", [INPUT, *bounds], [name]))
 
-    constants.append(numpy_helper.from_array(np.array([1], np.int64), "features/axis"))
     columns("gender_part", members * age_size, features)
     for member, head in enumerate(heads):
         prefix = f"member{member}/"
