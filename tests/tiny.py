@@ -86,7 +86,7 @@ TINY_DAG: dict[str, Any] = {
         "convs_per_block": 1,
         "dense_units": 4,
         "head": {"epochs": 3},
-        "finetune": {"epochs": 2, "views": 1},
+        "finetune": {"epochs": 2, "views": 1, "members": 1},  # two: test_model_families
     },
     "train": {"epochs": 1, "batch_size": 32, "precise_batchnorm_sample": 64},
     "tune": {

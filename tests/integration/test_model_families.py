@@ -35,6 +35,7 @@ COUNT, SEED = 200, 5
 FAMILIES = {
     "seed": SEED,
     "ingest": {"synthetic_count": COUNT},
+    "model": {"finetune": {"members": 2}},  # the default's ensemble (TINY_DAG fits one)
     "train": {"epochs": 3},
     "tune": {"head": {"learning_rates": [0.001, 0.003], "max_trials": 2, "epochs": 2}},
     "register": {"model_name": "families"},
