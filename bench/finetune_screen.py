@@ -3,20 +3,19 @@ earn a three-seed run of `bench/families_real.py`.
 
 PROJECT is a project copy whose stages ran on the real data up to `tune` (e.g. the one
 `bench/last_mile.py --keep` keeps under bench/results/): its prefix cache, splits and tuned
-rate are reused, nothing there is written. For each member seed, fits the finetuned family as
-`train` does (its tuned knobs and rate, `--set part.knob=value` applied to `model.head` or
-`model.finetune`) and prints the validation and test age MAE per age band and gender accuracy
-(and, for test, the 80 % interval's coverage per age band, calibrated on validation as `train`
-calibrates it):
-each member alone, the running average of the members' outputs (an ensemble over the one
-cached prefix) and, with `--same-init` (every member starts from the project seed's weights,
-only the data order differs), the running average of their weights (a "soup", served at one
-model's cost); with `--face-only`, each of these also without the mirror image the served
-model averages each face with. With `--cycles N`, each member fits its epochs as N restarts
-(each a warm-up and cosine decay of epochs/N, a fresh optimizer, the data order seeded by its
-seed + the restart's index) and its output is the average of the N snapshots after them (a
-snapshot ensemble: one member's training time). Decide on validation; the test figures are for
-the record.
+rate are reused, nothing there is written. For each member seed, fits one member of the
+finetuned family as `train` fits each (its tuned knobs and rate, `--set part.knob=value`
+applied to `model.head` or `model.finetune`) and prints the validation and test age MAE per age
+band and gender accuracy (and, for test, the 80 % interval's coverage per age band, calibrated
+on validation as `train` calibrates it): each member alone, the running average of the members'
+outputs (an ensemble over the one cached prefix) and, with `--same-init` (every member starts
+from the project seed's weights, only the data order differs), the running average of their
+weights (a "soup", served at one model's cost); with `--face-only`, each of these also on the
+chip alone, without its mirror (as the served default runs its members). With `--cycles N`,
+each member fits its epochs as N restarts (each a warm-up and cosine decay of epochs/N, a fresh
+optimizer, the data order seeded by its seed + the restart's index) and its output is the
+average of the N snapshots after them (a snapshot ensemble: one member's training time). Decide
+on validation; the test figures are for the record.
 
 Two checks of how much the faces are worth: `--train-share 0.81` fits on a seeded share of the
 training split's source images (`--draw` seeds it; an image's augmented copies go with it), a
