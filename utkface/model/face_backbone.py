@@ -315,6 +315,12 @@ class FaceBackbone:
         self.sessions = {
             name: _session(files.network(name), EXPOSED[name], options) for name in NETWORKS
         }
+        # the networks that are a fine-tuned ensemble (`ENSEMBLE_OUTPUT`), decided once
+        self.ensembles = {
+            name
+            for name, session in self.sessions.items()
+            if ENSEMBLE_OUTPUT in {output.name for output in session.get_outputs()}
+        }
 
     def chip_size(self, name: str) -> int:
         return int(self.specs[name]["input"]["shape"][-1])
@@ -370,15 +376,11 @@ class FaceBackbone:
         ]
         return chips, np.asarray(plausible, dtype=bool)
 
-    def ensemble(self, name: str) -> bool:
-        """Whether network `name` is a fine-tuned ensemble (`ENSEMBLE_OUTPUT`)."""
-        return ENSEMBLE_OUTPUT in {output.name for output in self.sessions[name].get_outputs()}
-
     def network_features(self, name: str, chips: np.ndarray) -> np.ndarray:
         """float32 (n, F) features of network `name` (its exposed outputs, then its
         probabilities) of aligned chips, each averaged with its mirror image's; an
         ensemble's `ENSEMBLE_OUTPUT` of the chips alone."""
-        if self.ensemble(name):
+        if name in self.ensembles:
             inputs = {self.specs[name]["input"]["name"]: self.inputs(name, chips)}
             return self.sessions[name].run([ENSEMBLE_OUTPUT], inputs)[0]
         both = self.run(name, np.concatenate([chips, chips[:, :, ::-1]]))
@@ -409,7 +411,7 @@ class FaceBackbone:
         """How many features network `name` gives a face (`network_features`)."""
         shapes = {o.name: o.shape for o in self.sessions[name].get_outputs()}
         names = [*EXPOSED[name], self.specs[name]["output"]["name"]]
-        outputs = [ENSEMBLE_OUTPUT] if self.ensemble(name) else names
+        outputs = [ENSEMBLE_OUTPUT] if name in self.ensembles else names
         return sum(int(np.prod(shapes[output][1:])) for output in outputs)
 
     @property

@@ -164,7 +164,7 @@ def trained_network(model: keras.Model) -> keras.Model:
 def export(members: list[keras.Model], head_path: Path, network_path: Path) -> None:
     """The served files: the members' heads in one ONNX graph and their age networks in
     another, the prefix shared (see the module)."""
-    networks = [trained_network(member) for member in members]
-    export_age_ensemble(networks, network_path)
-    age_size = sum(int(np.prod(output.shape[1:])) for output in last_stage(networks[0]).outputs)
+    export_age_ensemble([trained_network(member) for member in members], network_path)
+    outputs = members[0].get_layer(LAST_STAGE_MODEL).outputs  # a member's age features
+    age_size = sum(int(np.prod(output.shape[1:])) for output in outputs)
     save_heads_onnx([member.get_layer(HEAD) for member in members], age_size, head_path)
