@@ -10,11 +10,12 @@ band and gender accuracy (and, for test, the 80 % interval's coverage per age ba
 on validation as `train` calibrates it): each member alone, the running average of the members'
 outputs (an ensemble over the one cached prefix) and, with `--same-init` (every member starts
 from the project seed's weights, only the data order differs), the running average of their
-weights (a "soup", served at one model's cost). Each face is judged on its own chip, as served.
-With `--cycles N`, each member fits its epochs as N restarts (each a warm-up and cosine decay
-of epochs/N, a fresh optimizer, the data order seeded by its seed + the restart's index) and its
-output is the average of the N snapshots after them (a snapshot ensemble: one member's training
-time). Decide on validation; the test figures are for the record.
+weights (a "soup", served at one model's cost); with `--face-only`, each of these also on the
+chip alone, without its mirror (as the served default runs its members). With `--cycles N`,
+each member fits its epochs as N restarts (each a warm-up and cosine decay of epochs/N, a fresh
+optimizer, the data order seeded by its seed + the restart's index) and its output is the
+average of the N snapshots after them (a snapshot ensemble: one member's training time). Decide
+on validation; the test figures are for the record.
 
 Two checks of how much the faces are worth: `--train-share 0.81` fits on a seeded share of the
 training split's source images (`--draw` seeds it; an image's augmented copies go with it), a
@@ -24,7 +25,7 @@ judges nothing, so only test is printed: validation whole, or with `--balanced` 
 plan has its images (the originals it kept, each as often as the plan has it with its augmented
 copies), so that its faces follow the training split's balanced ages.
 
-    python bench/finetune_screen.py PROJECT [--members 42 43 44] [--same-init]
+    python bench/finetune_screen.py PROJECT [--members 42 43 44] [--same-init] [--face-only]
                                             [--cycles 3 --set finetune.epochs=21]
                                             [--set head.age_bins=24 ...]
                                             [--train-share 0.81 [--draw 0 | --bagged]
@@ -139,6 +140,9 @@ def main() -> None:
     parser.add_argument("--members", type=int, nargs="+", default=[42])
     parser.add_argument("--same-init", action="store_true")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[])
+    parser.add_argument(
+        "--face-only", action="store_true", help="also judge each face without its mirror"
+    )
     parser.add_argument("--cycles", type=int, default=1, help="restarts a member, averaged")
     fitted_on = parser.add_mutually_exclusive_group()
     fitted_on.add_argument("--train-share", type=float, help="fit on this share of the sources")
@@ -178,11 +182,17 @@ def main() -> None:
         train, judged = joined(train, joining, params.balance.age_cap), {"test": test}
     inputs = {
         name: {
-            finetuned.PREFIX: np.asarray(data.images[finetuned.PREFIX][:, 0, 0], np.float32),
+            finetuned.PREFIX: np.asarray(data.images[finetuned.PREFIX][:, 0], dtype=np.float32),
             finetuned.FEATURES: data.images[finetuned.FEATURES],
         }
         for name, data in judged.items()
-    }  # each face's own view, not mirrored: one member's inputs
+    }  # each face's own view, with its mirror: one member's inputs
+    if args.face_only:  # the model averages its two prefix slots: give both the face
+        for name in list(judged):
+            prefix = inputs[name][finetuned.PREFIX].copy()
+            prefix[:, 1] = prefix[:, 0]
+            inputs[f"{name}, face only"] = inputs[name] | {finetuned.PREFIX: prefix}
+            judged[f"{name}, face only"] = judged[name]
     print(
         f"{cpu_description()}; lr {lr}, overrides {args.overrides or 'none'}; "
         f"{len(train.age)} training rows"

@@ -132,11 +132,11 @@ class FinetuneParams(_Section):
 
     The frozen prefix's activations are cached (stage `prefix`) for each face and for `views`
     augmented copies of its aligned age chip (shifted, scaled, brightness and contrast
-    jittered), each with its mirror; training draws one view or its mirror per face and epoch.
+    jittered), each with its mirror; training draws one view per face and epoch.
 
     `members` last stages (each with its head) are fitted over the one cached prefix, member
-    k seeded by `seed` + 10 k, and served averaged, each on the aligned chip alone, as it was
-    trained: the members, not the chip's mirror, average out the variance (docs/models.md)."""
+    k seeded by `seed` + 10 k, and served averaged, each on the aligned chip alone: the
+    members, not the chip's mirror, average out the variance (docs/models.md)."""
 
     epochs: Annotated[int, Field(ge=1, le=1000)] = 20
     members: Annotated[int, Field(ge=1, le=8)] = 2

