@@ -19,6 +19,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.models.model import ModelInfo
 from mlflow.pyfunc import PyFuncModel
 from model_fixtures import (
@@ -34,7 +35,8 @@ from raw_files import STORED, stored
 from tiny import AGE_MAX, MAX_PIXELS
 
 from utkface.data.imaging import load_image
-from utkface.inference import local_model
+from utkface.inference import client, local_model
+from utkface.inference.mlflow_model import MlflowModel
 from utkface.inference.pyfunc_logging import answered_examples
 from utkface.mlops import registry
 from utkface.model.face_backbone import FaceBackbone, package_files
@@ -202,6 +204,56 @@ print("label:", logic.label(face))
     loaded, out = _frameworks_after(body, tmp_path)
     assert loaded == []
     assert re.search(r"label: age ≈ \d+ \(\d+-\d+\), (fe)?male p=0\.\d\d$", out, re.M), out
+
+
+def test_a_loader_sets_the_onnx_runtime_threads_of_every_graph(logged: ModelInfo) -> None:
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    for uri, kind in ((str(local), local_model.LocalModel), (logged.model_uri, MlflowModel)):
+        for threads in (1, 0):  # 0: the model's own setting, one per core
+            model = client.load_model(uri, None, threads)
+            assert isinstance(model, kind)
+            answerer = (
+                model.answerer
+                if isinstance(model, local_model.LocalModel)
+                else model.pyfunc.unwrap_python_model().answerer
+            )
+            sessions = [*answerer.backbone.sessions.values(), answerer.model.session]
+            assert {s.get_session_options().intra_op_num_threads for s in sessions} == {threads}
+    # a model logged without the entry keeps its own setting, as MLflow keeps it
+    description = yaml.safe_load((local / "MLmodel").read_text())
+    del description["flavors"]["python_function"]["config"]["threads"]
+    (local / "MLmodel").write_text(yaml.safe_dump(description))
+    answerer = client.load_model(str(local), None, 1).answerer
+    assert answerer.backbone.sessions["age"].get_session_options().intra_op_num_threads == 0
+
+
+@pytest.mark.slow
+def test_predict_in_two_processes_answers_as_one_does(logged: ModelInfo, tmp_path: Path) -> None:
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    count = 2 * client.BATCH + 2  # three chunks of files
+    for i in range(count):
+        turned = Image.fromarray(astronaut_face(FACE_SIZE)).rotate(i % 15 - 7)
+        (faces / f"{i:03d}.png").write_bytes(png(np.asarray(turned)))
+    answers, logs = {}, {}
+    for jobs in (1, 2):
+        body = f"""
+from utkface.cli.main import main
+main(["predict", "--json", "--jobs", "{jobs}", "--model", {str(local)!r}, {str(faces)!r}])
+"""
+        done = subprocess.run(
+            [sys.executable, "-c", body], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        answers[jobs], logs[jobs] = json.loads(done.stdout), done.stderr
+    assert logs[1].endswith(f"{count} predicted, 0 failed\n")
+    assert logs[2].endswith(f"{count} predicted, 0 failed, in 2 processes\n")
+    assert "stopped early" not in logs[2]  # the helper answered what it claimed
+    assert [a["path"] for a in answers[2]] == [a["path"] for a in answers[1]]
+    for key in ("age", "age_low", "age_high", "p_female"):
+        assert [a[key] for a in answers[2]] == pytest.approx([a[key] for a in answers[1]])
+    assert len({a["age"] for a in answers[1]}) > 10  # the turned faces are answered apart
 
 
 def test_every_exif_orientation_gets_the_answer_of_the_upright_photo(

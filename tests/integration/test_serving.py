@@ -130,6 +130,7 @@ def test_logged_with_signature_config_and_code(logged: ModelInfo) -> None:
         "face_size": IMAGE_SIZE,
         "family": "scratch",
         "trained_on": "real images",
+        "threads": 0,  # one per core; there so that a loader may override it
     }
     assert model.metadata == LINEAGE
 

@@ -11,14 +11,23 @@ from pathlib import Path
 
 from utkface.data.labels import IMAGE_SUFFIXES
 from utkface.inference.client import (
+    BATCH,
     FACE_MODES,
+    AnsweringModel,
     InputLimits,
     PredictError,
+    Prediction,
     find_images,
     format_table,
     load_model,
     predict_files,
     synthetic_warning,
+)
+from utkface.inference.processes import (
+    ChunkAnswerer,
+    SharedFiles,
+    process_count,
+    threads_per_process,
 )
 
 ALL_ANSWERED, NONE_ANSWERED, SOME_FAILED = 0, 1, 3  # 2: invalid params.yaml or arguments
@@ -28,6 +37,13 @@ EXIT_CODES = (
     f"{NONE_ANSWERED} nothing answered (no model, no image, or every input failed); 2 invalid "
     "params.yaml or arguments"
 )
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +78,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "found in it (no face: an error); crop: the centre square of each image is one face, "
         "whatever it shows; detect: the faces found in each image, tight crops too",
     )
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        metavar="N",
+        help="processes answering the files (default: one per core, for every 128 files; "
+        "1 on systems other than Linux); each loads its own copy of the model",
+    )
 
 
 def exit_status(answered: int, failed: int) -> int:
@@ -79,12 +102,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"predict: {entry.path}: {entry.error}", file=sys.stderr)
         print(f"predict: no {'/'.join(IMAGE_SUFFIXES)} image to predict", file=sys.stderr)
         return NONE_ANSWERED
-    try:
-        model = load_model(args.model, args.model_name)
+    processes = process_count(args.jobs, len(files))
+    threads = threads_per_process(processes)
+
+    def load() -> AnsweringModel:
+        return load_model(args.model, args.model_name, threads)
+
+    def answerer(model: AnsweringModel) -> ChunkAnswerer[Prediction]:
         limits = InputLimits.of(model)
-        if warning := synthetic_warning(limits):
-            print(f"predict: warning: {warning}", file=sys.stderr)
-        predicted = predict_files(model, files, limits, args.faces)
+        return lambda chunk: predict_files(model, chunk, limits, args.faces)
+
+    try:  # the helpers fork before any model loads: see utkface.inference.processes
+        with SharedFiles(files, BATCH, processes - 1, lambda: answerer(load())) as shared:
+            model = load()
+            if warning := synthetic_warning(InputLimits.of(model)):
+                print(f"predict: warning: {warning}", file=sys.stderr)
+            predicted = shared.answer(answerer(model))
     except PredictError as error:
         print(f"predict: {error}", file=sys.stderr)
         return NONE_ANSWERED
@@ -95,5 +128,6 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(predictions))
     failed = sum(p.error is not None for p in predictions)
     answered = len(predictions) - failed
-    print(f"predict: {answered} predicted, {failed} failed", file=sys.stderr)
+    by = f", in {processes} processes" if processes > 1 else ""
+    print(f"predict: {answered} predicted, {failed} failed{by}", file=sys.stderr)
     return exit_status(answered, failed)

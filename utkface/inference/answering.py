@@ -94,6 +94,7 @@ FACE_MODES = ("auto", "crop", "detect")  # the parameter `faces`: see the module
 NO_FACE = "no face found (faces=crop answers the whole image anyway)"
 MAX_CROP_ASPECT = 1.25  # longer over shorter side of an image that may be a tight face crop
 BACKBONE_ARTIFACT = "face_backbone"
+THREADS = "threads"  # the model config's entry of ONNX Runtime's threads (`ServingConfig`)
 SYNTHETIC_TRAINING = "synthetic demo set"  # ServingConfig.trained_on of a demo model
 SYNTHETIC_WARNING = (
     "this model was trained on the synthetic demo set of cartoon faces: its predictions for "
@@ -119,7 +120,10 @@ class ServingConfig:
     """The served model's config (MLflow `model_config`). `image_size` is what clients crop
     faces to: the input of its `family` (the CNN's Keras input, or the backbone's `face_size`,
     at which the face check also looks). `age_interval` is `AgeInterval.to_config()`.
-    `trained_on` says which data trained it (e.g. the synthetic demo set)."""
+    `trained_on` says which data trained it (e.g. the synthetic demo set). `threads` is ONNX
+    Runtime's threads a graph (0: one per core), logged so that a loader may override it, as
+    MLflow overrides only the entries a model config has: `utkface predict` runs one a process
+    when it answers in several (`utkface.inference.processes`)."""
 
     image_size: int
     max_image_bytes: int
@@ -129,6 +133,7 @@ class ServingConfig:
     face_size: int
     family: str = "scratch"
     trained_on: str = ""
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -212,9 +217,10 @@ class FaceAnswerer:
 
     def __init__(self, config: Mapping[str, Any], artifacts: Mapping[str, str]) -> None:
         family = config["family"]
-        self.model = load_family(family, Path(artifacts[model_artifact(family)]))
+        threads = int(config.get(THREADS, 0))
+        self.model = load_family(family, Path(artifacts[model_artifact(family)]), threads)
         files = BackboneFiles(Path(artifacts[BACKBONE_ARTIFACT]))
-        self.backbone = FaceBackbone(files) if family in HEADS else None
+        self.backbone = FaceBackbone(files, threads) if family in HEADS else None
         self.landmarks = self.backbone.landmarks if self.backbone else Landmarks(files)
         self.face_size = int(config["face_size"])
         # the side of the square image the family is prepared at

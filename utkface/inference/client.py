@@ -35,6 +35,7 @@ from utkface.inference.answering import (
     ROW,
     SYNTHETIC_TRAINING,
     SYNTHETIC_WARNING,
+    THREADS,
     FaceAnswerer,
     InvalidInput,
     to_base64,
@@ -213,10 +214,11 @@ def predict_inputs(
     return predictions
 
 
-def load_model(uri: str | None, model_name: str | None) -> AnsweringModel:
-    """The served model at `uri`, by default the champion of `model_name` (params' when None).
-    A folder on this machine whose code is the installed code is loaded without importing
-    MLflow (`local_model`); any other model by MLflow (`mlflow_model`)."""
+def load_model(uri: str | None, model_name: str | None, threads: int = 0) -> AnsweringModel:
+    """The served model at `uri`, by default the champion of `model_name` (params' when None),
+    on `threads` ONNX Runtime threads a graph (0: the model's own setting, one per core). A
+    folder on this machine whose code is the installed code is loaded without importing MLflow
+    (`local_model`); any other model by MLflow (`mlflow_model`)."""
     if uri is None:
         name = model_name or load_params(only=("register",)).register_.model_name
         uri = store.cached_champion(name) or _champion_from_store(name)
@@ -228,8 +230,11 @@ def load_model(uri: str | None, model_name: str | None) -> AnsweringModel:
     level = model_logger.level
     model_logger.setLevel(logging.ERROR)
     flavor = local_model.pyfunc_flavor(folder) if local else {}
+    overrides = {THREADS: threads} if threads else {}
     try:
-        model = (_load_here(folder, flavor) if local else None) or _load_by_mlflow(uri, local)
+        model = (_load_here(folder, flavor, overrides) if local else None) or _load_by_mlflow(
+            uri, local, overrides
+        )
     finally:
         model_logger.setLevel(level)
     if local and (mismatches := environment_mismatches(folder, flavor)):
@@ -255,22 +260,24 @@ def _champion_from_store(name: str) -> str:
     return files
 
 
-def _load_here(folder: Path, flavor: Mapping[str, Any]) -> AnsweringModel | None:
+def _load_here(
+    folder: Path, flavor: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> AnsweringModel | None:
     """`local_model.load`, its failures as `PredictError` (as `_load_by_mlflow`'s)."""
     try:
-        return local_model.load(folder, flavor)
+        return local_model.load(folder, flavor, overrides)
     except (OSError, ImportError) as error:  # ImportError: see KerasCnn
         raise PredictError(f"cannot load model {folder}: {error}") from None
 
 
-def _load_by_mlflow(uri: str, local: bool) -> AnsweringModel:
+def _load_by_mlflow(uri: str, local: bool, overrides: Mapping[str, Any]) -> AnsweringModel:
     """`mlflow_model.load`, its failures as `PredictError`."""
     from mlflow.exceptions import MlflowException
 
     from utkface.inference import mlflow_model  # imports MLflow: see local_model
 
     try:
-        return mlflow_model.load(uri, local)
+        return mlflow_model.load(uri, local, overrides)
     except (MlflowException, OSError, ImportError) as error:  # ImportError: see KerasCnn
         raise PredictError(f"cannot load model {uri}: {error}") from None
 

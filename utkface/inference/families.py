@@ -97,9 +97,10 @@ class KerasCnn:
         return Outputs(np.concatenate(ages), np.concatenate(p_female))
 
 
-def load_family(member: str, path: Path) -> OnnxHead | KerasCnn:
-    """The saved model of `member` at `path` (`paths.served_file`), ready to predict."""
-    return OnnxHead(path) if member in HEADS else KerasCnn(path)
+def load_family(member: str, path: Path, threads: int = 0) -> OnnxHead | KerasCnn:
+    """The saved model of `member` at `path` (`paths.served_file`), ready to predict; a head
+    on `threads` ONNX Runtime threads (0: one per core)."""
+    return OnnxHead(path, threads) if member in HEADS else KerasCnn(path)
 
 
 def answer_columns(

@@ -72,12 +72,16 @@ class LocalModel:
         return self.answerer.predict(data, params)
 
 
-def load(folder: Path, flavor: Mapping[str, Any]) -> LocalModel | None:
+def load(
+    folder: Path, flavor: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> LocalModel | None:
     """The model in `folder`, whose `pyfunc_flavor` is `flavor`, when this installed code runs
-    it as MLflow would (see the module), else None."""
+    it as MLflow would (see the module), else None; `overrides` replace the entries its model
+    config has, as MLflow's `load_model(model_config=...)` does."""
     if not runs_installed_code(folder, flavor):
         return None
     config = dict(flavor.get("config") or {})
+    config |= {key: value for key, value in (overrides or {}).items() if key in config}
     artifacts = {
         name: str(folder / spec["path"]) for name, spec in (flavor.get("artifacts") or {}).items()
     }

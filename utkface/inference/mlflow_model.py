@@ -35,12 +35,17 @@ class MlflowModel:
             raise InvalidInput(error.message) from None
 
 
-def load(uri: str, local: bool) -> MlflowModel:
-    """The pyfunc at `uri` (`local`: a folder on this machine, which needs no store); raises
-    `MlflowException`, `OSError` or `ImportError` (a scratch CNN without Keras)."""
+def load(uri: str, local: bool, overrides: Mapping[str, Any] | None = None) -> MlflowModel:
+    """The pyfunc at `uri` (`local`: a folder on this machine, which needs no store), with
+    `overrides` of its model config; raises `MlflowException`, `OSError` or `ImportError` (a
+    scratch CNN without Keras)."""
     mlflow.set_tracking_uri(store.tracking_uri())
     if not local:
         tracking.check_store()
     # MLflow's check of the environment scans every installed distribution (0.3-0.6 s of a
     # cold start); a local model's few pins are checked by the client instead
-    return MlflowModel(mlflow.pyfunc.load_model(uri, suppress_warnings=local))
+    return MlflowModel(
+        mlflow.pyfunc.load_model(
+            uri, suppress_warnings=local, model_config=dict(overrides) if overrides else None
+        )
+    )
