@@ -99,21 +99,22 @@ def test_helpers_still_running_when_the_caller_fails_are_stopped() -> None:
 
 
 @pytest.mark.parametrize(
-    ("jobs", "files", "cores", "expected"),
+    ("jobs", "chunks", "cores", "expected"),
     [
         (None, 1, 2, 1),
-        (None, 127, 2, 1),
-        (None, 256, 2, 2),
-        (None, 10_000, 2, 2),
-        (None, 10_000, 1, 1),
-        (3, 1, 2, 3),
+        (None, 3, 2, 1),  # a helper needs two chunks of its own to pay off
+        (None, 4, 2, 2),
+        (None, 1_000, 2, 2),
+        (None, 1_000, 1, 1),
+        (3, 10, 2, 3),
+        (3, 2, 2, 2),  # no process without a chunk
     ],
 )
 def test_process_count(
-    jobs: int | None, files: int, cores: int, expected: int, monkeypatch: pytest.MonkeyPatch
+    jobs: int | None, chunks: int, cores: int, expected: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(processes, "usable_cores", lambda: cores)
-    assert processes.process_count(jobs, files) == expected
+    assert processes.process_count(jobs, chunks) == expected
 
 
 def test_helpers_are_forked_on_linux_only(monkeypatch: pytest.MonkeyPatch) -> None:

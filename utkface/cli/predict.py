@@ -24,6 +24,7 @@ from utkface.inference.client import (
     synthetic_warning,
 )
 from utkface.inference.processes import (
+    MIN_CHUNKS_PER_PROCESS,
     ChunkAnswerer,
     SharedFiles,
     process_count,
@@ -82,7 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=positive_int,
         metavar="N",
-        help="processes answering the files (default: one per core, for every 128 files; "
+        help=f"processes answering the files (default: one per core, for every "
+        f"{BATCH * MIN_CHUNKS_PER_PROCESS} files; "
         "1 on systems other than Linux); each loads its own copy of the model",
     )
 
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"predict: {entry.path}: {entry.error}", file=sys.stderr)
         print(f"predict: no {'/'.join(IMAGE_SUFFIXES)} image to predict", file=sys.stderr)
         return NONE_ANSWERED
-    processes = process_count(args.jobs, len(files))
+    processes = process_count(args.jobs, chunks=-(-len(files) // BATCH))
     threads = threads_per_process(processes)
 
     def load() -> AnsweringModel:

@@ -31,22 +31,21 @@ Answer = TypeVar("Answer")
 ChunkAnswerer = Callable[[Sequence[Path]], list[Answer]]
 
 # a helper pays off past about two chunks a process (its model loads in about 0.4 s)
-MIN_FILES_PER_PROCESS = 128
+MIN_CHUNKS_PER_PROCESS = 2
 
 
 def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
 
 
-def process_count(jobs: int | None, files: int) -> int:
-    """How many processes answer `files` files: `jobs` (at least 1) when given, else one per
-    usable core but no more than one per `MIN_FILES_PER_PROCESS` files; always 1 where
-    helpers are not forked (not Linux)."""
+def process_count(jobs: int | None, chunks: int) -> int:
+    """How many processes answer `chunks` chunks of files: `jobs` (at least 1) when given,
+    else one per usable core but no more than one per `MIN_CHUNKS_PER_PROCESS` chunks; never
+    more than the chunks, and always 1 where helpers are not forked (not Linux)."""
     if sys.platform != "linux":
         return 1
-    if jobs is not None:
-        return jobs
-    return max(1, min(usable_cores(), files // MIN_FILES_PER_PROCESS))
+    wanted = jobs if jobs is not None else min(usable_cores(), chunks // MIN_CHUNKS_PER_PROCESS)
+    return max(1, min(wanted, chunks))
 
 
 def threads_per_process(processes: int) -> int:
