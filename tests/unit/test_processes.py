@@ -102,8 +102,9 @@ def test_helpers_still_running_when_the_caller_fails_are_stopped() -> None:
     ("jobs", "chunks", "cores", "expected"),
     [
         (None, 1, 2, 1),
-        (None, 3, 2, 1),  # a helper needs two chunks of its own to pay off
-        (None, 4, 2, 2),
+        (None, 2, 2, 1),  # a helper pays off from three chunks on
+        (None, 3, 2, 2),
+        (None, 5, 4, 3),
         (None, 1_000, 2, 2),
         (None, 1_000, 1, 1),
         (3, 10, 2, 3),

@@ -24,7 +24,7 @@ from utkface.inference.client import (
     synthetic_warning,
 )
 from utkface.inference.processes import (
-    MIN_CHUNKS_PER_PROCESS,
+    CHUNKS_PER_PROCESS,
     ChunkAnswerer,
     SharedFiles,
     process_count,
@@ -83,8 +83,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--jobs",
         type=positive_int,
         metavar="N",
-        help=f"processes answering the files (default: one per core, for every "
-        f"{BATCH * MIN_CHUNKS_PER_PROCESS} files; "
+        help=f"processes answering the files (default: one for every {BATCH * CHUNKS_PER_PROCESS} "
+        "files, rounded up, up to one per core; "
         "1 on systems other than Linux); each loads its own copy of the model",
     )
 

@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 Answer = TypeVar("Answer")
 ChunkAnswerer = Callable[[Sequence[Path]], list[Answer]]
 
-# a helper pays off past about two chunks a process (its model loads in about 0.4 s)
-MIN_CHUNKS_PER_PROCESS = 2
+# a helper pays off from about three chunks on (docs/benchmarks.md): one process for every
+# two chunks, rounded up
+CHUNKS_PER_PROCESS = 2
 
 
 def usable_cores() -> int:
@@ -40,12 +41,14 @@ def usable_cores() -> int:
 
 def process_count(jobs: int | None, chunks: int) -> int:
     """How many processes answer `chunks` chunks of files: `jobs` (at least 1) when given,
-    else one per usable core but no more than one per `MIN_CHUNKS_PER_PROCESS` chunks; never
-    more than the chunks, and always 1 where helpers are not forked (not Linux)."""
+    else one for every `CHUNKS_PER_PROCESS` chunks (rounded up) but no more than one per
+    usable core; never more than the chunks, and always 1 where helpers are not forked (not
+    Linux)."""
     if sys.platform != "linux":
         return 1
-    wanted = jobs if jobs is not None else min(usable_cores(), chunks // MIN_CHUNKS_PER_PROCESS)
-    return max(1, min(wanted, chunks))
+    if jobs is None:
+        jobs = min(usable_cores(), -(-chunks // CHUNKS_PER_PROCESS))
+    return max(1, min(jobs, chunks))
 
 
 def threads_per_process(processes: int) -> int:
