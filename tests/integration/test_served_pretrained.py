@@ -206,8 +206,10 @@ print("label:", logic.label(face))
     assert re.search(r"label: age ≈ \d+ \(\d+-\d+\), (fe)?male p=0\.\d\d$", out, re.M), out
 
 
-def test_a_loader_sets_the_onnx_runtime_threads_of_every_graph(logged: ModelInfo) -> None:
-    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+def test_a_loader_sets_the_onnx_runtime_threads_of_every_graph(
+    logged: ModelInfo, tmp_path: Path
+) -> None:
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
     for uri, kind in ((str(local), local_model.LocalModel), (logged.model_uri, MlflowModel)):
         for threads in (1, 0):  # 0: the model's own setting, one per core
             model = client.load_model(uri, None, threads)

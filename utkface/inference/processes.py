@@ -3,8 +3,8 @@ the files with it, chunk by chunk.
 
 One process answers with about 1.35 of 2 cores busy: the networks run on ONNX Runtime's
 threads, but finding the faces (decoding, dlib's landmark runs, cutting the chips) holds the
-interpreter lock. Two processes with one ONNX Runtime thread each answered 500 real crops
-about a fifth sooner than one with two (docs/benchmarks.md, issue 32).
+interpreter lock. Two processes with one ONNX Runtime thread each took 11-28 % less time a
+face on 500 real crops than one with two (docs/benchmarks.md, issue 32).
 
 The helpers are forked before any model is loaded, so that no ONNX Runtime thread pool is
 copied, and each loads its own model (in parallel with the caller's load, on another core).
