@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import psutil
 import pytest
 
 from utkface.inference import processes
 from utkface.inference.processes import SharedFiles
 
-pytestmark = pytest.mark.skipif(processes.sys.platform != "linux", reason="helpers fork on Linux")
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="helpers fork on Linux")
 
 FILES = [Path(f"{i:03d}.jpg") for i in range(10)]
 
@@ -96,6 +100,41 @@ def test_helpers_still_running_when_the_caller_fails_are_stopped() -> None:
     ((helper, _),) = shared.helpers
     assert not helper.is_alive()
     assert helper.exitcode is not None and helper.exitcode < 0  # terminated
+
+
+CALLER_KILLED = """
+import os, sys, time
+from pathlib import Path
+from utkface.inference.processes import SharedFiles
+
+def slow(chunk):
+    time.sleep(0.2)
+    return [bytes(100_000)]  # more than a pipe holds, after a few chunks
+
+shared = SharedFiles([Path(str(i)) for i in range(1000)], 1, 1, lambda: slow)
+((helper, _),) = shared.helpers
+print(helper.pid, flush=True)
+time.sleep(0.5)
+os._exit(0)  # as if killed: no clean-up, the helper's chunks unclaimed
+"""
+
+
+def test_a_helper_stops_once_its_caller_is_gone() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CALLER_KILLED], capture_output=True, text=True, timeout=120
+    )
+    helper = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30  # 1,000 chunks of 0.2 s: 200 s, had it gone on
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(helper).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the helper still answers for a caller that is gone")
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,18 @@ Every process claims the next chunk of files from a shared counter, so a process
 large photos claims fewer. A helper sends what it answered back when no chunk is left; the
 caller answers any chunk a helper claimed and did not send (a helper that failed to load the
 model or died), so the answers are the same as one process's whatever happens to a helper.
+Whatever happens to the caller, its helpers stop too: Ctrl-C reaches the caller alone, which
+stops them, and a helper whose caller was killed claims no further chunk.
 Forking is used only on Linux, where it is safe with the libraries loaded by then.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -70,12 +74,15 @@ class SharedFiles(Generic[Answer]):
         prepare_helper: Callable[[], ChunkAnswerer[Answer]],
     ) -> None:
         context = multiprocessing.get_context("fork")
+        self.caller = os.getpid()
         self.chunks = [files[start : start + chunk] for start in range(0, len(files), chunk)]
         self.next_chunk = context.Value("q", 0)
         self.helpers: list[tuple[multiprocessing.process.BaseProcess, Connection]] = []
         for _ in range(helpers):
             receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=self._help, args=(prepare_helper, sender), daemon=True)
+            process = context.Process(
+                target=self._help, args=(prepare_helper, receiver, sender), daemon=True
+            )
             process.start()
             sender.close()
             self.helpers.append((process, receiver))
@@ -92,7 +99,10 @@ class SharedFiles(Generic[Answer]):
             receiver.close()
 
     def _claim(self) -> int | None:
-        """The next chunk's index, claimed for this process; None when none is left."""
+        """The next chunk's index, claimed for this process; None when none is left, or for a
+        helper whose caller is gone (killed: nobody would read its answers)."""
+        if os.getpid() != self.caller and os.getppid() != self.caller:
+            return None
         with self.next_chunk.get_lock():
             index = self.next_chunk.value
             self.next_chunk.value += 1
@@ -105,17 +115,25 @@ class SharedFiles(Generic[Answer]):
         while (index := self._claim()) is not None:
             answered[index] = answer(self.chunks[index])
 
-    def _help(self, prepare: Callable[[], ChunkAnswerer[Answer]], sender: Connection) -> None:
+    def _help(
+        self,
+        prepare: Callable[[], ChunkAnswerer[Answer]],
+        receiver: Connection,
+        sender: Connection,
+    ) -> None:
         """A helper's life: what it answered goes back to the caller, with why it stopped
         early, if it did (the caller answers the rest itself)."""
+        receiver.close()  # the caller's end: held here too, a send to a caller gone would wait
         logging.disable(logging.CRITICAL)  # the caller says what is to be said, once
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the caller stops its helpers
         answered: dict[int, list[Answer]] = {}
         failure = None
         try:
             self._answer_claimed(prepare(), answered)
         except Exception as error:  # any: the caller answers the rest, and says why
             failure = f"{type(error).__name__}: {error}"
-        sender.send((answered, failure))
+        with contextlib.suppress(BrokenPipeError):  # the caller is gone
+            sender.send((answered, failure))
         sender.close()
 
     def answer(self, answer: ChunkAnswerer[Answer]) -> list[Answer]:
