@@ -9,15 +9,20 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from mlflow.models.model import ModelInfo
@@ -25,14 +30,18 @@ from mlflow.pyfunc import PyFuncModel
 from model_fixtures import (
     FACE_SIZE,
     astronaut_face,
+    invoke,
     log_tiny_serving_model,
     register_version,
     save_tiny_head,
+    start_logged,
+    stopped_after,
     use_tmp_store,
+    wait_until_up,
 )
 from PIL import Image
 from raw_files import STORED, stored
-from tiny import AGE_MAX, MAX_PIXELS
+from tiny import AGE_MAX, MAX_PIXELS, free_port
 
 from utkface.data.imaging import load_image
 from utkface.inference import client, local_model
@@ -43,6 +52,7 @@ from utkface.model.face_backbone import FaceBackbone, package_files
 from utkface.scoring.age_interval import AgeInterval
 
 MAX_BYTES = 2_000_000
+VENV_BIN = Path(sys.executable).parent  # this venv's scripts: utkface
 
 
 def b64(data: bytes) -> str:
@@ -256,6 +266,43 @@ main(["predict", "--json", "--jobs", "{jobs}", "--model", {str(local)!r}, {str(f
     for key in ("age", "age_low", "age_high", "p_female"):
         assert [a[key] for a in answers[2]] == pytest.approx([a[key] for a in answers[1]])
     assert len({a["age"] for a in answers[1]}) > 10  # the turned faces are answered apart
+
+
+@pytest.mark.slow
+def test_serve_forks_its_workers_from_the_loaded_model(
+    logged: ModelInfo, pyfunc: PyFuncModel, tmp_path: Path
+) -> None:
+    """`utkface serve --workers 2`: the command loads the model and stays as the supervisor of
+    two workers forked from it (not uvicorn's spawned workers), which answer as the model does;
+    SIGTERM to the command stops them all and frees the port."""
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
+    (tmp_path / "params.yaml").write_text("# the defaults\n")
+    port, log_path = free_port(), tmp_path / "serve.log"
+    command = [str(VENV_BIN / "utkface"), "serve", "--workers", "2", "--port", str(port)]
+    server = start_logged([*command, "--model", str(local)], tmp_path, dict(os.environ), log_path)
+    with stopped_after(server, log_path):
+        url = f"http://127.0.0.1:{port}"
+        wait_until_up(server, url)
+        supervisor = psutil.Process(server.pid)
+        assert supervisor.cmdline()[1:3] == [str(VENV_BIN / "utkface"), "serve"]  # no exec
+        workers = supervisor.children()
+        assert len(workers) == 2 and all(w.cmdline() == supervisor.cmdline() for w in workers)
+        face = Image.fromarray(astronaut_face(FACE_SIZE))
+        faces = [png(np.asarray(face.rotate(turn))) for turn in (-6, 0, 6)]
+        expected = pyfunc.predict(pd.DataFrame({"image": [b64(f) for f in faces]}))
+        with ThreadPoolExecutor(4) as pool:  # concurrent requests, new connections each
+            answers = list(pool.map(lambda i: invoke(url, b64(faces[i % 3])), range(12)))
+        for i, answer in enumerate(answers):
+            assert answer.status_code == 200, answer.text
+            (row,) = answer.json()["predictions"]
+            assert row["age"] == pytest.approx(expected["age"][i % 3], abs=1e-4)
+        assert len(set(expected["age"])) == 3  # the turned faces are answered apart
+
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+        with socket.create_server(("127.0.0.1", port)):  # the port is free again
+            pass
 
 
 def test_every_exif_orientation_gets_the_answer_of_the_upright_photo(

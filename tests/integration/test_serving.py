@@ -448,13 +448,15 @@ def test_utkface_serve_without_a_champion_says_how_to_get_one(
 def test_utkface_serve_loads_the_champions_files_in_place(
     logged: ModelInfo, tmp_path: Path
 ) -> None:
+    """The champion's files loaded in place; a model whose loading starts threads (the CNN's
+    TensorFlow) is served by uvicorn's own workers, each loading its own copy."""
     version = register_version(logged, MODEL_NAME)
     client = registry.registry_client()
     client.set_registered_model_alias(MODEL_NAME, registry.CHAMPION, version.version)
     (tmp_path / "params.yaml").write_text(f"register:\n  model_name: {MODEL_NAME}\n")
     port = free_port()
     log_path = tmp_path / "serve.log"
-    command = [str(VENV_BIN / "utkface"), "serve", "--port", str(port)]
+    command = [str(VENV_BIN / "utkface"), "serve", "--port", str(port), "--workers", "2"]
     server = start_logged(command, tmp_path, venv_on_path(), log_path)
     with stopped_after(server, log_path):
         url = f"http://127.0.0.1:{port}"
@@ -464,6 +466,9 @@ def test_utkface_serve_loads_the_champions_files_in_place(
         assert log_path.read_text().startswith(f"serve: {champion} ({files}) on {url}")
         ok = invoke(url, b64(image_bytes(1)), faces="crop")
         assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1, ok.text
+        # the CNN's TensorFlow starts threads as it loads: no fork, uvicorn's own workers
+        assert "so each worker loads its own copy" in log_path.read_text()
+        assert "uvicorn" in psutil.Process(server.pid).cmdline()
 
 
 @pytest.mark.slow
@@ -477,8 +482,8 @@ def test_utkface_serve_refuses_large_requests_unread_and_stops_on_sigterm(
     (tmp_path / "params.yaml").write_text("# the defaults: register.max_request_bytes 14 MB\n")
     limit = Params().register_.max_request_bytes
     port = free_port()
-    command = [str(VENV_BIN / "utkface"), "serve", "--port", str(port)]
-    command += ["--model", f"models:/{MODEL_NAME}@{registry.CHALLENGER}"]
+    command = [str(VENV_BIN / "utkface"), "serve", "--port", str(port), "--workers", "1"]
+    command += ["--model", f"models:/{MODEL_NAME}@{registry.CHALLENGER}"]  # rss: its one worker
     server = subprocess.Popen(
         command,
         cwd=tmp_path,

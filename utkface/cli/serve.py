@@ -2,8 +2,12 @@
 `mlflow models serve` runs, same routes and answers) behind a request-size limit
 (`utkface.inference.server`).
 
-The command replaces itself with the server (exec), so a SIGTERM or Ctrl-C to it (a process
-manager, `timeout`, a container stop) stops the server and frees the port.
+By default one worker process answers per usable core. On Linux the command loads the model
+once and forks its workers from it (`utkface.inference.forked_server`), and stays as their
+supervisor; otherwise (one worker, another system, or a model whose loading starts threads) it
+replaces itself with uvicorn (exec), whose workers each load their own model. Either way a
+SIGTERM or Ctrl-C to it (a process manager, `timeout`, a container stop) stops the server and
+frees the port.
 """
 
 from __future__ import annotations
@@ -12,11 +16,10 @@ import argparse
 import os
 import sys
 
-from utkface.inference import server
+from utkface.inference import forked_server, server
+from utkface.inference.processes import usable_cores
 from utkface.mlops import registry, store, tracking
 from utkface.params import load_params
-
-WORKERS = 1  # on 2 cores, 2 used twice the memory for no more requests/s (docs/benchmarks.md)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,14 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        default=WORKERS,
-        help=f"server processes, each with its own copy of the model (default {WORKERS})",
+        default=usable_cores(),
+        help="server processes (default: one per usable core); on Linux forked after the "
+        "model loads, so they share its weights",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """1 when the store was copied from another clone or the model has no champion; otherwise
-    this process becomes the server and never returns."""
+    """1 when the store was copied from another clone, the model has no champion or the port
+    cannot be bound; otherwise the server's exit code once stopped (forked workers), or this
+    process becomes uvicorn and never returns."""
     params = load_params(only=("register",))
     try:
         tracking.check_store()
@@ -48,16 +53,26 @@ def run(args: argparse.Namespace) -> int:
             return 1
         shown = f"{registry.champion_uri(name)} ({uri})"
     limit = params.register_.max_request_bytes
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": store.tracking_uri(),
-        server.MODEL_ENV: uri,
-        server.LIMIT_ENV: str(limit),
-    }
-    command = [sys.executable, "-m", "uvicorn", "--factory", f"{server.__name__}:create_app"]
-    command += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    os.environ["MLFLOW_TRACKING_URI"] = store.tracking_uri()
     print(
-        f"serve: {shown} on http://{args.host}:{args.port}, requests up to {limit} bytes",
+        f"serve: {shown} on http://{args.host}:{args.port}, requests up to {limit} bytes, "
+        f"{args.workers} worker{'s' if args.workers > 1 else ''}",
         flush=True,
     )
+    if args.workers > 1 and sys.platform == "linux":
+        try:
+            code = forked_server.serve(uri, limit, args.host, args.port, args.workers)
+        except OSError as error:
+            print(f"serve: cannot listen on {args.host}:{args.port}: {error}", file=sys.stderr)
+            return 1
+        if code is not None:
+            return code
+        print(
+            "serve: the model started threads as it loaded, so each worker loads its own copy",
+            file=sys.stderr,
+            flush=True,
+        )
+    command = [sys.executable, "-m", "uvicorn", "--factory", f"{server.__name__}:create_app"]
+    command += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    env = {**os.environ, server.MODEL_ENV: uri, server.LIMIT_ENV: str(limit)}
     os.execve(sys.executable, command, env)

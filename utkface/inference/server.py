@@ -7,7 +7,8 @@ once it passes the limit, so no more than the limit (and one chunk) of it is eve
 `utkface serve` runs uvicorn with the factory `utkface.inference.server:create_app` (`--factory`),
 which reads the model URI and the limit from the environment.
 
-The app answers concurrent requests together (`batching.BatchedModel`).
+The app answers concurrent requests together (`batching.BatchedModel`). With several workers
+on Linux, `utkface serve` forks them after loading the model once (`forked_server`).
 """
 
 from __future__ import annotations
@@ -88,13 +89,18 @@ class RequestSizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app() -> ASGIApp:
-    """MLflow's scoring app for the model in `UTKFACE_SERVE_MODEL`, limited to
-    `UTKFACE_SERVE_MAX_REQUEST_BYTES` per request."""
-    import mlflow
+def app_for(model: Any, limit: int) -> ASGIApp:
+    """MLflow's scoring app for a loaded pyfunc `model`, limited to `limit` bytes a request."""
     from mlflow.pyfunc import scoring_server
 
     from utkface.inference.batching import BatchedModel
 
-    model = BatchedModel(mlflow.pyfunc.load_model(os.environ[MODEL_ENV]))
-    return RequestSizeLimit(scoring_server.init(model), int(os.environ[LIMIT_ENV]))
+    return RequestSizeLimit(scoring_server.init(BatchedModel(model)), limit)
+
+
+def create_app() -> ASGIApp:
+    """The app for the model in `UTKFACE_SERVE_MODEL`, limited to
+    `UTKFACE_SERVE_MAX_REQUEST_BYTES` per request (a worker that loads its own model)."""
+    import mlflow
+
+    return app_for(mlflow.pyfunc.load_model(os.environ[MODEL_ENV]), int(os.environ[LIMIT_ENV]))
