@@ -20,8 +20,9 @@ Then, on photos picked from the real folder (sorted, every k-th), measures:
   (the peer has no batch API over images: `predict` batches the faces of one photo only);
 - REST: `utkface serve` on 127.0.0.1, one base64 photo per POST /invocations: p50/p95 latency,
   errors and requests/s at concurrency 1, then 3 x 1,000 requests at concurrency 8, then the
-  server's RSS and PSS (its process tree; PSS counts the pages its processes share once);
-  `--serve "--workers 2"` tries other options,
+  server's memory: PSS (its process tree; the pages its processes share counted once, as the
+  machine holds them: the target's measure) and RSS summed over its processes (a shared page
+  once a process); `--serve "--workers 1"` tries other options,
   `--rest-only` measures only the server;
 - whether the answers carry age_low/age_high/face_check, and (an extra) age MAE and gender
   accuracy of both on those of the faces that the project's test split holds;
@@ -68,7 +69,7 @@ PYTHON = str((BIN or Path(sys.executable).parent) / "python")
 SUFFIXES = (".jpg", ".jpeg", ".png")
 INTERVAL_FIELDS = ("age_low", "age_high", "face_check")
 TARGETS = {"cold_s": 2.5, "ms_per_face": 2.6, "x_peer_ms": 0.5}  # issue "Any photo, fast"
-TARGETS |= {"rest_p50_ms": 19.0, "rest_rps": 100.0, "rest_p95_ms": 100.0, "rss_mb": 500.0}
+TARGETS |= {"rest_p50_ms": 19.0, "rest_rps": 100.0, "rest_p95_ms": 100.0, "memory_mb": 500.0}
 
 # The peer as a user runs it: one predictor, one `predict_face` per whole face crop.
 PEER = """
@@ -318,22 +319,24 @@ def load_test(url: str, bodies: list[bytes], count: int, concurrency: int) -> Lo
 
 @dataclass(frozen=True)
 class Memory:
-    """Bytes of a process tree: resident (`rss`, summed) and proportional (`pss`: a page that
-    n of them share counts 1/n in each)."""
+    """Bytes of a process tree: proportional (`pss`: a page that n of its processes share
+    counts 1/n in each, so the tree's memory) and resident (`rss`, summed over its
+    `processes`: a page shared by all of them counts once a process)."""
 
-    rss: int
     pss: int
+    rss: int
+    processes: int
 
 
 def tree_memory(pid: int) -> Memory:
     """The memory of a process and all its descendants."""
     process = psutil.Process(pid)
-    rss = pss = 0
+    pss = rss = count = 0
     for member in [process, *process.children(recursive=True)]:
         with contextlib.suppress(psutil.NoSuchProcess):
             info = member.memory_full_info()
-            rss, pss = rss + info.rss, pss + info.pss
-    return Memory(rss, pss)
+            pss, rss, count = pss + info.pss, rss + info.rss, count + 1
+    return Memory(pss, rss, count)
 
 
 @dataclass
@@ -404,9 +407,10 @@ def rest_lines(rest_: Rest, args) -> list[str]:
             f"load {load.load_before:.2f}->{load.load_after:.2f}"
         )
     lines.append(
-        f"  server RSS (process tree): {rest_.ready.rss / 1e6:.0f} MB when ready, "
-        f"{rest_.after.rss / 1e6:.0f} MB ({rest_.after.rss / 2**20:.0f} MiB) after the load; "
-        f"PSS {rest_.ready.pss / 1e6:.0f} and {rest_.after.pss / 1e6:.0f} MB"
+        f"  server memory (its {rest_.after.processes} processes): PSS "
+        f"{rest_.ready.pss / 1e6:.0f} MB when ready, {rest_.after.pss / 1e6:.0f} MB "
+        f"({rest_.after.pss / 2**20:.0f} MiB) after the load; RSS summed "
+        f"{rest_.ready.rss / 1e6:.0f} and {rest_.after.rss / 1e6:.0f} MB"
     )
     return lines
 
@@ -418,7 +422,7 @@ def rest_rows(rest_: Rest) -> list[tuple[str, ...]]:
     p95 = max(load.p(95) for load in several)
     rps = min(load.per_second for load in several)
     errors = sum(load.errors for load in rest_.loads)
-    mb = rest_.after.rss / 1e6
+    mb = rest_.after.pss / 1e6  # shared pages once: summed RSS counts them once a worker
     return [
         (
             "REST p50 / p95, 1 client (ms)",
@@ -435,11 +439,11 @@ def rest_rows(rest_: Rest) -> list[tuple[str, ...]]:
             verdict(rps >= TARGETS["rest_rps"] and p95 <= TARGETS["rest_p95_ms"] and not errors),
         ),
         (
-            "server RSS after load (MB; PSS)",
-            f"{mb:.0f} ({rest_.after.pss / 1e6:.0f})",
+            f"server memory after load, PSS (MB; RSS summed over {rest_.after.processes})",
+            f"{mb:.0f} ({rest_.after.rss / 1e6:.0f})",
             "n/a",
-            f"<= {TARGETS['rss_mb']:.0f} MB",
-            verdict(mb <= TARGETS["rss_mb"]),
+            f"<= {TARGETS['memory_mb']:.0f} MB",
+            verdict(mb <= TARGETS["memory_mb"]),
         ),
     ]
 
@@ -593,7 +597,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--concurrent-requests", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3, help="of the concurrent load test")
-    parser.add_argument("--serve", default="", help="options of `utkface serve`, e.g. --workers 2")
+    parser.add_argument("--serve", default="", help="options of `utkface serve`, e.g. --workers 1")
     parser.add_argument("--rest-only", action="store_true", help="measure only the server")
     parser.add_argument("--keep", action="store_true", help="keep the copy under bench/results")
     args = parser.parse_args()
