@@ -4,7 +4,7 @@ forked from it, each running the scoring app (`server.app_for`) on the one liste
 One worker answers with about 1.15 of 2 cores busy: most of an answer's time is Python holding
 the interpreter lock (finding the faces, the HTTP layer). Workers forked after the model loads
 share its weights and the imported modules' pages until they write them: two of them on 2
-cores answered about 1.5 times the requests at 8 clients for a third more memory (PSS 499-513
+cores answered about 1.5 times the requests at 8 clients for a third more memory (PSS 498-513
 against 375 MB), where two workers that each load their own model (uvicorn's `--workers`,
 which spawns them) took 1.8 times the memory (docs/benchmarks.md, issue 32).
 
