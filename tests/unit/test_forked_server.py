@@ -91,7 +91,8 @@ def test_a_worker_that_fails_as_it_starts_stops_the_server(tmp_path: Path) -> No
     supervisor = start(tmp_path, "fail", starting_s=60)
     try:
         assert supervisor.wait(timeout=30) == 1
-        assert len(workers(tmp_path)) == 2  # none started again
+        started = workers(tmp_path)  # the second may be stopped before it gets this far
+        assert 1 <= len(started) <= 2 and not any(alive(pid) for pid in started)  # none again
         assert "exited (3) as it started: stopping the server" in supervisor.stderr.read()
     finally:
         supervisor.kill()

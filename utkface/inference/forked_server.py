@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 STARTING_S = 10.0  # a worker that exits sooner failed to start: the server stops, not loops
+STOPPING_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def running_threads() -> int:
@@ -62,17 +63,21 @@ class ForkedWorkers:
         self.stopping = False
 
     def _fork(self) -> None:
+        # SIGTERM and SIGINT wait until the worker has its own handlers and the supervisor
+        # knows the worker's pid, so that the supervisor's handler stops every worker
         parent = os.getpid()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOPPING_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the supervisor's code
             code = 1
             try:
-                _stop_with_parent(parent)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.default_int_handler)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                _stop_with_parent(parent)
                 code = self.work()
             except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
+                code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
             except BaseException:
                 logger.exception("worker %d failed", os.getpid())
             finally:
@@ -80,6 +85,7 @@ class ForkedWorkers:
                 sys.stderr.flush()
                 os._exit(code)
         self.started[pid] = time.monotonic()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
     def _stop(self, *_: Any) -> None:
         self.stopping = True
