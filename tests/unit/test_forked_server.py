@@ -130,3 +130,11 @@ def test_nothing_is_forked_when_loading_the_model_starts_a_thread(
     assert len(psutil.Process().children()) == children
     with forked_server.listen_on("127.0.0.1", port):  # the port was not kept
         pass
+
+
+def test_a_port_in_use_fails_before_any_model_loads() -> None:
+    port = free_port()
+    with forked_server.listen_on("127.0.0.1", port) as taken:
+        taken.listen()
+        with pytest.raises(OSError, match="in use"):  # not MLflow's "model not found"
+            forked_server.serve("models:/never-registered/1", 1000, "127.0.0.1", port, 2)

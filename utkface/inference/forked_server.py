@@ -141,11 +141,12 @@ def serve(uri: str, limit: int, host: str, port: int, workers: int) -> int | Non
 
     from utkface.inference.server import app_for
 
+    listening = listen_on(host, port)  # first: a port in use fails before the model loads
     before = running_threads()
     model = load_model(uri, model_config={THREADS: 1})
     if running_threads() > before:
+        listening.close()
         return None
-    listening = listen_on(host, port)
 
     def work() -> int:
         # each worker builds its own app: the batching thread must start after the fork
