@@ -30,8 +30,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from utkface.inference.answering import THREADS
-
 logger = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -139,6 +137,7 @@ def serve(uri: str, limit: int, host: str, port: int, workers: int) -> int | Non
     import uvicorn
     from mlflow.pyfunc import load_model
 
+    from utkface.inference.answering import THREADS  # the served model's modules: only here
     from utkface.inference.server import app_for
 
     listening = listen_on(host, port)  # first: a port in use fails before the model loads
