@@ -59,6 +59,34 @@ def test_help_lists_every_command_without_loading_tensorflow(tmp_path: Path) -> 
     assert out == "exit 0\nloaded:"
 
 
+ARROW_LOADED = """
+import sys
+from utkface.cli.main import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print("pandas", "pandas" in sys.modules, "arrow", sys.modules.get("pyarrow") is not None)
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "arrow"), [("predict", False), ("serve", False), ("promote", True)]
+)
+def test_the_answering_commands_run_pandas_without_arrow(
+    command: str, arrow: bool, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", ARROW_LOADED, command, "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "", "PYTHONPATH": str(REPO)},
+    )
+    assert done.stdout.splitlines()[-1] == f"pandas True arrow {arrow}"
+
+
 @pytest.mark.slow
 def test_promote_runs_without_loading_tensorflow(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text("register: {model_name: nothing-yet}\n")

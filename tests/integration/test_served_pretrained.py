@@ -297,6 +297,9 @@ def test_serve_forks_its_workers_from_the_loaded_model(
             (row,) = answer.json()["predictions"]
             assert row["age"] == pytest.approx(expected["age"][i % 3], abs=1e-4)
         assert len(set(expected["age"])) == 3  # the turned faces are answered apart
+        mapped = {Path(m.path).name for p in (supervisor, *workers) for m in p.memory_maps()}
+        assert not any(name.startswith("libarrow") for name in mapped)  # arrowless
+        assert any(name.startswith("onnxruntime") for name in mapped)
 
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=30) == 0

@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from utkface.inference.arrowless import keep_arrow_out
 from utkface.params import ParamsError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "start/stop a shared MLflow tracking server on PostgreSQL (loopback by default)",
     ),
 }
+# the commands that answer images, which need no Apache Arrow (`utkface.inference.arrowless`)
+ANSWERING = ("predict", "serve")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -46,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     a bad argument."""
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in ANSWERING:
+        keep_arrow_out()  # before the command's module imports pandas
     args = build_parser(command).parse_args(argv)
     run: Callable[[argparse.Namespace], int] = args.run
     try:

@@ -18,6 +18,8 @@ import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from utkface.inference.arrowless import keep_arrow_out
+
 MODEL_ENV = "UTKFACE_SERVE_MODEL"
 LIMIT_ENV = "UTKFACE_SERVE_MAX_REQUEST_BYTES"
 TOO_LARGE_CODE = "REQUEST_LIMIT_EXCEEDED"
@@ -100,7 +102,9 @@ def app_for(model: Any, limit: int) -> ASGIApp:
 
 def create_app() -> ASGIApp:
     """The app for the model in `UTKFACE_SERVE_MODEL`, limited to
-    `UTKFACE_SERVE_MAX_REQUEST_BYTES` per request (a worker that loads its own model)."""
+    `UTKFACE_SERVE_MAX_REQUEST_BYTES` per request (a worker that loads its own model), without
+    Apache Arrow (`arrowless`) as `utkface serve` itself."""
+    keep_arrow_out()
     import mlflow
 
     return app_for(mlflow.pyfunc.load_model(os.environ[MODEL_ENV]), int(os.environ[LIMIT_ENV]))
