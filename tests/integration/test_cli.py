@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from tiny import REPO
 
+from utkface.cli.main import build_parser
 from utkface.params import run_main
 
 BAD_PARAMS = "seed: -1\ningest:\n  image_size: abc\n"
@@ -85,6 +86,17 @@ def test_the_answering_commands_run_pandas_without_arrow(
         env={"PATH": "", "PYTHONPATH": str(REPO)},
     )
     assert done.stdout.splitlines()[-1] == f"pandas True arrow {arrow}"
+
+
+@pytest.mark.parametrize(("command", "count"), [("serve", "--workers"), ("predict", "--jobs")])
+def test_process_counts_under_one_are_refused(
+    command: str, count: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = ["face.jpg"] if command == "predict" else []
+    with pytest.raises(SystemExit) as exit:
+        build_parser(command).parse_args([command, count, "0", *paths])
+    assert exit.value.code == 2
+    assert f"{count}: must be at least 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.slow

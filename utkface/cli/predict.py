@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from utkface.cli.arguments import positive_int
 from utkface.data.labels import IMAGE_SUFFIXES
 from utkface.inference.client import (
     BATCH,
@@ -38,13 +39,6 @@ EXIT_CODES = (
     f"{NONE_ANSWERED} nothing answered (no model, no image, or every input failed); 2 invalid "
     "params.yaml or arguments"
 )
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 
+from utkface.cli.arguments import positive_int
 from utkface.inference import forked_server, server
 from utkface.inference.processes import usable_cores
 from utkface.mlops import registry, store, tracking
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument(
         "--workers",
-        type=int,
+        type=positive_int,
         default=usable_cores(),
         help="server processes (default: one per usable core); on Linux forked after the "
         "model loads, so they share its weights",
