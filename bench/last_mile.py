@@ -19,11 +19,12 @@ Then, on photos picked from the real folder (sorted, every k-th), measures:
   for one peer process looping `predict_face` over the files
   (the peer has no batch API over images: `predict` batches the faces of one photo only);
 - REST: `utkface serve` on 127.0.0.1, one base64 photo per POST /invocations: p50/p95 latency,
-  errors and requests/s at concurrency 1, then 3 x 1,000 requests at concurrency 8, then the
-  server's memory: PSS (its process tree; the pages its processes share counted once, as the
-  machine holds them: the target's measure) and RSS summed over its processes (a shared page
-  once a process); `--serve "--workers 1"` tries other options,
-  `--rest-only` measures only the server;
+  errors (refusals apart: the documented 400 for an image without a face, the right answer to a
+  crop that shows none) and requests/s at concurrency 1, then 3 x 1,000 requests at concurrency
+  8, then the server's memory: PSS (its process tree; the pages its processes share counted
+  once, as the machine holds them: the target's measure) and RSS summed over its processes (a
+  shared page once a process); `--serve "--workers 1"` tries other options, `--rest-only`
+  measures only the server;
 - whether the answers carry age_low/age_high/face_check, and (an extra) age MAE and gender
   accuracy of both on those of the faces that the project's test split holds;
 with the CPU, its cores and the load average (another process may share the machine) beside
@@ -60,6 +61,8 @@ import psutil
 import requests
 import yaml
 from pipeline_real import DEFAULT_DATA, REPO, cpu_description, prepare
+
+from utkface.inference.answering import NO_FACE
 
 RESULTS = REPO / "bench" / "results"  # git-ignored
 REPORT = RESULTS / "last_mile.txt"
@@ -265,8 +268,12 @@ def request_body(photo: Path) -> bytes:
     return json.dumps({"dataframe_split": {"columns": ["image"], "data": [[b64]]}}).encode()
 
 
-def post(session: requests.Session, url: str, body: bytes) -> tuple[float, bool]:
-    """Milliseconds of one POST /invocations and whether it answered 200."""
+ANSWERED, REFUSED, FAILED = "answered", "refused", "failed"
+
+
+def post(session: requests.Session, url: str, body: bytes) -> tuple[float, str]:
+    """Milliseconds of one POST /invocations and how it ended: answered (200), refused (400,
+    no face found: the documented answer to an image without a face) or failed."""
     started = time.perf_counter()
     try:
         answer = session.post(
@@ -275,18 +282,25 @@ def post(session: requests.Session, url: str, body: bytes) -> tuple[float, bool]
             headers={"Content-Type": "application/json"},
             timeout=60,
         )
-        ok = answer.status_code == 200
+        if answer.status_code == 200:
+            outcome = ANSWERED
+        elif answer.status_code == 400 and NO_FACE in answer.text:
+            outcome = REFUSED
+        else:
+            outcome = FAILED
     except requests.RequestException:
-        ok = False
-    return (time.perf_counter() - started) * 1000, ok
+        outcome = FAILED
+    return (time.perf_counter() - started) * 1000, outcome
 
 
 @dataclass
 class Load:
-    """One load test: latencies of the answered requests, errors, wall seconds."""
+    """One load test: latencies of the requests answered or refused (`refused` of them), the
+    failed ones (`errors`), wall seconds."""
 
     concurrency: int
     latencies_ms: list[float]
+    refused: int
     errors: int
     seconds: float
     load_before: float
@@ -304,7 +318,7 @@ def load_test(url: str, bodies: list[bytes], count: int, concurrency: int) -> Lo
     """`count` requests, `concurrency` at a time (each thread its own keep-alive session)."""
     local = threading.local()
 
-    def one(i: int) -> tuple[float, bool]:
+    def one(i: int) -> tuple[float, str]:
         if not hasattr(local, "session"):
             local.session = requests.Session()
         return post(local.session, url, bodies[i % len(bodies)])
@@ -313,8 +327,10 @@ def load_test(url: str, bodies: list[bytes], count: int, concurrency: int) -> Lo
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         results = list(pool.map(one, range(count)))
     seconds = time.perf_counter() - started
-    latencies = [ms for ms, ok in results if ok]
-    return Load(concurrency, latencies, count - len(latencies), seconds, before, load_average())
+    latencies = [ms for ms, outcome in results if outcome != FAILED]
+    refused = sum(outcome == REFUSED for _, outcome in results)
+    errors = count - len(latencies)
+    return Load(concurrency, latencies, refused, errors, seconds, before, load_average())
 
 
 @dataclass(frozen=True)
@@ -403,7 +419,7 @@ def rest_lines(rest_: Rest, args) -> list[str]:
         lines.append(
             f"  concurrency {load.concurrency}: {len(load.latencies_ms) + load.errors} requests, "
             f"p50 {load.p(50):.1f} ms, p95 {load.p(95):.1f} ms, {load.per_second:.1f} req/s, "
-            f"{load.errors} errors, {load.seconds:.1f} s  "
+            f"{load.errors} errors ({load.refused} refused: no face), {load.seconds:.1f} s  "
             f"load {load.load_before:.2f}->{load.load_after:.2f}"
         )
     lines.append(
@@ -422,6 +438,7 @@ def rest_rows(rest_: Rest) -> list[tuple[str, ...]]:
     p95 = max(load.p(95) for load in several)
     rps = min(load.per_second for load in several)
     errors = sum(load.errors for load in rest_.loads)
+    refused = sum(load.refused for load in rest_.loads)
     mb = rest_.after.pss / 1e6  # shared pages once: summed RSS counts them once a worker
     return [
         (
@@ -433,7 +450,7 @@ def rest_rows(rest_: Rest) -> list[tuple[str, ...]]:
         ),
         (
             f"REST, {clients} clients, {len(several)} runs: worst req/s, worst p95 (ms), errors",
-            f"{rps:.1f}, {p95:.1f}, {errors}",
+            f"{rps:.1f}, {p95:.1f}, {errors} ({refused} refused: no face)",
             "n/a",
             f">= {TARGETS['rest_rps']:.0f} req/s, p95 <= {TARGETS['rest_p95_ms']:.0f} ms, 0 errors",
             verdict(rps >= TARGETS["rest_rps"] and p95 <= TARGETS["rest_p95_ms"] and not errors),
