@@ -497,6 +497,8 @@ def test_utkface_serve_refuses_large_requests_unread_and_stops_on_sigterm(
         wait_until_up(server, url)
         ok = invoke(url, b64(image_bytes(1)), faces="crop")
         assert ok.status_code == 200 and len(ok.json()["predictions"]) == 1, ok.text
+        mapped = [Path(m.path).name for m in psutil.Process(server.pid).memory_maps()]
+        assert not any(name.startswith("libarrow") for name in mapped)  # uvicorn's: arrowless
         size, chunk = 20_000_000, b"x" * 1_000_000
         before = rss(server.pid)
         declared = [f"Content-Length: {size}", "Content-Type: application/json"]
