@@ -5,8 +5,9 @@ One worker answers with about 1.15 of 2 cores busy: most of an answer's time is 
 the interpreter lock (finding the faces, the HTTP layer). Workers forked after the model loads
 share its weights and the imported modules' pages until they write them: two of them on 2
 cores answered about 1.5 times the requests at 8 clients for a third more memory (PSS 498-513
-against 375 MB), where two workers that each load their own model (uvicorn's `--workers`,
-which spawns them) took 1.8 times the memory (docs/benchmarks.md, issue 32).
+against 375 MB; 470-478 since pandas runs without Arrow here: `arrowless`), where two workers
+that each load their own model (uvicorn's `--workers`, which spawns them) took 1.8 times the
+memory (docs/benchmarks.md, issue 32).
 
 A fork copies no thread, so the model is loaded with one ONNX Runtime thread a graph, which
 starts none. A model whose loading starts threads (the scratch family's TensorFlow) cannot be
